@@ -1,0 +1,1 @@
+//! Criterion benchmarks for Courier; see `benches/`.

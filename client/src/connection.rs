@@ -1,0 +1,320 @@
+//! [`Client`]: one authenticated connection to a gateway.
+//!
+//! A reader task decodes frames from the control stream: answers (frames that carry a request
+//! id) complete the matching request; everything else (delivered messages, GoAway, events) goes
+//! to [`Events`]. Writes go through a coalescing writer task ([`crate::io::spawn_writer`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use courier_wire::frame::{
+    Attachment, ChatList, ChatSpec, ChatSummary, CreateChat, Direction, GetChat, Hello, History,
+    HistoryPage, ListChats, Message, MessageKind, Ping, Send, SendOk, Welcome,
+};
+use courier_wire::{Frame, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::io::{spawn_writer, FrameReader, ReadError};
+use crate::tls::{client_config, Trust};
+use crate::ClientError;
+
+/// Something the server sent that is not the answer to a request.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A message for this device.
+    Message(Message),
+    /// The server is going away; reconnect later.
+    GoAway(courier_wire::frame::GoAway),
+    /// Another unsolicited frame (receipts, typing, presence, sync ends).
+    Frame(Frame),
+    /// The connection ended; no more events follow.
+    Closed(String),
+}
+
+/// The stream of [`Event`]s of one connection.
+pub type Events = mpsc::Receiver<Event>;
+
+type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
+
+/// How many events may wait unread before the SDK stops reading from the server (which then
+/// stops sending: QUIC flow control carries the backpressure to the gateway).
+const EVENT_QUEUE: usize = 8192;
+
+/// One authenticated connection. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    conn: quinn::Connection,
+    out: mpsc::Sender<Bytes>,
+    pending: Pending,
+    next_id: Arc<AtomicU32>,
+    inflight: Arc<Semaphore>,
+    welcome: Arc<Welcome>,
+    _endpoint: quinn::Endpoint,
+}
+
+impl Client {
+    /// Connects to `addr`, trusting certificates as `trust` says, and authenticates with `token`.
+    /// `server_name` is the name in the server's certificate (`localhost` for `courier serve`'s own).
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        trust: &Trust,
+        token: &str,
+    ) -> Result<(Self, Events), ClientError> {
+        Self::connect_with_version(addr, server_name, trust, token, PROTOCOL_VERSION).await
+    }
+
+    /// [`Client::connect`] announcing another protocol version (for testing servers).
+    pub async fn connect_with_version(
+        addr: SocketAddr,
+        server_name: &str,
+        trust: &Trust,
+        token: &str,
+        version: u16,
+    ) -> Result<(Self, Events), ClientError> {
+        let config = client_config(trust)?;
+        let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .expect("literal address");
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+        endpoint.set_default_client_config(config);
+        let conn = endpoint
+            .connect(addr, server_name)
+            .map_err(|e| ClientError::Connect(e.to_string()))?
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        let out = spawn_writer(send, 1024);
+        let hello = Frame::Hello(Hello { request_id: 0, version, token: Bytes::copy_from_slice(token.as_bytes()) });
+        out.send(hello.to_bytes()).await.map_err(|_| ClientError::Closed("writer stopped".into()))?;
+
+        // The server's limits are not known before Welcome: read it with the protocol's default.
+        let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME);
+        let welcome = match reader.next().await {
+            Ok(Some(Frame::Welcome(w))) => w,
+            Ok(Some(Frame::ErrorFrame(e))) => {
+                return Err(ClientError::Server { code: e.code, message: e.message });
+            }
+            Ok(Some(other)) => return Err(ClientError::Unexpected(other.kind())),
+            Ok(None) => return Err(ClientError::Closed(close_reason(&conn))),
+            Err(ReadError::Decode(e)) => return Err(e.into()),
+            Err(ReadError::Stream(e)) => return Err(ClientError::Closed(e)),
+        };
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let pending: Pending = Arc::default();
+        tokio::spawn(read_loop(reader, conn.clone(), pending.clone(), events_tx));
+        let client = Self {
+            conn,
+            out,
+            pending,
+            next_id: Arc::new(AtomicU32::new(1)),
+            inflight: Arc::new(Semaphore::new(welcome.max_inflight.max(1) as usize)),
+            welcome: Arc::new(welcome),
+            _endpoint: endpoint,
+        };
+        Ok((client, events))
+    }
+
+    /// What the server said when the session opened: who we are and its limits.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// Sends a request built around a fresh request id and waits for its answer. Error frames
+    /// become [`ClientError::Server`].
+    pub async fn request(&self, build: impl FnOnce(u32) -> Frame) -> Result<Frame, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
+        let frame = build(id);
+        if frame.encoded_len() > self.welcome.max_frame as usize {
+            return Err(ClientError::TooLarge(format!(
+                "frame of {} bytes exceeds the server's limit of {}",
+                frame.encoded_len(),
+                self.welcome.max_frame
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("pending lock").insert(id, tx);
+        if self.out.send(frame.to_bytes()).await.is_err() {
+            self.pending.lock().expect("pending lock").remove(&id);
+            return Err(ClientError::Closed(close_reason(&self.conn)));
+        }
+        match rx.await {
+            Ok(Frame::ErrorFrame(e)) => Err(ClientError::Server { code: e.code, message: e.message }),
+            Ok(f) => Ok(f),
+            Err(_) => Err(ClientError::Closed(close_reason(&self.conn))),
+        }
+    }
+
+    /// Sends a frame that expects no answer (acks, typing, receipts).
+    pub async fn post(&self, frame: Frame) -> Result<(), ClientError> {
+        self.out.send(frame.to_bytes()).await.map_err(|_| ClientError::Closed(close_reason(&self.conn)))
+    }
+
+    /// Sends raw bytes on the control stream, exactly as given (for protocol tests).
+    pub async fn send_raw(&self, bytes: Bytes) -> Result<(), ClientError> {
+        self.out.send(bytes).await.map_err(|_| ClientError::Closed(close_reason(&self.conn)))
+    }
+
+    /// The 1:1 chat with `peer` (created on first use).
+    pub async fn create_direct_chat(&self, peer: &str) -> Result<ChatSummary, ClientError> {
+        self.create_chat(ChatSpec::Direct { peer: peer.to_owned() }).await
+    }
+
+    /// A new group with the caller and `members`.
+    pub async fn create_group(&self, name: &str, members: &[&str]) -> Result<ChatSummary, ClientError> {
+        let members = members.iter().map(|m| (*m).to_owned()).collect();
+        self.create_chat(ChatSpec::Group { name: name.to_owned(), members }).await
+    }
+
+    async fn create_chat(&self, spec: ChatSpec) -> Result<ChatSummary, ClientError> {
+        match self.request(|request_id| Frame::CreateChat(CreateChat { request_id, spec })).await? {
+            Frame::ChatInfo(info) => Ok(info.chat),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// One chat, if the caller is a member.
+    pub async fn get_chat(&self, chat_id: u64) -> Result<ChatSummary, ClientError> {
+        match self.request(|request_id| Frame::GetChat(GetChat { request_id, chat_id })).await? {
+            Frame::ChatInfo(info) => Ok(info.chat),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// A page of the caller's chats with ids above `after_chat`.
+    pub async fn list_chats(&self, after_chat: u64, limit: u32) -> Result<ChatList, ClientError> {
+        match self.request(|request_id| Frame::ListChats(ListChats { request_id, after_chat, limit })).await? {
+            Frame::ChatList(list) => Ok(list),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Sends a text message with a fresh client message id; returns once it is durable.
+    pub async fn send(&self, chat_id: u64, body: impl Into<Bytes>) -> Result<SendOk, ClientError> {
+        self.send_message(chat_id, new_client_msg_id(), MessageKind::Text, body.into(), Vec::new()).await
+    }
+
+    /// Sends a message with a caller-chosen client message id (reuse it to retry safely). Waits
+    /// while the connection already has `Welcome::max_inflight` sends outstanding.
+    pub async fn send_message(
+        &self,
+        chat_id: u64,
+        client_msg_id: [u8; 16],
+        kind: MessageKind,
+        body: Bytes,
+        attachments: Vec<Attachment>,
+    ) -> Result<SendOk, ClientError> {
+        if body.len() > self.welcome.max_body as usize {
+            return Err(ClientError::TooLarge(format!(
+                "body of {} bytes exceeds the server's limit of {}",
+                body.len(),
+                self.welcome.max_body
+            )));
+        }
+        let _permit = self.inflight.acquire().await.map_err(|_| ClientError::Closed("client closed".into()))?;
+        let frame = |request_id| Frame::Send(Send { request_id, client_msg_id, chat_id, kind, body, attachments });
+        match self.request(frame).await? {
+            Frame::SendOk(ok) => Ok(ok),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// A page of a chat's history beyond `anchor` in `direction`.
+    pub async fn history(
+        &self,
+        chat_id: u64,
+        direction: Direction,
+        anchor: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, ClientError> {
+        let frame = |request_id| Frame::History(History { request_id, chat_id, direction, seq: anchor, limit });
+        match self.request(frame).await? {
+            Frame::HistoryPage(page) => Ok(page),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Round trip to the server.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        match self.request(|request_id| Frame::Ping(Ping { request_id, nonce: 7 })).await? {
+            Frame::Pong(_) => Ok(()),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Whether the connection is closed, and why.
+    pub fn close_reason(&self) -> Option<String> {
+        self.conn.close_reason().map(|r| r.to_string())
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
+
+/// A random 16-byte client message id.
+pub fn new_client_msg_id() -> [u8; 16] {
+    use ring::rand::SecureRandom;
+    let mut id = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut id).expect("system randomness");
+    id
+}
+
+fn close_reason(conn: &quinn::Connection) -> String {
+    conn.close_reason().map_or_else(|| "connection lost".into(), |r| r.to_string())
+}
+
+async fn read_loop(mut reader: FrameReader, conn: quinn::Connection, pending: Pending, events: mpsc::Sender<Event>) {
+    let reason = loop {
+        let frame = match reader.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break "server finished the stream".to_owned(),
+            Err(e) => break format!("{e}; {}", close_reason(&conn)),
+        };
+        let event = match frame {
+            Frame::Deliver(d) => Event::Message(d.message),
+            Frame::GoAway(g) => Event::GoAway(g),
+            f => match answer_id(&f) {
+                Some(id) => {
+                    let waiter = pending.lock().expect("pending lock").remove(&id);
+                    match waiter {
+                        Some(w) => {
+                            let _ = w.send(f);
+                            continue;
+                        }
+                        None => Event::Frame(f),
+                    }
+                }
+                None => Event::Frame(f),
+            },
+        };
+        if events.send(event).await.is_err() {
+            // Nobody listens for events; answers still matter, so keep reading.
+        }
+    };
+    // Fail whatever still waits for an answer.
+    pending.lock().expect("pending lock").clear();
+    let _ = events.send(Event::Closed(reason)).await;
+}
+
+/// The request id a server frame answers, if it is an answer.
+fn answer_id(f: &Frame) -> Option<u32> {
+    match f {
+        Frame::SendOk(x) => Some(x.request_id),
+        Frame::HistoryPage(x) => Some(x.request_id),
+        Frame::ChatInfo(x) => Some(x.request_id),
+        Frame::ChatList(x) => Some(x.request_id),
+        Frame::ErrorFrame(x) if x.request_id != 0 => Some(x.request_id),
+        Frame::Pong(x) => Some(x.request_id),
+        Frame::Done(x) => Some(x.request_id),
+        Frame::SyncEnd(x) => Some(x.request_id),
+        Frame::Welcome(x) => Some(x.request_id),
+        _ => None,
+    }
+}
+

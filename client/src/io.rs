@@ -1,0 +1,73 @@
+//! Framed I/O on QUIC streams, shared by the SDK and the gateway.
+//!
+//! [`FrameReader`] pulls bytes from a receive stream into a [`FrameDecoder`]. [`spawn_writer`]
+//! owns a send stream and drains a bounded queue of encoded frames into it, taking every frame
+//! that is already queued into one vectored write, so a burst of small frames costs one write.
+
+use bytes::{Bytes, BytesMut};
+use courier_wire::{DecodeError, Frame, FrameDecoder};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+/// Why reading a frame stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The peer sent bytes that are not a valid frame.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The stream or connection failed.
+    #[error("stream: {0}")]
+    Stream(String),
+}
+
+/// Reads whole frames from a QUIC receive stream.
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl FrameReader {
+    /// A reader refusing frames over `max_frame` bytes.
+    pub fn new(recv: quinn::RecvStream, max_frame: u32) -> Self {
+        Self { recv, buf: BytesMut::with_capacity(4096), decoder: FrameDecoder::new(max_frame) }
+    }
+
+    /// The next frame, or `Ok(None)` when the peer finished the stream cleanly between frames.
+    pub async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(4096);
+            }
+            match self.recv.read_buf(&mut self.buf).await {
+                Ok(0) if self.buf.is_empty() => return Ok(None),
+                Ok(0) => return Err(ReadError::Decode(DecodeError::Truncated)),
+                Ok(_) => {}
+                Err(e) => return Err(ReadError::Stream(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Most frames taken into one vectored write.
+const WRITE_BATCH: usize = 64;
+
+/// Starts a task that writes every queued frame to `send`, coalescing queued frames into one
+/// write, and finishes the stream once every sender is dropped. Returns the queue's sender.
+pub fn spawn_writer(mut send: quinn::SendStream, depth: usize) -> mpsc::Sender<Bytes> {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(depth);
+    tokio::spawn(async move {
+        let mut chunks: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
+        while rx.recv_many(&mut chunks, WRITE_BATCH).await > 0 {
+            if send.write_all_chunks(&mut chunks).await.is_err() {
+                return;
+            }
+            chunks.clear();
+        }
+        let _ = send.finish();
+    });
+    tx
+}

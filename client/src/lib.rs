@@ -1,0 +1,26 @@
+//! The Rust client SDK for Courier.
+//!
+//! [`Client::connect`] opens a QUIC connection, authenticates with a token and returns a
+//! [`Client`] (requests: create chats, send, page history) and an [`Events`] receiver (messages
+//! delivered to this device, server notices). Requests are pipelined on the connection's control
+//! stream and matched to answers by request id; at most `Welcome::max_inflight` sends are
+//! outstanding at once (the SDK waits, the server never has to buffer without bound).
+//!
+//! It is not a UI or a message cache: apps keep what they show.
+//!
+//! # Layout
+//! - [`tls`]: which server certificates to trust ([`Trust`]) and the QUIC client configuration.
+//! - [`connection`]: [`Client`], [`Events`] and the tasks that read and write the control stream.
+//! - [`io`]: framed reading and coalesced writing on a QUIC stream (shared with the gateway).
+//! - [`error`]: [`ClientError`].
+
+#![forbid(unsafe_code)]
+
+pub mod connection;
+pub mod error;
+pub mod io;
+pub mod tls;
+
+pub use connection::{Client, Event, Events};
+pub use error::ClientError;
+pub use tls::Trust;

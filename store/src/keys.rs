@@ -1,0 +1,130 @@
+//! Key encoding: the one place where store keys are built.
+//!
+//! Every key starts with a one-byte subspace tag. Integers are big-endian so that byte order is
+//! numeric order; user ids are length-prefixed so that one user's keys never run into another's.
+//! The full table (key, value, writer, deletion) is in `docs/STORAGE.md`.
+
+/// Subspace tags.
+pub mod tag {
+    /// `M chat seq` -> message.
+    pub const MESSAGE: u8 = b'M';
+    /// `S chat` -> last assigned seq.
+    pub const LAST_SEQ: u8 = b'S';
+    /// `C chat` -> chat record.
+    pub const CHAT: u8 = b'C';
+    /// `D user client_msg_id` -> dedupe record.
+    pub const DEDUPE: u8 = b'D';
+    /// `P user user` -> direct chat id of a user pair.
+    pub const PAIR: u8 = b'P';
+    /// `U user chat` -> membership (empty value).
+    pub const MEMBER: u8 = b'U';
+    /// `N` -> the next chat id.
+    pub const NEXT_CHAT: u8 = b'N';
+}
+
+fn user(out: &mut Vec<u8>, user: &str) {
+    // User ids are at most 64 bytes (`courier_wire::valid_user_id`), so one length byte holds it.
+    out.push(user.len() as u8);
+    out.extend_from_slice(user.as_bytes());
+}
+
+/// `M chat seq`.
+pub fn message(chat: u64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(tag::MESSAGE);
+    k.extend_from_slice(&chat.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The sequence number in a message key.
+pub fn message_seq(key: &[u8]) -> Option<u64> {
+    key.get(9..17).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+}
+
+/// `S chat`.
+pub fn last_seq(chat: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(tag::LAST_SEQ);
+    k.extend_from_slice(&chat.to_be_bytes());
+    k
+}
+
+/// `C chat`.
+pub fn chat(chat: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(tag::CHAT);
+    k.extend_from_slice(&chat.to_be_bytes());
+    k
+}
+
+/// `D user client_msg_id`.
+pub fn dedupe(sender: &str, client_msg_id: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18 + sender.len());
+    k.push(tag::DEDUPE);
+    user(&mut k, sender);
+    k.extend_from_slice(client_msg_id);
+    k
+}
+
+/// `P a b` with `a <= b`.
+pub fn pair(a: &str, b: &str) -> Vec<u8> {
+    let (a, b) = if a <= b { (a, b) } else { (b, a) };
+    let mut k = Vec::with_capacity(3 + a.len() + b.len());
+    k.push(tag::PAIR);
+    user(&mut k, a);
+    user(&mut k, b);
+    k
+}
+
+/// `U user chat`.
+pub fn member(u: &str, chat: u64) -> Vec<u8> {
+    let mut k = member_prefix(u);
+    k.extend_from_slice(&chat.to_be_bytes());
+    k
+}
+
+/// `U user`: the prefix of all of a user's memberships.
+pub fn member_prefix(u: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + u.len());
+    k.push(tag::MEMBER);
+    user(&mut k, u);
+    k
+}
+
+/// The chat id at the end of a membership key.
+pub fn member_chat(key: &[u8]) -> Option<u64> {
+    let tail = key.len().checked_sub(8)?;
+    Some(u64::from_be_bytes(key[tail..].try_into().ok()?))
+}
+
+/// `N`.
+pub fn next_chat() -> Vec<u8> {
+    vec![tag::NEXT_CHAT]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_keys_sort_by_chat_then_seq() {
+        let mut keys = vec![message(2, 1), message(1, 300), message(1, 2), message(1, 256)];
+        keys.sort();
+        assert_eq!(keys, vec![message(1, 2), message(1, 256), message(1, 300), message(2, 1)]);
+        assert_eq!(message_seq(&message(7, 99)), Some(99));
+    }
+
+    #[test]
+    fn user_prefixes_do_not_overlap() {
+        // "ab" must not see "abc"'s memberships.
+        assert!(!member(&"abc".to_string(), 1).starts_with(&member_prefix("ab")));
+        assert_eq!(member_chat(&member("ab", 42)), Some(42));
+    }
+
+    #[test]
+    fn pairs_are_unordered() {
+        assert_eq!(pair("bob", "alice"), pair("alice", "bob"));
+        assert_ne!(pair("ab", "c"), pair("a", "bc"));
+    }
+}

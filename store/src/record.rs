@@ -1,0 +1,139 @@
+//! Values stored under the keys of [`crate::keys`], encoded with the wire codec's field rules.
+
+use bytes::{Buf, BufMut, Bytes};
+use courier_wire::frame::{ChatKind, ChatSummary, Message};
+use courier_wire::{Codec, DecodeError};
+
+/// A chat as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chat {
+    /// The chat id.
+    pub id: u64,
+    /// Direct or group.
+    pub kind: ChatKind,
+    /// The group's name (empty for direct chats).
+    pub name: String,
+    /// Members, sorted and unique.
+    pub members: Vec<String>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ts: u64,
+}
+
+impl Chat {
+    /// Whether `user` is a member.
+    pub fn is_member(&self, user: &str) -> bool {
+        self.members.binary_search_by(|m| m.as_str().cmp(user)).is_ok()
+    }
+
+    /// The chat as the wire describes it to a member.
+    pub fn summary(&self, last_seq: u64, unread: u64) -> ChatSummary {
+        ChatSummary {
+            chat_id: self.id,
+            kind: self.kind,
+            name: self.name.clone(),
+            members: self.members.clone(),
+            last_seq,
+            unread,
+            created_ts: self.created_ts,
+        }
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            1 + self.name.encoded_len() + self.members.encoded_len() + 8,
+        );
+        self.kind.encode(&mut out);
+        self.name.encode(&mut out);
+        self.members.encode(&mut out);
+        self.created_ts.encode(&mut out);
+        out
+    }
+
+    pub(crate) fn decode(id: u64, mut b: &[u8]) -> Result<Self, DecodeError> {
+        let chat = Self {
+            id,
+            kind: ChatKind::decode(&mut b)?,
+            name: String::decode(&mut b)?,
+            members: Vec::decode(&mut b)?,
+            created_ts: u64::decode(&mut b)?,
+        };
+        if b.has_remaining() {
+            return Err(DecodeError::TrailingBytes);
+        }
+        Ok(chat)
+    }
+}
+
+/// What a dedupe record remembers of the original send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DedupeRecord {
+    pub(crate) chat_id: u64,
+    pub(crate) seq: u64,
+    pub(crate) server_ts: u64,
+}
+
+impl DedupeRecord {
+    pub(crate) fn encode(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        let mut w = &mut out[..];
+        w.put_u64(self.chat_id);
+        w.put_u64(self.seq);
+        w.put_u64(self.server_ts);
+        out
+    }
+
+    pub(crate) fn decode(mut b: &[u8]) -> Result<Self, DecodeError> {
+        let r = Self { chat_id: u64::decode(&mut b)?, seq: u64::decode(&mut b)?, server_ts: u64::decode(&mut b)? };
+        if b.has_remaining() {
+            return Err(DecodeError::TrailingBytes);
+        }
+        Ok(r)
+    }
+}
+
+/// A message value is its wire encoding, so history and delivery need no re-encoding.
+pub(crate) fn encode_message(m: &Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.encoded_len());
+    m.encode(&mut out);
+    out
+}
+
+pub(crate) fn decode_message(b: &[u8]) -> Result<Message, DecodeError> {
+    let mut bytes = Bytes::copy_from_slice(b);
+    let m = Message::decode(&mut bytes)?;
+    if bytes.has_remaining() {
+        return Err(DecodeError::TrailingBytes);
+    }
+    Ok(m)
+}
+
+pub(crate) fn decode_u64(b: &[u8]) -> Result<u64, DecodeError> {
+    let mut b = b;
+    let v = u64::decode(&mut b)?;
+    if b.has_remaining() {
+        return Err(DecodeError::TrailingBytes);
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_round_trip() {
+        let c = Chat {
+            id: 9,
+            kind: ChatKind::Group,
+            name: "friends".into(),
+            members: vec!["alice".into(), "bob".into()],
+            created_ts: 123,
+        };
+        assert_eq!(Chat::decode(9, &c.encode()).unwrap(), c);
+        assert!(c.is_member("bob"));
+        assert!(!c.is_member("carol"));
+        let d = DedupeRecord { chat_id: 1, seq: 2, server_ts: 3 };
+        assert_eq!(DedupeRecord::decode(&d.encode()).unwrap(), d);
+        assert!(Chat::decode(9, &[9]).is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! Session frames: the handshake, liveness, errors and shutdown.
+
+use bytes::Bytes;
+
+use crate::codec::wire_struct;
+use crate::ErrorCode;
+
+wire_struct! {
+    /// Client to server, first frame on the control stream: protocol version and bearer token.
+    pub struct Hello {
+        /// Echoed in the answer.
+        pub request_id: u32,
+        /// The protocol version the client speaks.
+        pub version: u16,
+        /// The bearer token (see `docs/PROTOCOL.md`, Authentication).
+        #[cfg_attr(test, proptest(strategy = "crate::codec::strategy::bytes()"))]
+        pub token: Bytes,
+    }
+}
+
+wire_struct! {
+    /// Server to client: the session is open; who the client is and the limits it must respect.
+    pub struct Welcome {
+        /// The Hello's request id.
+        pub request_id: u32,
+        /// The protocol version the server will speak on this connection.
+        pub version: u16,
+        /// The authenticated user.
+        #[cfg_attr(test, proptest(strategy = "crate::codec::strategy::text()"))]
+        pub user: String,
+        /// The authenticated device.
+        pub device: u32,
+        /// The server's clock, milliseconds since the Unix epoch.
+        pub server_time_ms: u64,
+        /// Largest frame (header and body) the server accepts.
+        pub max_frame: u32,
+        /// Largest message body the server accepts.
+        pub max_body: u32,
+        /// Most `Send`s the client may have unanswered at once.
+        pub max_inflight: u32,
+    }
+}
+
+wire_struct! {
+    /// Client to server: liveness probe.
+    pub struct Ping {
+        /// Echoed in the answer.
+        pub request_id: u32,
+        /// Echoed in the answer.
+        pub nonce: u64,
+    }
+}
+
+wire_struct! {
+    /// Server to client: answer to [`Ping`].
+    pub struct Pong {
+        /// The Ping's request id.
+        pub request_id: u32,
+        /// The Ping's nonce.
+        pub nonce: u64,
+    }
+}
+
+wire_struct! {
+    /// Server to client: a request failed. The connection goes on unless the code says otherwise.
+    pub struct ErrorFrame {
+        /// The failed request's id (0 when the failure belongs to no request).
+        pub request_id: u32,
+        /// What went wrong.
+        pub code: ErrorCode,
+        /// Human-readable detail.
+        #[cfg_attr(test, proptest(strategy = "crate::codec::strategy::text()"))]
+        pub message: String,
+    }
+}
+
+wire_struct! {
+    /// Server to client: a generic success answer for requests that return nothing else.
+    pub struct Done {
+        /// The request's id.
+        pub request_id: u32,
+    }
+}
+
+wire_struct! {
+    /// Server to client: the server is going away; reconnect (possibly elsewhere) after a pause.
+    pub struct GoAway {
+        /// Why (usually `SHUTTING_DOWN`).
+        pub code: ErrorCode,
+        /// Human-readable detail.
+        #[cfg_attr(test, proptest(strategy = "crate::codec::strategy::text()"))]
+        pub reason: String,
+    }
+}
+
+impl crate::Codec for ErrorCode {
+    fn encode<B: bytes::BufMut>(&self, buf: &mut B) {
+        self.0.encode(buf);
+    }
+    fn decode<B: bytes::Buf>(buf: &mut B) -> Result<Self, crate::DecodeError> {
+        u16::decode(buf).map(Self)
+    }
+    fn encoded_len(&self) -> usize {
+        2
+    }
+}
+
+#[cfg(test)]
+impl proptest::arbitrary::Arbitrary for ErrorCode {
+    type Parameters = ();
+    type Strategy = proptest::strategy::Map<proptest::num::u16::Any, fn(u16) -> Self>;
+    fn arbitrary_with(_: ()) -> Self::Strategy {
+        use proptest::strategy::Strategy;
+        proptest::num::u16::ANY.prop_map(Self)
+    }
+}
