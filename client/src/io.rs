@@ -57,9 +57,18 @@ const WRITE_BATCH: usize = 64;
 
 /// Starts a task that writes every queued frame to `send`, coalescing queued frames into one
 /// write, and finishes the stream once every sender is dropped. Returns the queue's sender.
-pub fn spawn_writer(mut send: quinn::SendStream, depth: usize) -> mpsc::Sender<Bytes> {
+pub fn spawn_writer(send: quinn::SendStream, depth: usize) -> mpsc::Sender<Bytes> {
+    spawn_writer_with_handle(send, depth).0
+}
+
+/// [`spawn_writer`], also returning the task, which ends once the queue is drained, the stream
+/// finished and its data acknowledged by the peer (or the stream failed).
+pub fn spawn_writer_with_handle(
+    mut send: quinn::SendStream,
+    depth: usize,
+) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(depth);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut chunks: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
         while rx.recv_many(&mut chunks, WRITE_BATCH).await > 0 {
             if send.write_all_chunks(&mut chunks).await.is_err() {
@@ -67,7 +76,9 @@ pub fn spawn_writer(mut send: quinn::SendStream, depth: usize) -> mpsc::Sender<B
             }
             chunks.clear();
         }
-        let _ = send.finish();
+        if send.finish().is_ok() {
+            let _ = send.stopped().await;
+        }
     });
-    tx
+    (tx, task)
 }

@@ -1,1 +1,28 @@
-//! placeholder
+//! Courier's QUIC gateway: sessions, fanout and the `courier` binary's building blocks.
+//!
+//! The gateway accepts QUIC connections (ALPN `courier/1`), authenticates each with an Ed25519
+//! token, and serves the control stream's frames against the message store. Every committed
+//! message is pushed to every online device of every member of its chat.
+//!
+//! It is not the store (that is `courier-store`) and not the client (`courier-client`).
+//!
+//! # Layout
+//! - [`config`]: [`GatewayConfig`], every limit with its memory cost.
+//! - [`auth`]: issuer keys and tokens.
+//! - [`tls`]: the TLS identity (self-signed or from PEM files).
+//! - [`server`]: the endpoint, handshakes, the control-stream loop and graceful shutdown.
+//! - `session`: what each frame does (no sockets; unit-tested with channels).
+//! - `registry`: online devices; `fanout`: committed messages to them.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+mod fanout;
+pub mod registry;
+pub mod server;
+mod session;
+pub mod tls;
+
+pub use config::GatewayConfig;
+pub use server::Gateway;

@@ -26,4 +26,4 @@ pub mod writer;
 
 pub use error::StoreError;
 pub use record::Chat;
-pub use store::{AppendRequest, Appended, Clock, CommitListener, Store, StoreConfig, SystemClock};
+pub use store::{AppendRequest, Appended, Clock, CommitListener, Store, StoreConfig, SystemClock, Ticket};

@@ -133,6 +133,17 @@ impl Shared {
     }
 }
 
+/// The pending result of a queued write.
+#[derive(Debug)]
+pub struct Ticket<T>(oneshot::Receiver<Result<T, StoreError>>);
+
+impl<T> Ticket<T> {
+    /// Waits for the write to commit (or fail).
+    pub async fn wait(self) -> Result<T, StoreError> {
+        self.0.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
 /// A handle to the message log. Cheap to clone; all clones share one writer thread.
 #[derive(Clone)]
 pub struct Store {
@@ -161,12 +172,20 @@ impl Store {
     async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(op(reply)).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ticket(rx).wait().await
     }
 
     /// Appends a message; returns once it is durable (or once the original is found, for a retry).
     pub async fn append(&self, req: AppendRequest) -> Result<Appended, StoreError> {
-        self.call(|reply| Op::Append(req, reply)).await
+        self.submit_append(req).await?.wait().await
+    }
+
+    /// Queues a message and returns a [`Ticket`] for its result. Messages queued one after another
+    /// from one task get sequence numbers in that order; waiting on tickets can be done elsewhere.
+    pub async fn submit_append(&self, req: AppendRequest) -> Result<Ticket<Appended>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Op::Append(req, reply)).await.map_err(|_| StoreError::Closed)?;
+        Ok(Ticket(rx))
     }
 
     /// The direct chat of `a` and `b`, created if the pair has none.

@@ -1,0 +1,76 @@
+//! The gateway's typed configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::auth::TokenVerifier;
+use crate::tls::TlsIdentity;
+
+/// Everything a gateway needs to start. CLI parsing lives in `main.rs`; tests build this directly.
+#[derive(Debug)]
+pub struct GatewayConfig {
+    /// UDP address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Directory of the embedded store.
+    pub store_dir: PathBuf,
+    /// The TLS certificate and key.
+    pub tls: TlsIdentity,
+    /// Checks client tokens; holds only the issuer's public key.
+    pub verifier: TokenVerifier,
+    /// Largest frame accepted, header included. Each connection's read buffer can grow to this.
+    pub max_frame: u32,
+    /// Largest message body accepted. Must leave room for the Deliver framing inside `max_frame`.
+    pub max_body: u32,
+    /// Most unanswered `Send`s per connection; a further one is refused with `RATE_LIMITED`.
+    pub max_inflight: u32,
+    /// Most connections this node holds; further handshakes are refused.
+    pub max_connections: usize,
+    /// Frames queued for one connection before it counts as a slow reader and is disconnected
+    /// (its messages wait in the store). Memory: up to this many frames per connection.
+    pub outbound_queue: usize,
+    /// Most messages in one history page.
+    pub max_history_page: u32,
+    /// Time allowed for the TLS handshake plus `Hello`.
+    pub handshake_timeout: Duration,
+    /// A connection silent this long is closed (clients send keep-alives well within it).
+    pub idle_timeout: Duration,
+    /// On shutdown, how long in-flight sends may take to commit and be acknowledged.
+    pub shutdown_grace: Duration,
+}
+
+impl GatewayConfig {
+    /// Defaults for the given address, store directory, TLS identity and token verifier.
+    pub fn new(listen: SocketAddr, store_dir: PathBuf, tls: TlsIdentity, verifier: TokenVerifier) -> Self {
+        Self {
+            listen,
+            store_dir,
+            tls,
+            verifier,
+            max_frame: courier_wire::DEFAULT_MAX_FRAME,
+            max_body: 32 * 1024,
+            max_inflight: 64,
+            max_connections: 1_000_000,
+            outbound_queue: 4096,
+            max_history_page: 500,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks that the limits fit together.
+    pub fn validate(&self) -> Result<(), String> {
+        // A Deliver frame carries the body plus up to ~300 bytes of header fields and ids.
+        if u64::from(self.max_body) + 1024 > u64::from(self.max_frame) {
+            return Err(format!(
+                "max body ({}) must be at least 1024 bytes below max frame ({})",
+                self.max_body, self.max_frame
+            ));
+        }
+        if self.max_inflight == 0 || self.outbound_queue == 0 || self.max_history_page == 0 {
+            return Err("max inflight, outbound queue and history page must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,44 @@
+//! Fanout: every committed message to every online device of every member.
+//!
+//! The store calls [`Fanout`] from its writer thread once per committed batch, in commit order,
+//! so each device's queue receives a chat's messages in sequence order. The sending device is
+//! skipped (it has its `SendOk`); the sender's other devices get the message like anyone else.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use courier_store::{Chat, CommitListener};
+use courier_wire::frame::{kind, Message};
+use courier_wire::{Codec, Header};
+
+use crate::registry::Registry;
+
+/// The store's commit listener for this gateway.
+pub(crate) struct Fanout {
+    pub(crate) registry: Arc<Registry>,
+}
+
+/// A `Deliver` frame for `m`, encoded once and shared by every recipient.
+fn deliver_frame(m: &Message) -> Bytes {
+    let len = m.encoded_len();
+    let mut buf = BytesMut::with_capacity(courier_wire::HEADER_LEN + len);
+    buf.put_slice(&Header::new(kind::Deliver, len as u32).to_bytes());
+    m.encode(&mut buf);
+    buf.freeze()
+}
+
+impl CommitListener for Fanout {
+    fn committed(&self, batch: &[(Arc<Chat>, Message)]) {
+        for (chat, m) in batch {
+            let frame = deliver_frame(m);
+            for member in &chat.members {
+                let is_sender = *member == m.sender_user;
+                self.registry.for_each_device(member, |d| {
+                    if !(is_sender && d.device == m.sender_device) {
+                        d.push(frame.clone());
+                    }
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The QUIC side: endpoint, handshakes, the control stream of each connection, and shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::Bytes;
+use courier_client::io::{spawn_writer_with_handle, FrameReader, ReadError};
+use courier_store::{Store, StoreConfig};
+use courier_wire::frame::{GoAway, Welcome};
+use courier_wire::{ErrorCode, Frame, PROTOCOL_VERSION};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::auth::TokenVerifier;
+use crate::config::GatewayConfig;
+use crate::fanout::Fanout;
+use crate::registry::{Device, Registry};
+use crate::session::{error_frame, Limits, Session};
+
+struct Shared {
+    store: Store,
+    registry: Arc<Registry>,
+    verifier: TokenVerifier,
+    limits: Limits,
+    outbound_queue: usize,
+    handshake_timeout: Duration,
+    shutdown_grace: Duration,
+    shutdown: watch::Receiver<bool>,
+    connections: AtomicUsize,
+    next_conn_id: AtomicU64,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    shutdown: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+    store: Store,
+}
+
+impl Gateway {
+    /// Opens the store and starts serving on `config.listen`.
+    pub async fn start(config: GatewayConfig) -> anyhow::Result<Self> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        let registry = Arc::new(Registry::default());
+        let mut store_cfg = StoreConfig::new(&config.store_dir);
+        store_cfg.listener = Some(Arc::new(Fanout { registry: registry.clone() }));
+        let store = Store::open(store_cfg).with_context(|| format!("open store in {}", config.store_dir.display()))?;
+
+        let tls = config.tls.rustls_config()?;
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS config")?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(config.idle_timeout.try_into().context("idle timeout")?))
+            // One control stream now; media streams (docs/PROTOCOL.md) will raise this.
+            .max_concurrent_bidi_streams(4u32.into())
+            .max_concurrent_uni_streams(0u32.into());
+        server.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server, config.listen)
+            .with_context(|| format!("bind UDP {}", config.listen))?;
+        let addr = endpoint.local_addr()?;
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            registry,
+            verifier: config.verifier,
+            limits: Limits {
+                max_frame: config.max_frame,
+                max_body: config.max_body,
+                max_inflight: config.max_inflight,
+                max_history_page: config.max_history_page,
+            },
+            outbound_queue: config.outbound_queue,
+            handshake_timeout: config.handshake_timeout,
+            shutdown_grace: config.shutdown_grace,
+            shutdown: shutdown_rx,
+            connections: AtomicUsize::new(0),
+            next_conn_id: AtomicU64::new(1),
+        });
+        let accept = tokio::spawn(accept_loop(endpoint.clone(), shared, config.max_connections));
+        Ok(Self { addr, endpoint, shutdown: shutdown_tx, accept, store })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Graceful shutdown: stop accepting, send GoAway to every client, let in-flight sends commit
+    /// and be acknowledged (up to the grace period), close connections, sync and close the store.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.accept.await;
+        self.store.close().await;
+        self.endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, max_connections: usize) {
+    let mut sessions = JoinSet::new();
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if shared.connections.load(Ordering::Relaxed) >= max_connections {
+                    incoming.refuse();
+                    continue;
+                }
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                let shared = shared.clone();
+                sessions.spawn(async move {
+                    if let Err(e) = connection(incoming, &shared).await {
+                        tracing::debug!("connection ended: {e:#}");
+                    }
+                    shared.connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    // Refuse newcomers while the sessions wind down.
+    endpoint.set_server_config(None);
+    let grace = shared.shutdown_grace + Duration::from_secs(1);
+    if tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await.is_err() {
+        sessions.abort_all();
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Sends `frame` as the last words on the control stream, waits (briefly) for the peer to get
+/// it, then closes the connection with `code`.
+async fn close_with(
+    conn: &quinn::Connection,
+    out: tokio::sync::mpsc::Sender<Bytes>,
+    writer: tokio::task::JoinHandle<()>,
+    frame: Option<Bytes>,
+    code: ErrorCode,
+    reason: &str,
+) {
+    if let Some(frame) = frame {
+        let _ = out.send(frame).await;
+    }
+    drop(out);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    conn.close(u32::from(code.0).into(), reason.as_bytes());
+}
+
+async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
+    let conn = tokio::time::timeout_at(deadline, incoming).await.context("handshake timeout")??;
+    let (send, recv) = tokio::time::timeout_at(deadline, conn.accept_bi()).await.context("no control stream")??;
+    let (out, writer) = spawn_writer_with_handle(send, shared.outbound_queue);
+    let mut reader = FrameReader::new(recv, shared.limits.max_frame);
+
+    let hello = match tokio::time::timeout_at(deadline, reader.next()).await {
+        Ok(Ok(Some(Frame::Hello(h)))) => h,
+        Ok(Ok(Some(other))) => {
+            let frame = error_frame(other.request_id().unwrap_or(0), ErrorCode::UNAUTHENTICATED, "send Hello first");
+            close_with(&conn, out, writer, Some(frame), ErrorCode::UNAUTHENTICATED, "no hello").await;
+            return Ok(());
+        }
+        Ok(Err(ReadError::Decode(e))) => {
+            close_with(&conn, out, writer, Some(error_frame(0, e.code(), e.to_string())), e.code(), "bad frame").await;
+            return Ok(());
+        }
+        Ok(Ok(None) | Err(ReadError::Stream(_))) | Err(_) => {
+            conn.close(u32::from(ErrorCode::UNAUTHENTICATED.0).into(), b"no hello");
+            return Ok(());
+        }
+    };
+    if hello.version != PROTOCOL_VERSION {
+        let msg = format!("protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}", hello.version);
+        let frame = error_frame(hello.request_id, ErrorCode::UNSUPPORTED_VERSION, msg);
+        close_with(&conn, out, writer, Some(frame), ErrorCode::UNSUPPORTED_VERSION, "version").await;
+        return Ok(());
+    }
+    let claims = match shared.verifier.verify(&hello.token, now_ms() / 1000) {
+        Ok(c) => c,
+        Err(e) => {
+            let frame = error_frame(hello.request_id, ErrorCode::UNAUTHENTICATED, e.to_string());
+            close_with(&conn, out, writer, Some(frame), ErrorCode::UNAUTHENTICATED, "unauthenticated").await;
+            return Ok(());
+        }
+    };
+
+    let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let session = Session::new(claims.user.clone(), claims.device, shared.store.clone(), out.clone(), shared.limits);
+    let welcome = Frame::Welcome(Welcome {
+        request_id: hello.request_id,
+        version: PROTOCOL_VERSION,
+        user: claims.user.clone(),
+        device: claims.device,
+        server_time_ms: now_ms(),
+        max_frame: shared.limits.max_frame,
+        max_body: shared.limits.max_body,
+        max_inflight: shared.limits.max_inflight,
+    });
+    // Welcome goes out before registration makes the device visible to fanout, so it comes first.
+    out.send(welcome.to_bytes()).await.ok();
+    shared.registry.register(&claims.user, Device { conn_id, device: claims.device, out: out.clone(), conn: conn.clone() });
+    tracing::debug!(user = %claims.user, device = claims.device, "session open");
+
+    let result = serve(&session, &mut reader, shared).await;
+    shared.registry.unregister(&claims.user, conn_id);
+    match result {
+        Ended::Finished => {
+            session.drain().await;
+            close_with(&conn, out, writer, None, ErrorCode(0), "bye").await;
+        }
+        Ended::BadFrame(frame, code) => {
+            session.drain().await;
+            close_with(&conn, out, writer, Some(frame), code, "bad frame").await;
+        }
+        Ended::Shutdown => {
+            // Acknowledge what is committing, then say goodbye.
+            let _ = tokio::time::timeout(shared.shutdown_grace, session.drain()).await;
+            let goaway = Frame::GoAway(GoAway { code: ErrorCode::SHUTTING_DOWN, reason: "server shutting down".into() });
+            close_with(&conn, out, writer, Some(goaway.to_bytes()), ErrorCode::SHUTTING_DOWN, "shutdown").await;
+        }
+        Ended::Lost => {}
+    }
+    Ok(())
+}
+
+enum Ended {
+    Finished,
+    BadFrame(Bytes, ErrorCode),
+    Shutdown,
+    Lost,
+}
+
+async fn serve(session: &Session, reader: &mut FrameReader, shared: &Shared) -> Ended {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            frame = reader.next() => match frame {
+                Ok(Some(f)) => {
+                    if session.handle(f).await.is_err() {
+                        return Ended::Lost;
+                    }
+                }
+                Ok(None) => return Ended::Finished,
+                Err(ReadError::Decode(e)) => return Ended::BadFrame(error_frame(0, e.code(), e.to_string()), e.code()),
+                Err(ReadError::Stream(_)) => return Ended::Lost,
+            },
+            _ = shutdown.changed() => return Ended::Shutdown,
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! One authenticated session: what each client frame does, and which frames go back.
+//!
+//! [`Session::handle`] is the whole per-frame logic. It talks to the world only through the store
+//! and an outbound queue of encoded frames, so a unit test drives it with a channel and a
+//! temporary store, no sockets. The QUIC plumbing around it is in [`crate::server`].
+//!
+//! Inputs: [`Session::handle`] (one decoded frame). Outputs: encoded frames on the outbound queue
+//! (answers, errors), and sends queued in the store, whose commits reach other devices through
+//! [`crate::fanout`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use courier_store::{AppendRequest, Store, StoreError};
+use courier_wire::frame::{
+    ChatInfo, ChatList, ChatSpec, ErrorFrame, HistoryPage, MessageKind, Pong, SendOk,
+};
+use courier_wire::{Codec, ErrorCode, Frame, HEADER_LEN};
+use tokio::sync::{mpsc, Semaphore};
+
+/// Encodes an error answer.
+pub(crate) fn error_frame(request_id: u32, code: ErrorCode, message: impl Into<String>) -> Bytes {
+    Frame::ErrorFrame(ErrorFrame { request_id, code, message: message.into() }).to_bytes()
+}
+
+/// Limits a session enforces (copied from the gateway config).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_frame: u32,
+    pub(crate) max_body: u32,
+    pub(crate) max_inflight: u32,
+    pub(crate) max_history_page: u32,
+}
+
+/// The outbound queue is gone: the connection is closing.
+#[derive(Debug)]
+pub(crate) struct Disconnected;
+
+/// The state of one authenticated connection.
+pub(crate) struct Session {
+    pub(crate) user: String,
+    pub(crate) device: u32,
+    store: Store,
+    out: mpsc::Sender<Bytes>,
+    limits: Limits,
+    inflight: Arc<Semaphore>,
+}
+
+impl Session {
+    pub(crate) fn new(user: String, device: u32, store: Store, out: mpsc::Sender<Bytes>, limits: Limits) -> Self {
+        let inflight = Arc::new(Semaphore::new(limits.max_inflight as usize));
+        Self { user, device, store, out, limits, inflight }
+    }
+
+    async fn reply(&self, frame: Bytes) -> Result<(), Disconnected> {
+        self.out.send(frame).await.map_err(|_| Disconnected)
+    }
+
+    async fn fail(&self, request_id: u32, code: ErrorCode, message: impl Into<String>) -> Result<(), Disconnected> {
+        self.reply(error_frame(request_id, code, message)).await
+    }
+
+    async fn store_error(&self, request_id: u32, e: &StoreError) -> Result<(), Disconnected> {
+        if matches!(e, StoreError::Engine(_) | StoreError::Corrupt(_)) {
+            tracing::error!(user = %self.user, "store: {e}");
+        }
+        self.fail(request_id, e.code(), e.to_string()).await
+    }
+
+    /// Handles one frame from the client.
+    pub(crate) async fn handle(&self, frame: Frame) -> Result<(), Disconnected> {
+        let request_id = frame.request_id().unwrap_or(0);
+        match frame {
+            Frame::Send(f) => self.send(f).await,
+            Frame::CreateChat(f) => {
+                let r = match f.spec {
+                    ChatSpec::Direct { peer } => self.store.create_direct(&self.user, &peer).await,
+                    ChatSpec::Group { name, members } => self.store.create_group(&self.user, &name, members).await,
+                };
+                match r {
+                    Ok(chat) => self.chat_info(request_id, &chat).await,
+                    Err(e) => self.store_error(request_id, &e).await,
+                }
+            }
+            Frame::GetChat(f) => match self.store.chat_for(&self.user, f.chat_id) {
+                Ok(chat) => self.chat_info(request_id, &chat).await,
+                Err(e) => self.store_error(request_id, &e).await,
+            },
+            Frame::ListChats(f) => self.list_chats(request_id, f.after_chat, f.limit).await,
+            Frame::History(f) => self.history(f).await,
+            Frame::Ping(p) => self.reply(Frame::Pong(Pong { request_id, nonce: p.nonce }).to_bytes()).await,
+            Frame::Hello(_) => self.fail(request_id, ErrorCode::INVALID, "session is already open").await,
+            Frame::Ack(_)
+            | Frame::Sync(_)
+            | Frame::UpdateChat(_)
+            | Frame::Receipt(_)
+            | Frame::Typing(_)
+            | Frame::PresenceSubscribe(_)
+            | Frame::RegisterPush(_) => {
+                self.fail(request_id, ErrorCode::UNSUPPORTED, "not supported by this server version").await
+            }
+            other => {
+                let kind = other.kind();
+                self.fail(request_id, ErrorCode::UNSUPPORTED, format!("frame kind {kind:#04x} is not a client request")).await
+            }
+        }
+    }
+
+    async fn send(&self, f: courier_wire::frame::Send) -> Result<(), Disconnected> {
+        let request_id = f.request_id;
+        if f.body.len() > self.limits.max_body as usize {
+            let msg = format!("body of {} bytes exceeds the limit of {}", f.body.len(), self.limits.max_body);
+            return self.fail(request_id, ErrorCode::TOO_LARGE, msg).await;
+        }
+        if f.kind == MessageKind::System {
+            return self.fail(request_id, ErrorCode::INVALID, "system messages are written by the server").await;
+        }
+        if !f.attachments.is_empty() || f.kind == MessageKind::Media {
+            return self.fail(request_id, ErrorCode::UNSUPPORTED, "media is not supported by this server version").await;
+        }
+        let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+            let msg = format!("more than {} sends in flight", self.limits.max_inflight);
+            return self.fail(request_id, ErrorCode::RATE_LIMITED, msg).await;
+        };
+        let req = AppendRequest {
+            sender_user: self.user.clone(),
+            sender_device: self.device,
+            client_msg_id: f.client_msg_id,
+            chat_id: f.chat_id,
+            kind: f.kind,
+            body: f.body,
+            attachments: f.attachments,
+        };
+        // Queue in arrival order here; wait for the commit in a task, so sends pipeline.
+        let ticket = match self.store.submit_append(req).await {
+            Ok(t) => t,
+            Err(e) => return self.store_error(request_id, &e).await,
+        };
+        let out = self.out.clone();
+        let (user, client_msg_id) = (self.user.clone(), f.client_msg_id);
+        tokio::spawn(async move {
+            let frame = match ticket.wait().await {
+                Ok(a) => Frame::SendOk(SendOk {
+                    request_id,
+                    client_msg_id,
+                    chat_id: a.chat_id,
+                    seq: a.seq,
+                    server_ts: a.server_ts,
+                    duplicate: a.duplicate,
+                })
+                .to_bytes(),
+                Err(e) => {
+                    if matches!(e, StoreError::Engine(_) | StoreError::Corrupt(_)) {
+                        tracing::error!(%user, "store: {e}");
+                    }
+                    error_frame(request_id, e.code(), e.to_string())
+                }
+            };
+            let _ = out.send(frame).await;
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    async fn chat_info(&self, request_id: u32, chat: &courier_store::Chat) -> Result<(), Disconnected> {
+        match self.store.last_seq(chat.id) {
+            Ok(last) => {
+                self.reply(Frame::ChatInfo(ChatInfo { request_id, chat: chat.summary(last, 0) }).to_bytes()).await
+            }
+            Err(e) => self.store_error(request_id, &e).await,
+        }
+    }
+
+    async fn list_chats(&self, request_id: u32, after: u64, limit: u32) -> Result<(), Disconnected> {
+        // A summary can hold up to 100 members of 64 bytes: keep pages well inside one frame.
+        let limit = limit.clamp(1, 50) as usize;
+        let chats = match self.store.chats_of(&self.user, after, limit + 1) {
+            Ok(c) => c,
+            Err(e) => return self.store_error(request_id, &e).await,
+        };
+        let more = chats.len() > limit;
+        let chats: Vec<_> = chats.into_iter().take(limit).map(|(c, last)| c.summary(last, 0)).collect();
+        let next_after = if more { chats.last().map(|c| c.chat_id) } else { None };
+        self.reply(Frame::ChatList(ChatList { request_id, chats, next_after }).to_bytes()).await
+    }
+
+    async fn history(&self, f: courier_wire::frame::History) -> Result<(), Disconnected> {
+        let limit = f.limit.clamp(1, self.limits.max_history_page) as usize;
+        let (mut messages, mut more) = match self.store.history(&self.user, f.chat_id, f.direction, f.seq, limit) {
+            Ok(r) => r,
+            Err(e) => return self.store_error(f.request_id, &e).await,
+        };
+        // Trim the page to fit one frame; the client pages on from the last message it got.
+        let mut page = HistoryPage { request_id: f.request_id, chat_id: f.chat_id, messages: Vec::new(), more };
+        let budget = self.limits.max_frame as usize - HEADER_LEN;
+        let mut len = page.encoded_len();
+        let mut keep = 0;
+        for m in &messages {
+            let l = m.encoded_len();
+            if len + l > budget {
+                more = true;
+                break;
+            }
+            len += l;
+            keep += 1;
+        }
+        messages.truncate(keep);
+        page.messages = messages;
+        page.more = more;
+        self.reply(Frame::HistoryPage(page).to_bytes()).await
+    }
+
+    /// Waits until every send this session queued has been answered.
+    pub(crate) async fn drain(&self) {
+        let _ = self.inflight.acquire_many(self.limits.max_inflight).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use courier_store::StoreConfig;
+    use courier_wire::frame::{CreateChat, History, Send};
+    use courier_wire::FrameDecoder;
+
+    async fn next(rx: &mut mpsc::Receiver<Bytes>) -> Frame {
+        let bytes = rx.recv().await.expect("a frame");
+        let mut buf = bytes::BytesMut::from(&bytes[..]);
+        FrameDecoder::new(u32::MAX).decode(&mut buf).unwrap().unwrap()
+    }
+
+    fn limits() -> Limits {
+        Limits { max_frame: 64 * 1024, max_body: 1000, max_inflight: 2, max_history_page: 100 }
+    }
+
+    #[tokio::test]
+    async fn frames_drive_the_store_without_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let s = Session::new("alice".into(), 1, store.clone(), tx, limits());
+
+        s.handle(Frame::CreateChat(CreateChat { request_id: 1, spec: ChatSpec::Direct { peer: "bob".into() } })).await.unwrap();
+        let Frame::ChatInfo(info) = next(&mut rx).await else { panic!("expected ChatInfo") };
+        let chat = info.chat.chat_id;
+
+        let send = |request_id, body: &'static [u8]| {
+            Frame::Send(Send {
+                request_id,
+                client_msg_id: [request_id as u8; 16],
+                chat_id: chat,
+                kind: MessageKind::Text,
+                body: Bytes::from_static(body),
+                attachments: vec![],
+            })
+        };
+        s.handle(send(2, b"hi")).await.unwrap();
+        let Frame::SendOk(ok) = next(&mut rx).await else { panic!("expected SendOk") };
+        assert_eq!((ok.request_id, ok.seq, ok.duplicate), (2, 1, false));
+
+        s.handle(send(3, &[b'x'; 1001])).await.unwrap();
+        let Frame::ErrorFrame(e) = next(&mut rx).await else { panic!("expected Error") };
+        assert_eq!((e.request_id, e.code), (3, ErrorCode::TOO_LARGE));
+
+        s.handle(Frame::History(History { request_id: 4, chat_id: 99, direction: courier_wire::frame::Direction::After, seq: 0, limit: 10 })).await.unwrap();
+        let Frame::ErrorFrame(e) = next(&mut rx).await else { panic!("expected Error") };
+        assert_eq!((e.request_id, e.code), (4, ErrorCode::FORBIDDEN));
+
+        s.handle(Frame::Unknown { kind: 0x70, body: Bytes::from_static(&[0, 0, 0, 5]) }).await.unwrap();
+        let Frame::ErrorFrame(e) = next(&mut rx).await else { panic!("expected Error") };
+        assert_eq!((e.request_id, e.code), (5, ErrorCode::UNSUPPORTED));
+        store.close().await;
+    }
+}

@@ -1,0 +1,142 @@
+//! Test kit for end-to-end tests: a gateway on 127.0.0.1 port 0 with its own temporary data
+//! directory, issuer key and self-signed certificate, and clients for it.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use courier_client::{Client, ClientError, Event, Events, Trust};
+use courier_gateway::auth::{Claims, IssuerKey, TokenVerifier};
+use courier_gateway::tls::TlsIdentity;
+use courier_gateway::{Gateway, GatewayConfig};
+use courier_wire::{Frame, FrameDecoder};
+
+/// A running gateway and what a client needs to reach it.
+pub struct TestServer {
+    pub gateway: Gateway,
+    pub issuer: IssuerKey,
+    pub cert: PathBuf,
+    pub dir: PathBuf,
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+impl TestServer {
+    /// Starts a gateway whose data (store, certificate, issuer key) lives in `dir`; a second start
+    /// on the same `dir` reuses all three, like a restarted server.
+    pub async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, |_| {}).await
+    }
+
+    /// [`TestServer::start`] with the config adjusted by `tweak`.
+    pub async fn start_with(dir: &Path, tweak: impl FnOnce(&mut GatewayConfig)) -> Self {
+        let key_path = dir.join("issuer.key");
+        if !key_path.exists() {
+            IssuerKey::generate().write_files(dir).unwrap();
+        }
+        let issuer = IssuerKey::read_file(&key_path).unwrap();
+        let (tls, _) = TlsIdentity::self_signed_in(&dir.join("tls")).unwrap();
+        let cert = tls.cert_path.clone();
+        let verifier = TokenVerifier::new(issuer.public_key());
+        let mut config = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("store"), tls, verifier);
+        config.shutdown_grace = Duration::from_secs(3);
+        tweak(&mut config);
+        let gateway = Gateway::start(config).await.unwrap();
+        Self { gateway, issuer, cert, dir: dir.to_owned() }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.gateway.local_addr()
+    }
+
+    pub fn token(&self, user: &str, device: u32) -> String {
+        self.issuer.mint(&Claims { user: user.into(), device, expires_at: now_secs() + 3600 })
+    }
+
+    pub fn trust(&self) -> Trust {
+        Trust::File(self.cert.clone())
+    }
+
+    pub async fn connect(&self, user: &str, device: u32) -> (Client, Events) {
+        self.try_connect(&self.token(user, device)).await.unwrap()
+    }
+
+    pub async fn try_connect(&self, token: &str) -> Result<(Client, Events), ClientError> {
+        Client::connect(self.addr(), "localhost", &self.trust(), token).await
+    }
+
+    /// A bare QUIC connection with its control stream open and nothing sent.
+    pub async fn raw(&self) -> RawConn {
+        let cfg = courier_client::tls::client_config(&self.trust()).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(cfg);
+        let conn = endpoint.connect(self.addr(), "localhost").unwrap().await.unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        RawConn { _endpoint: endpoint, conn, send, recv, buf: BytesMut::new() }
+    }
+}
+
+/// A QUIC connection driven byte by byte.
+pub struct RawConn {
+    _endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    buf: BytesMut,
+}
+
+impl RawConn {
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn write_frame(&mut self, f: Frame) {
+        self.write(&f.to_bytes()).await;
+    }
+
+    /// The next frame from the server, or None when the stream ended.
+    pub async fn read_frame(&mut self) -> Option<Frame> {
+        let decoder = FrameDecoder::new(u32::MAX);
+        loop {
+            if let Some(f) = decoder.decode(&mut self.buf).unwrap() {
+                return Some(f);
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.recv.read_chunk(65536, true))
+                .await
+                .expect("server answers within 10 s");
+            match chunk {
+                Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The application close code the server closed the connection with.
+    pub async fn close_code(&self) -> u64 {
+        match tokio::time::timeout(Duration::from_secs(10), self.conn.closed()).await.expect("server closes") {
+            quinn::ConnectionError::ApplicationClosed(c) => c.error_code.into_inner(),
+            other => panic!("expected an application close, got {other}"),
+        }
+    }
+}
+
+/// Waits for the next delivered message, skipping other events.
+pub async fn next_message(events: &mut Events) -> courier_wire::frame::Message {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("a message within 10 s") {
+            Some(Event::Message(m)) => return m,
+            Some(Event::Closed(r)) => panic!("connection closed: {r}"),
+            Some(_) => {}
+            None => panic!("event stream ended"),
+        }
+    }
+}
+
+pub fn body(i: usize) -> Bytes {
+    Bytes::from(format!("message number {i}"))
+}
