@@ -76,9 +76,13 @@ impl Client {
         version: u16,
     ) -> Result<(Self, Events), ClientError> {
         let config = client_config(trust)?;
-        let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-            .parse()
-            .expect("literal address");
+        let bind: SocketAddr = if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .expect("literal address");
         let mut endpoint =
             quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
         endpoint.set_default_client_config(config);
@@ -87,17 +91,29 @@ impl Client {
             .map_err(|e| ClientError::Connect(e.to_string()))?
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
-        let (send, recv) = conn.open_bi().await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
         let out = spawn_writer(send, 1024);
-        let hello = Frame::Hello(Hello { request_id: 0, version, token: Bytes::copy_from_slice(token.as_bytes()) });
-        out.send(hello.to_bytes()).await.map_err(|_| ClientError::Closed("writer stopped".into()))?;
+        let hello = Frame::Hello(Hello {
+            request_id: 0,
+            version,
+            token: Bytes::copy_from_slice(token.as_bytes()),
+        });
+        out.send(hello.to_bytes())
+            .await
+            .map_err(|_| ClientError::Closed("writer stopped".into()))?;
 
         // The server's limits are not known before Welcome: read it with the protocol's default.
         let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME);
         let welcome = match reader.next().await {
             Ok(Some(Frame::Welcome(w))) => w,
             Ok(Some(Frame::ErrorFrame(e))) => {
-                return Err(ClientError::Server { code: e.code, message: e.message });
+                return Err(ClientError::Server {
+                    code: e.code,
+                    message: e.message,
+                });
             }
             Ok(Some(other)) => return Err(ClientError::Unexpected(other.kind())),
             Ok(None) => return Err(ClientError::Closed(close_reason(&conn))),
@@ -143,7 +159,10 @@ impl Client {
             return Err(ClientError::Closed(close_reason(&self.conn)));
         }
         match rx.await {
-            Ok(Frame::ErrorFrame(e)) => Err(ClientError::Server { code: e.code, message: e.message }),
+            Ok(Frame::ErrorFrame(e)) => Err(ClientError::Server {
+                code: e.code,
+                message: e.message,
+            }),
             Ok(f) => Ok(f),
             Err(_) => Err(ClientError::Closed(close_reason(&self.conn))),
         }
@@ -151,27 +170,47 @@ impl Client {
 
     /// Sends a frame that expects no answer (acks, typing, receipts).
     pub async fn post(&self, frame: Frame) -> Result<(), ClientError> {
-        self.out.send(frame.to_bytes()).await.map_err(|_| ClientError::Closed(close_reason(&self.conn)))
+        self.out
+            .send(frame.to_bytes())
+            .await
+            .map_err(|_| ClientError::Closed(close_reason(&self.conn)))
     }
 
     /// Sends raw bytes on the control stream, exactly as given (for protocol tests).
     pub async fn send_raw(&self, bytes: Bytes) -> Result<(), ClientError> {
-        self.out.send(bytes).await.map_err(|_| ClientError::Closed(close_reason(&self.conn)))
+        self.out
+            .send(bytes)
+            .await
+            .map_err(|_| ClientError::Closed(close_reason(&self.conn)))
     }
 
     /// The 1:1 chat with `peer` (created on first use).
     pub async fn create_direct_chat(&self, peer: &str) -> Result<ChatSummary, ClientError> {
-        self.create_chat(ChatSpec::Direct { peer: peer.to_owned() }).await
+        self.create_chat(ChatSpec::Direct {
+            peer: peer.to_owned(),
+        })
+        .await
     }
 
     /// A new group with the caller and `members`.
-    pub async fn create_group(&self, name: &str, members: &[&str]) -> Result<ChatSummary, ClientError> {
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: &[&str],
+    ) -> Result<ChatSummary, ClientError> {
         let members = members.iter().map(|m| (*m).to_owned()).collect();
-        self.create_chat(ChatSpec::Group { name: name.to_owned(), members }).await
+        self.create_chat(ChatSpec::Group {
+            name: name.to_owned(),
+            members,
+        })
+        .await
     }
 
     async fn create_chat(&self, spec: ChatSpec) -> Result<ChatSummary, ClientError> {
-        match self.request(|request_id| Frame::CreateChat(CreateChat { request_id, spec })).await? {
+        match self
+            .request(|request_id| Frame::CreateChat(CreateChat { request_id, spec }))
+            .await?
+        {
             Frame::ChatInfo(info) => Ok(info.chat),
             other => Err(ClientError::Unexpected(other.kind())),
         }
@@ -179,7 +218,15 @@ impl Client {
 
     /// One chat, if the caller is a member.
     pub async fn get_chat(&self, chat_id: u64) -> Result<ChatSummary, ClientError> {
-        match self.request(|request_id| Frame::GetChat(GetChat { request_id, chat_id })).await? {
+        match self
+            .request(|request_id| {
+                Frame::GetChat(GetChat {
+                    request_id,
+                    chat_id,
+                })
+            })
+            .await?
+        {
             Frame::ChatInfo(info) => Ok(info.chat),
             other => Err(ClientError::Unexpected(other.kind())),
         }
@@ -187,7 +234,16 @@ impl Client {
 
     /// A page of the caller's chats with ids above `after_chat`.
     pub async fn list_chats(&self, after_chat: u64, limit: u32) -> Result<ChatList, ClientError> {
-        match self.request(|request_id| Frame::ListChats(ListChats { request_id, after_chat, limit })).await? {
+        match self
+            .request(|request_id| {
+                Frame::ListChats(ListChats {
+                    request_id,
+                    after_chat,
+                    limit,
+                })
+            })
+            .await?
+        {
             Frame::ChatList(list) => Ok(list),
             other => Err(ClientError::Unexpected(other.kind())),
         }
@@ -195,7 +251,14 @@ impl Client {
 
     /// Sends a text message with a fresh client message id; returns once it is durable.
     pub async fn send(&self, chat_id: u64, body: impl Into<Bytes>) -> Result<SendOk, ClientError> {
-        self.send_message(chat_id, new_client_msg_id(), MessageKind::Text, body.into(), Vec::new()).await
+        self.send_message(
+            chat_id,
+            new_client_msg_id(),
+            MessageKind::Text,
+            body.into(),
+            Vec::new(),
+        )
+        .await
     }
 
     /// Sends a message with a caller-chosen client message id (reuse it to retry safely). Waits
@@ -215,8 +278,21 @@ impl Client {
                 self.welcome.max_body
             )));
         }
-        let _permit = self.inflight.acquire().await.map_err(|_| ClientError::Closed("client closed".into()))?;
-        let frame = |request_id| Frame::Send(Send { request_id, client_msg_id, chat_id, kind, body, attachments });
+        let _permit = self
+            .inflight
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Closed("client closed".into()))?;
+        let frame = |request_id| {
+            Frame::Send(Send {
+                request_id,
+                client_msg_id,
+                chat_id,
+                kind,
+                body,
+                attachments,
+            })
+        };
         match self.request(frame).await? {
             Frame::SendOk(ok) => Ok(ok),
             other => Err(ClientError::Unexpected(other.kind())),
@@ -231,7 +307,15 @@ impl Client {
         anchor: u64,
         limit: u32,
     ) -> Result<HistoryPage, ClientError> {
-        let frame = |request_id| Frame::History(History { request_id, chat_id, direction, seq: anchor, limit });
+        let frame = |request_id| {
+            Frame::History(History {
+                request_id,
+                chat_id,
+                direction,
+                seq: anchor,
+                limit,
+            })
+        };
         match self.request(frame).await? {
             Frame::HistoryPage(page) => Ok(page),
             other => Err(ClientError::Unexpected(other.kind())),
@@ -240,7 +324,15 @@ impl Client {
 
     /// Round trip to the server.
     pub async fn ping(&self) -> Result<(), ClientError> {
-        match self.request(|request_id| Frame::Ping(Ping { request_id, nonce: 7 })).await? {
+        match self
+            .request(|request_id| {
+                Frame::Ping(Ping {
+                    request_id,
+                    nonce: 7,
+                })
+            })
+            .await?
+        {
             Frame::Pong(_) => Ok(()),
             other => Err(ClientError::Unexpected(other.kind())),
         }
@@ -261,15 +353,23 @@ impl Client {
 pub fn new_client_msg_id() -> [u8; 16] {
     use ring::rand::SecureRandom;
     let mut id = [0u8; 16];
-    ring::rand::SystemRandom::new().fill(&mut id).expect("system randomness");
+    ring::rand::SystemRandom::new()
+        .fill(&mut id)
+        .expect("system randomness");
     id
 }
 
 fn close_reason(conn: &quinn::Connection) -> String {
-    conn.close_reason().map_or_else(|| "connection lost".into(), |r| r.to_string())
+    conn.close_reason()
+        .map_or_else(|| "connection lost".into(), |r| r.to_string())
 }
 
-async fn read_loop(mut reader: FrameReader, conn: quinn::Connection, pending: Pending, events: mpsc::Sender<Event>) {
+async fn read_loop(
+    mut reader: FrameReader,
+    conn: quinn::Connection,
+    pending: Pending,
+    events: mpsc::Sender<Event>,
+) {
     let reason = loop {
         let frame = match reader.next().await {
             Ok(Some(f)) => f,
@@ -317,4 +417,3 @@ fn answer_id(f: &Frame) -> Option<u32> {
         _ => None,
     }
 }
-

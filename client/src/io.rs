@@ -30,7 +30,11 @@ pub struct FrameReader {
 impl FrameReader {
     /// A reader refusing frames over `max_frame` bytes.
     pub fn new(recv: quinn::RecvStream, max_frame: u32) -> Self {
-        Self { recv, buf: BytesMut::with_capacity(4096), decoder: FrameDecoder::new(max_frame) }
+        Self {
+            recv,
+            buf: BytesMut::with_capacity(4096),
+            decoder: FrameDecoder::new(max_frame),
+        }
     }
 
     /// The next frame, or `Ok(None)` when the peer finished the stream cleanly between frames.

@@ -9,10 +9,10 @@
 //! It is not a UI or a message cache: apps keep what they show.
 //!
 //! # Layout
-//! - [`tls`]: which server certificates to trust ([`Trust`]) and the QUIC client configuration.
-//! - [`connection`]: [`Client`], [`Events`] and the tasks that read and write the control stream.
-//! - [`io`]: framed reading and coalesced writing on a QUIC stream (shared with the gateway).
-//! - [`error`]: [`ClientError`].
+//! - [`tls`] — which server certificates to trust ([`Trust`]) and the QUIC client configuration.
+//! - [`connection`] — [`Client`], [`Events`] and the tasks that read and write the control stream.
+//! - [`io`] — framed reading and coalesced writing on a QUIC stream (shared with the gateway).
+//! - [`error`] — [`ClientError`].
 
 #![forbid(unsafe_code)]
 

@@ -36,7 +36,10 @@ pub fn read_pem_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'stat
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ClientError::Connect(format!("parse {}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(ClientError::Connect(format!("{}: no certificate in file", path.display())));
+        return Err(ClientError::Connect(format!(
+            "{}: no certificate in file",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -50,9 +53,11 @@ pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, ClientError> 
     let verifier: Arc<dyn ServerCertVerifier> = match trust {
         Trust::File(path) => Arc::new(PinnedOrCa::new(read_pem_certs(path)?)?),
         Trust::Certificates(certs) => Arc::new(PinnedOrCa::new(certs.clone())?),
-        Trust::InsecureAcceptAnyCertificate => {
-            Arc::new(PinnedOrCa { pinned: Vec::new(), webpki: None, accept_any: true })
-        }
+        Trust::InsecureAcceptAnyCertificate => Arc::new(PinnedOrCa {
+            pinned: Vec::new(),
+            webpki: None,
+            accept_any: true,
+        }),
     };
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -94,7 +99,11 @@ impl PinnedOrCa {
                     .map_err(|e| ClientError::Connect(e.to_string()))?,
             )
         };
-        Ok(Self { pinned: certs, webpki, accept_any: false })
+        Ok(Self {
+            pinned: certs,
+            webpki,
+            accept_any: false,
+        })
     }
 }
 
@@ -107,12 +116,19 @@ impl ServerCertVerifier for PinnedOrCa {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.accept_any || self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+        if self.accept_any
+            || self
+                .pinned
+                .iter()
+                .any(|p| p.as_ref() == end_entity.as_ref())
+        {
             return Ok(ServerCertVerified::assertion());
         }
         match &self.webpki {
             Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
-            None => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
         }
     }
 
@@ -122,7 +138,9 @@ impl ServerCertVerifier for PinnedOrCa {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -131,10 +149,17 @@ impl ServerCertVerifier for PinnedOrCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -63,7 +63,10 @@ pub enum KeyFileError {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> KeyFileError {
-    KeyFileError::Io { path: path.display().to_string(), source }
+    KeyFileError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// The issuer's signing key.
@@ -76,23 +79,37 @@ impl IssuerKey {
     /// A fresh random key pair.
     pub fn generate() -> Self {
         let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).expect("system randomness").as_ref().to_vec();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+            .expect("system randomness")
+            .as_ref()
+            .to_vec();
         Self::from_pkcs8(&pkcs8).expect("freshly generated key parses")
     }
 
     /// A key from its PKCS#8 document.
     pub fn from_pkcs8(pkcs8: &[u8]) -> Option<Self> {
-        Ed25519KeyPair::from_pkcs8(pkcs8).ok().map(|pair| Self { pair, pkcs8: pkcs8.to_vec() })
+        Ed25519KeyPair::from_pkcs8(pkcs8).ok().map(|pair| Self {
+            pair,
+            pkcs8: pkcs8.to_vec(),
+        })
     }
 
     /// The 32-byte public key.
     pub fn public_key(&self) -> [u8; 32] {
-        self.pair.public_key().as_ref().try_into().expect("ed25519 public keys are 32 bytes")
+        self.pair
+            .public_key()
+            .as_ref()
+            .try_into()
+            .expect("ed25519 public keys are 32 bytes")
     }
 
     /// Signs a token for `claims`.
     pub fn mint(&self, claims: &Claims) -> String {
-        assert!(courier_wire::valid_user_id(&claims.user), "invalid user id {:?}", claims.user);
+        assert!(
+            courier_wire::valid_user_id(&claims.user),
+            "invalid user id {:?}",
+            claims.user
+        );
         let mut raw = Vec::with_capacity(14 + claims.user.len() + SIG_LEN);
         raw.push(VERSION);
         raw.push(claims.user.len() as u8);
@@ -114,18 +131,23 @@ impl IssuerKey {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut f = opts.open(&key_path).map_err(|e| io_err(&key_path, e))?;
-        std::io::Write::write_all(&mut f, format!("{}\n", URL_SAFE_NO_PAD.encode(&self.pkcs8)).as_bytes())
-            .map_err(|e| io_err(&key_path, e))?;
+        std::io::Write::write_all(
+            &mut f,
+            format!("{}\n", URL_SAFE_NO_PAD.encode(&self.pkcs8)).as_bytes(),
+        )
+        .map_err(|e| io_err(&key_path, e))?;
         let pub_path = dir.join("issuer.pub");
-        std::fs::write(&pub_path, format!("{}\n", URL_SAFE_NO_PAD.encode(self.public_key())))
-            .map_err(|e| io_err(&pub_path, e))?;
+        std::fs::write(
+            &pub_path,
+            format!("{}\n", URL_SAFE_NO_PAD.encode(self.public_key())),
+        )
+        .map_err(|e| io_err(&pub_path, e))?;
         Ok(())
     }
 
     /// Reads an `issuer.key` file.
     pub fn read_file(path: &Path) -> Result<Self, KeyFileError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| io_err(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
         URL_SAFE_NO_PAD
             .decode(text.trim())
             .ok()
@@ -148,8 +170,7 @@ impl TokenVerifier {
 
     /// Reads an `issuer.pub` file.
     pub fn read_file(path: &Path) -> Result<Self, KeyFileError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| io_err(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
         URL_SAFE_NO_PAD
             .decode(text.trim())
             .ok()
@@ -164,7 +185,9 @@ impl TokenVerifier {
         if token.len() > 512 {
             return Err(AuthError::Malformed);
         }
-        let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| AuthError::Malformed)?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| AuthError::Malformed)?;
         let signed_len = raw.len().checked_sub(SIG_LEN).ok_or(AuthError::Malformed)?;
         let (signed, sig) = raw.split_at(signed_len);
         let [version, ulen, rest @ ..] = signed else {
@@ -186,7 +209,11 @@ impl TokenVerifier {
         if expires_at <= now {
             return Err(AuthError::Expired);
         }
-        Ok(Claims { user: user.to_owned(), device, expires_at })
+        Ok(Claims {
+            user: user.to_owned(),
+            device,
+            expires_at,
+        })
     }
 }
 
@@ -195,7 +222,11 @@ mod tests {
     use super::*;
 
     fn claims(exp: u64) -> Claims {
-        Claims { user: "alice".into(), device: 3, expires_at: exp }
+        Claims {
+            user: "alice".into(),
+            device: 3,
+            expires_at: exp,
+        }
     }
 
     #[test]
@@ -217,7 +248,10 @@ mod tests {
         // Flip one byte of the signed part.
         let mut raw = URL_SAFE_NO_PAD.decode(key.mint(&claims(1000))).unwrap();
         raw[3] ^= 1;
-        assert_eq!(v.verify(URL_SAFE_NO_PAD.encode(&raw).as_bytes(), 0), Err(AuthError::BadSignature));
+        assert_eq!(
+            v.verify(URL_SAFE_NO_PAD.encode(&raw).as_bytes(), 0),
+            Err(AuthError::BadSignature)
+        );
         for junk in [&b""[..], b"!!!", b"AAAA", &[b'A'; 600]] {
             assert_eq!(v.verify(junk, 0), Err(AuthError::Malformed));
         }
@@ -228,7 +262,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = IssuerKey::generate();
         key.write_files(dir.path()).unwrap();
-        assert!(key.write_files(dir.path()).is_err(), "never overwrites a key");
+        assert!(
+            key.write_files(dir.path()).is_err(),
+            "never overwrites a key"
+        );
         let back = IssuerKey::read_file(&dir.path().join("issuer.key")).unwrap();
         assert_eq!(back.public_key(), key.public_key());
         let v = TokenVerifier::read_file(&dir.path().join("issuer.pub")).unwrap();

@@ -41,7 +41,12 @@ pub struct GatewayConfig {
 
 impl GatewayConfig {
     /// Defaults for the given address, store directory, TLS identity and token verifier.
-    pub fn new(listen: SocketAddr, store_dir: PathBuf, tls: TlsIdentity, verifier: TokenVerifier) -> Self {
+    pub fn new(
+        listen: SocketAddr,
+        store_dir: PathBuf,
+        tls: TlsIdentity,
+        verifier: TokenVerifier,
+    ) -> Self {
         Self {
             listen,
             store_dir,

@@ -7,10 +7,10 @@
 //! It is not the store (that is `courier-store`) and not the client (`courier-client`).
 //!
 //! # Layout
-//! - [`config`]: [`GatewayConfig`], every limit with its memory cost.
-//! - [`auth`]: issuer keys and tokens.
-//! - [`tls`]: the TLS identity (self-signed or from PEM files).
-//! - [`server`]: the endpoint, handshakes, the control-stream loop and graceful shutdown.
+//! - [`config`] — [`GatewayConfig`], every limit with its memory cost.
+//! - [`auth`] — issuer keys and tokens.
+//! - [`tls`] — the TLS identity (self-signed or from PEM files).
+//! - [`server`] — the endpoint, handshakes, the control-stream loop and graceful shutdown.
 //! - `session`: what each frame does (no sockets; unit-tested with channels).
 //! - `registry`: online devices; `fanout`: committed messages to them.
 

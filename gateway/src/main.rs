@@ -117,7 +117,9 @@ struct ChatArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?}: expected a number with a unit, e.g. 24h"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with a unit, e.g. 24h"))?;
     let secs = match unit {
         "s" | "" => 1,
         "m" => 60,
@@ -125,25 +127,35 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
     };
-    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(|| format!("{s:?}: too long"))
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: too long"))
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::Keygen { out } => keygen(&out),
-        Command::Token { key, user, device, ttl } => token(&key, user, device, ttl),
+        Command::Token {
+            key,
+            user,
+            device,
+            ttl,
+        } => token(&key, user, device, ttl),
         Command::Chat(args) => chat(args).await,
     };
     if let Err(e) = result {
@@ -154,7 +166,10 @@ async fn main() {
 
 fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
     IssuerKey::generate().write_files(out)?;
-    println!("wrote {0}/issuer.key (keep it secret) and {0}/issuer.pub", out.display());
+    println!(
+        "wrote {0}/issuer.key (keep it secret) and {0}/issuer.pub",
+        out.display()
+    );
     Ok(())
 }
 
@@ -163,7 +178,14 @@ fn token(key: &std::path::Path, user: String, device: u32, ttl: Duration) -> any
         bail!("invalid user id {user:?}: use 1 to 64 ASCII letters, digits or -_.@+");
     }
     let key = IssuerKey::read_file(key)?;
-    println!("{}", key.mint(&Claims { user, device, expires_at: now_secs() + ttl.as_secs() }));
+    println!(
+        "{}",
+        key.mint(&Claims {
+            user,
+            device,
+            expires_at: now_secs() + ttl.as_secs()
+        })
+    );
     Ok(())
 }
 
@@ -187,7 +209,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let p = args.data_dir.join("issuer.pub");
             if !p.exists() {
                 IssuerKey::generate().write_files(&args.data_dir)?;
-                println!("created issuer key pair {0}/issuer.key and {0}/issuer.pub", args.data_dir.display());
+                println!(
+                    "created issuer key pair {0}/issuer.key and {0}/issuer.pub",
+                    args.data_dir.display()
+                );
             }
             p
         }
@@ -199,7 +224,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_inflight = args.max_inflight;
     config.max_connections = args.max_connections;
     let gateway = Gateway::start(config).await?;
-    println!("courier listening on {} (store {})", gateway.local_addr(), args.data_dir.join("store").display());
+    println!(
+        "courier listening on {} (store {})",
+        gateway.local_addr(),
+        args.data_dir.join("store").display()
+    );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -219,7 +248,10 @@ fn print_message(m: &Message) {
         MessageKind::Media => "[media] ",
         MessageKind::System => "[system] ",
     };
-    println!("[chat {} #{}] {}: {kind}{text}", m.chat_id, m.seq, m.sender_user);
+    println!(
+        "[chat {} #{}] {}: {kind}{text}",
+        m.chat_id, m.seq, m.sender_user
+    );
 }
 
 async fn chat(args: ChatArgs) -> anyhow::Result<()> {
@@ -230,16 +262,32 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
                 bail!("invalid user id {user:?}");
             }
             let key = IssuerKey::read_file(&args.key).context("--as needs the issuer key")?;
-            key.mint(&Claims { user: user.clone(), device: args.device, expires_at: now_secs() + 86_400 })
+            key.mint(&Claims {
+                user: user.clone(),
+                device: args.device,
+                expires_at: now_secs() + 86_400,
+            })
         }
-        (None, None) => bail!("give --token TOKEN, or --as USER to mint one with the local issuer key"),
+        (None, None) => {
+            bail!("give --token TOKEN, or --as USER to mint one with the local issuer key")
+        }
     };
-    let trust = if args.insecure { Trust::InsecureAcceptAnyCertificate } else { Trust::File(args.ca.clone()) };
-    let (client, mut events) = Client::connect(args.server, &args.server_name, &trust, &token).await?;
+    let trust = if args.insecure {
+        Trust::InsecureAcceptAnyCertificate
+    } else {
+        Trust::File(args.ca.clone())
+    };
+    let (client, mut events) =
+        Client::connect(args.server, &args.server_name, &trust, &token).await?;
     let me = client.welcome().user.clone();
     let chat = client.create_direct_chat(&args.to).await?;
-    println!("connected as {me}; chat {} with {} (type a line and press enter; Ctrl-D quits)", chat.chat_id, args.to);
-    let recent = client.history(chat.chat_id, Direction::Before, u64::MAX, 20).await?;
+    println!(
+        "connected as {me}; chat {} with {} (type a line and press enter; Ctrl-D quits)",
+        chat.chat_id, args.to
+    );
+    let recent = client
+        .history(chat.chat_id, Direction::Before, u64::MAX, 20)
+        .await?;
     for m in recent.messages.iter().rev() {
         print_message(m);
     }

@@ -48,15 +48,21 @@ impl Gateway {
         config.validate().map_err(anyhow::Error::msg)?;
         let registry = Arc::new(Registry::default());
         let mut store_cfg = StoreConfig::new(&config.store_dir);
-        store_cfg.listener = Some(Arc::new(Fanout { registry: registry.clone() }));
-        let store = Store::open(store_cfg).with_context(|| format!("open store in {}", config.store_dir.display()))?;
+        store_cfg.listener = Some(Arc::new(Fanout {
+            registry: registry.clone(),
+        }));
+        let store = Store::open(store_cfg)
+            .with_context(|| format!("open store in {}", config.store_dir.display()))?;
 
         let tls = config.tls.rustls_config()?;
-        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS config")?;
+        let quic =
+            quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS config")?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         let mut transport = quinn::TransportConfig::default();
         transport
-            .max_idle_timeout(Some(config.idle_timeout.try_into().context("idle timeout")?))
+            .max_idle_timeout(Some(
+                config.idle_timeout.try_into().context("idle timeout")?,
+            ))
             // One control stream now; media streams (docs/PROTOCOL.md) will raise this.
             .max_concurrent_bidi_streams(4u32.into())
             .max_concurrent_uni_streams(0u32.into());
@@ -83,8 +89,18 @@ impl Gateway {
             connections: AtomicUsize::new(0),
             next_conn_id: AtomicU64::new(1),
         });
-        let accept = tokio::spawn(accept_loop(endpoint.clone(), shared, config.max_connections));
-        Ok(Self { addr, endpoint, shutdown: shutdown_tx, accept, store })
+        let accept = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            shared,
+            config.max_connections,
+        ));
+        Ok(Self {
+            addr,
+            endpoint,
+            shutdown: shutdown_tx,
+            accept,
+            store,
+        })
     }
 
     /// The bound UDP address.
@@ -130,13 +146,20 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, max_connect
     // Refuse newcomers while the sessions wind down.
     endpoint.set_server_config(None);
     let grace = shared.shutdown_grace + Duration::from_secs(1);
-    if tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await.is_err() {
+    if tokio::time::timeout(grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
         sessions.abort_all();
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Sends `frame` as the last words on the control stream, waits (briefly) for the peer to get
@@ -159,20 +182,44 @@ async fn close_with(
 
 async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
-    let conn = tokio::time::timeout_at(deadline, incoming).await.context("handshake timeout")??;
-    let (send, recv) = tokio::time::timeout_at(deadline, conn.accept_bi()).await.context("no control stream")??;
+    let conn = tokio::time::timeout_at(deadline, incoming)
+        .await
+        .context("handshake timeout")??;
+    let (send, recv) = tokio::time::timeout_at(deadline, conn.accept_bi())
+        .await
+        .context("no control stream")??;
     let (out, writer) = spawn_writer_with_handle(send, shared.outbound_queue);
     let mut reader = FrameReader::new(recv, shared.limits.max_frame);
 
     let hello = match tokio::time::timeout_at(deadline, reader.next()).await {
         Ok(Ok(Some(Frame::Hello(h)))) => h,
         Ok(Ok(Some(other))) => {
-            let frame = error_frame(other.request_id().unwrap_or(0), ErrorCode::UNAUTHENTICATED, "send Hello first");
-            close_with(&conn, out, writer, Some(frame), ErrorCode::UNAUTHENTICATED, "no hello").await;
+            let frame = error_frame(
+                other.request_id().unwrap_or(0),
+                ErrorCode::UNAUTHENTICATED,
+                "send Hello first",
+            );
+            close_with(
+                &conn,
+                out,
+                writer,
+                Some(frame),
+                ErrorCode::UNAUTHENTICATED,
+                "no hello",
+            )
+            .await;
             return Ok(());
         }
         Ok(Err(ReadError::Decode(e))) => {
-            close_with(&conn, out, writer, Some(error_frame(0, e.code(), e.to_string())), e.code(), "bad frame").await;
+            close_with(
+                &conn,
+                out,
+                writer,
+                Some(error_frame(0, e.code(), e.to_string())),
+                e.code(),
+                "bad frame",
+            )
+            .await;
             return Ok(());
         }
         Ok(Ok(None) | Err(ReadError::Stream(_))) | Err(_) => {
@@ -181,22 +228,47 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
         }
     };
     if hello.version != PROTOCOL_VERSION {
-        let msg = format!("protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}", hello.version);
+        let msg = format!(
+            "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+            hello.version
+        );
         let frame = error_frame(hello.request_id, ErrorCode::UNSUPPORTED_VERSION, msg);
-        close_with(&conn, out, writer, Some(frame), ErrorCode::UNSUPPORTED_VERSION, "version").await;
+        close_with(
+            &conn,
+            out,
+            writer,
+            Some(frame),
+            ErrorCode::UNSUPPORTED_VERSION,
+            "version",
+        )
+        .await;
         return Ok(());
     }
     let claims = match shared.verifier.verify(&hello.token, now_ms() / 1000) {
         Ok(c) => c,
         Err(e) => {
             let frame = error_frame(hello.request_id, ErrorCode::UNAUTHENTICATED, e.to_string());
-            close_with(&conn, out, writer, Some(frame), ErrorCode::UNAUTHENTICATED, "unauthenticated").await;
+            close_with(
+                &conn,
+                out,
+                writer,
+                Some(frame),
+                ErrorCode::UNAUTHENTICATED,
+                "unauthenticated",
+            )
+            .await;
             return Ok(());
         }
     };
 
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let session = Session::new(claims.user.clone(), claims.device, shared.store.clone(), out.clone(), shared.limits);
+    let session = Session::new(
+        claims.user.clone(),
+        claims.device,
+        shared.store.clone(),
+        out.clone(),
+        shared.limits,
+    );
     let welcome = Frame::Welcome(Welcome {
         request_id: hello.request_id,
         version: PROTOCOL_VERSION,
@@ -209,7 +281,15 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
     });
     // Welcome goes out before registration makes the device visible to fanout, so it comes first.
     out.send(welcome.to_bytes()).await.ok();
-    shared.registry.register(&claims.user, Device { conn_id, device: claims.device, out: out.clone(), conn: conn.clone() });
+    shared.registry.register(
+        &claims.user,
+        Device {
+            conn_id,
+            device: claims.device,
+            out: out.clone(),
+            conn: conn.clone(),
+        },
+    );
     tracing::debug!(user = %claims.user, device = claims.device, "session open");
 
     let result = serve(&session, &mut reader, shared).await;
@@ -226,8 +306,19 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
         Ended::Shutdown => {
             // Acknowledge what is committing, then say goodbye.
             let _ = tokio::time::timeout(shared.shutdown_grace, session.drain()).await;
-            let goaway = Frame::GoAway(GoAway { code: ErrorCode::SHUTTING_DOWN, reason: "server shutting down".into() });
-            close_with(&conn, out, writer, Some(goaway.to_bytes()), ErrorCode::SHUTTING_DOWN, "shutdown").await;
+            let goaway = Frame::GoAway(GoAway {
+                code: ErrorCode::SHUTTING_DOWN,
+                reason: "server shutting down".into(),
+            });
+            close_with(
+                &conn,
+                out,
+                writer,
+                Some(goaway.to_bytes()),
+                ErrorCode::SHUTTING_DOWN,
+                "shutdown",
+            )
+            .await;
         }
         Ended::Lost => {}
     }

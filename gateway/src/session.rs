@@ -20,7 +20,12 @@ use tokio::sync::{mpsc, Semaphore};
 
 /// Encodes an error answer.
 pub(crate) fn error_frame(request_id: u32, code: ErrorCode, message: impl Into<String>) -> Bytes {
-    Frame::ErrorFrame(ErrorFrame { request_id, code, message: message.into() }).to_bytes()
+    Frame::ErrorFrame(ErrorFrame {
+        request_id,
+        code,
+        message: message.into(),
+    })
+    .to_bytes()
 }
 
 /// Limits a session enforces (copied from the gateway config).
@@ -47,16 +52,34 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(user: String, device: u32, store: Store, out: mpsc::Sender<Bytes>, limits: Limits) -> Self {
+    pub(crate) fn new(
+        user: String,
+        device: u32,
+        store: Store,
+        out: mpsc::Sender<Bytes>,
+        limits: Limits,
+    ) -> Self {
         let inflight = Arc::new(Semaphore::new(limits.max_inflight as usize));
-        Self { user, device, store, out, limits, inflight }
+        Self {
+            user,
+            device,
+            store,
+            out,
+            limits,
+            inflight,
+        }
     }
 
     async fn reply(&self, frame: Bytes) -> Result<(), Disconnected> {
         self.out.send(frame).await.map_err(|_| Disconnected)
     }
 
-    async fn fail(&self, request_id: u32, code: ErrorCode, message: impl Into<String>) -> Result<(), Disconnected> {
+    async fn fail(
+        &self,
+        request_id: u32,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Result<(), Disconnected> {
         self.reply(error_frame(request_id, code, message)).await
     }
 
@@ -75,7 +98,9 @@ impl Session {
             Frame::CreateChat(f) => {
                 let r = match f.spec {
                     ChatSpec::Direct { peer } => self.store.create_direct(&self.user, &peer).await,
-                    ChatSpec::Group { name, members } => self.store.create_group(&self.user, &name, members).await,
+                    ChatSpec::Group { name, members } => {
+                        self.store.create_group(&self.user, &name, members).await
+                    }
                 };
                 match r {
                     Ok(chat) => self.chat_info(request_id, &chat).await,
@@ -88,8 +113,20 @@ impl Session {
             },
             Frame::ListChats(f) => self.list_chats(request_id, f.after_chat, f.limit).await,
             Frame::History(f) => self.history(f).await,
-            Frame::Ping(p) => self.reply(Frame::Pong(Pong { request_id, nonce: p.nonce }).to_bytes()).await,
-            Frame::Hello(_) => self.fail(request_id, ErrorCode::INVALID, "session is already open").await,
+            Frame::Ping(p) => {
+                self.reply(
+                    Frame::Pong(Pong {
+                        request_id,
+                        nonce: p.nonce,
+                    })
+                    .to_bytes(),
+                )
+                .await
+            }
+            Frame::Hello(_) => {
+                self.fail(request_id, ErrorCode::INVALID, "session is already open")
+                    .await
+            }
             Frame::Ack(_)
             | Frame::Sync(_)
             | Frame::UpdateChat(_)
@@ -97,11 +134,21 @@ impl Session {
             | Frame::Typing(_)
             | Frame::PresenceSubscribe(_)
             | Frame::RegisterPush(_) => {
-                self.fail(request_id, ErrorCode::UNSUPPORTED, "not supported by this server version").await
+                self.fail(
+                    request_id,
+                    ErrorCode::UNSUPPORTED,
+                    "not supported by this server version",
+                )
+                .await
             }
             other => {
                 let kind = other.kind();
-                self.fail(request_id, ErrorCode::UNSUPPORTED, format!("frame kind {kind:#04x} is not a client request")).await
+                self.fail(
+                    request_id,
+                    ErrorCode::UNSUPPORTED,
+                    format!("frame kind {kind:#04x} is not a client request"),
+                )
+                .await
             }
         }
     }
@@ -109,14 +156,30 @@ impl Session {
     async fn send(&self, f: courier_wire::frame::Send) -> Result<(), Disconnected> {
         let request_id = f.request_id;
         if f.body.len() > self.limits.max_body as usize {
-            let msg = format!("body of {} bytes exceeds the limit of {}", f.body.len(), self.limits.max_body);
+            let msg = format!(
+                "body of {} bytes exceeds the limit of {}",
+                f.body.len(),
+                self.limits.max_body
+            );
             return self.fail(request_id, ErrorCode::TOO_LARGE, msg).await;
         }
         if f.kind == MessageKind::System {
-            return self.fail(request_id, ErrorCode::INVALID, "system messages are written by the server").await;
+            return self
+                .fail(
+                    request_id,
+                    ErrorCode::INVALID,
+                    "system messages are written by the server",
+                )
+                .await;
         }
         if !f.attachments.is_empty() || f.kind == MessageKind::Media {
-            return self.fail(request_id, ErrorCode::UNSUPPORTED, "media is not supported by this server version").await;
+            return self
+                .fail(
+                    request_id,
+                    ErrorCode::UNSUPPORTED,
+                    "media is not supported by this server version",
+                )
+                .await;
         }
         let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
             let msg = format!("more than {} sends in flight", self.limits.max_inflight);
@@ -162,16 +225,32 @@ impl Session {
         Ok(())
     }
 
-    async fn chat_info(&self, request_id: u32, chat: &courier_store::Chat) -> Result<(), Disconnected> {
+    async fn chat_info(
+        &self,
+        request_id: u32,
+        chat: &courier_store::Chat,
+    ) -> Result<(), Disconnected> {
         match self.store.last_seq(chat.id) {
             Ok(last) => {
-                self.reply(Frame::ChatInfo(ChatInfo { request_id, chat: chat.summary(last, 0) }).to_bytes()).await
+                self.reply(
+                    Frame::ChatInfo(ChatInfo {
+                        request_id,
+                        chat: chat.summary(last, 0),
+                    })
+                    .to_bytes(),
+                )
+                .await
             }
             Err(e) => self.store_error(request_id, &e).await,
         }
     }
 
-    async fn list_chats(&self, request_id: u32, after: u64, limit: u32) -> Result<(), Disconnected> {
+    async fn list_chats(
+        &self,
+        request_id: u32,
+        after: u64,
+        limit: u32,
+    ) -> Result<(), Disconnected> {
         // A summary can hold up to 100 members of 64 bytes: keep pages well inside one frame.
         let limit = limit.clamp(1, 50) as usize;
         let chats = match self.store.chats_of(&self.user, after, limit + 1) {
@@ -179,19 +258,44 @@ impl Session {
             Err(e) => return self.store_error(request_id, &e).await,
         };
         let more = chats.len() > limit;
-        let chats: Vec<_> = chats.into_iter().take(limit).map(|(c, last)| c.summary(last, 0)).collect();
-        let next_after = if more { chats.last().map(|c| c.chat_id) } else { None };
-        self.reply(Frame::ChatList(ChatList { request_id, chats, next_after }).to_bytes()).await
+        let chats: Vec<_> = chats
+            .into_iter()
+            .take(limit)
+            .map(|(c, last)| c.summary(last, 0))
+            .collect();
+        let next_after = if more {
+            chats.last().map(|c| c.chat_id)
+        } else {
+            None
+        };
+        self.reply(
+            Frame::ChatList(ChatList {
+                request_id,
+                chats,
+                next_after,
+            })
+            .to_bytes(),
+        )
+        .await
     }
 
     async fn history(&self, f: courier_wire::frame::History) -> Result<(), Disconnected> {
         let limit = f.limit.clamp(1, self.limits.max_history_page) as usize;
-        let (mut messages, mut more) = match self.store.history(&self.user, f.chat_id, f.direction, f.seq, limit) {
-            Ok(r) => r,
-            Err(e) => return self.store_error(f.request_id, &e).await,
-        };
+        let (mut messages, mut more) =
+            match self
+                .store
+                .history(&self.user, f.chat_id, f.direction, f.seq, limit)
+            {
+                Ok(r) => r,
+                Err(e) => return self.store_error(f.request_id, &e).await,
+            };
         // Trim the page to fit one frame; the client pages on from the last message it got.
-        let mut page = HistoryPage { request_id: f.request_id, chat_id: f.chat_id, messages: Vec::new(), more };
+        let mut page = HistoryPage {
+            request_id: f.request_id,
+            chat_id: f.chat_id,
+            messages: Vec::new(),
+            more,
+        };
         let budget = self.limits.max_frame as usize - HEADER_LEN;
         let mut len = page.encoded_len();
         let mut keep = 0;
@@ -226,11 +330,19 @@ mod tests {
     async fn next(rx: &mut mpsc::Receiver<Bytes>) -> Frame {
         let bytes = rx.recv().await.expect("a frame");
         let mut buf = bytes::BytesMut::from(&bytes[..]);
-        FrameDecoder::new(u32::MAX).decode(&mut buf).unwrap().unwrap()
+        FrameDecoder::new(u32::MAX)
+            .decode(&mut buf)
+            .unwrap()
+            .unwrap()
     }
 
     fn limits() -> Limits {
-        Limits { max_frame: 64 * 1024, max_body: 1000, max_inflight: 2, max_history_page: 100 }
+        Limits {
+            max_frame: 64 * 1024,
+            max_body: 1000,
+            max_inflight: 2,
+            max_history_page: 100,
+        }
     }
 
     #[tokio::test]
@@ -240,8 +352,15 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let s = Session::new("alice".into(), 1, store.clone(), tx, limits());
 
-        s.handle(Frame::CreateChat(CreateChat { request_id: 1, spec: ChatSpec::Direct { peer: "bob".into() } })).await.unwrap();
-        let Frame::ChatInfo(info) = next(&mut rx).await else { panic!("expected ChatInfo") };
+        s.handle(Frame::CreateChat(CreateChat {
+            request_id: 1,
+            spec: ChatSpec::Direct { peer: "bob".into() },
+        }))
+        .await
+        .unwrap();
+        let Frame::ChatInfo(info) = next(&mut rx).await else {
+            panic!("expected ChatInfo")
+        };
         let chat = info.chat.chat_id;
 
         let send = |request_id, body: &'static [u8]| {
@@ -255,19 +374,40 @@ mod tests {
             })
         };
         s.handle(send(2, b"hi")).await.unwrap();
-        let Frame::SendOk(ok) = next(&mut rx).await else { panic!("expected SendOk") };
+        let Frame::SendOk(ok) = next(&mut rx).await else {
+            panic!("expected SendOk")
+        };
         assert_eq!((ok.request_id, ok.seq, ok.duplicate), (2, 1, false));
 
         s.handle(send(3, &[b'x'; 1001])).await.unwrap();
-        let Frame::ErrorFrame(e) = next(&mut rx).await else { panic!("expected Error") };
+        let Frame::ErrorFrame(e) = next(&mut rx).await else {
+            panic!("expected Error")
+        };
         assert_eq!((e.request_id, e.code), (3, ErrorCode::TOO_LARGE));
 
-        s.handle(Frame::History(History { request_id: 4, chat_id: 99, direction: courier_wire::frame::Direction::After, seq: 0, limit: 10 })).await.unwrap();
-        let Frame::ErrorFrame(e) = next(&mut rx).await else { panic!("expected Error") };
+        s.handle(Frame::History(History {
+            request_id: 4,
+            chat_id: 99,
+            direction: courier_wire::frame::Direction::After,
+            seq: 0,
+            limit: 10,
+        }))
+        .await
+        .unwrap();
+        let Frame::ErrorFrame(e) = next(&mut rx).await else {
+            panic!("expected Error")
+        };
         assert_eq!((e.request_id, e.code), (4, ErrorCode::FORBIDDEN));
 
-        s.handle(Frame::Unknown { kind: 0x70, body: Bytes::from_static(&[0, 0, 0, 5]) }).await.unwrap();
-        let Frame::ErrorFrame(e) = next(&mut rx).await else { panic!("expected Error") };
+        s.handle(Frame::Unknown {
+            kind: 0x70,
+            body: Bytes::from_static(&[0, 0, 0, 5]),
+        })
+        .await
+        .unwrap();
+        let Frame::ErrorFrame(e) = next(&mut rx).await else {
+            panic!("expected Error")
+        };
         assert_eq!((e.request_id, e.code), (5, ErrorCode::UNSUPPORTED));
         store.close().await;
     }

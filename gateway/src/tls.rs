@@ -24,16 +24,28 @@ pub struct TlsIdentity {
 impl TlsIdentity {
     /// Reads PEM files.
     pub fn from_pem_files(cert: &Path, key: &Path) -> anyhow::Result<Self> {
-        let certs = rustls_pemfile::certs(&mut std::fs::read(cert).with_context(|| format!("read {}", cert.display()))?.as_slice())
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("parse {}", cert.display()))?;
+        let certs = rustls_pemfile::certs(
+            &mut std::fs::read(cert)
+                .with_context(|| format!("read {}", cert.display()))?
+                .as_slice(),
+        )
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parse {}", cert.display()))?;
         if certs.is_empty() {
             bail!("{}: no certificate in file", cert.display());
         }
-        let key = rustls_pemfile::private_key(&mut std::fs::read(key).with_context(|| format!("read {}", key.display()))?.as_slice())
-            .with_context(|| format!("parse {}", key.display()))?
-            .with_context(|| format!("{}: no private key in file", key.display()))?;
-        Ok(Self { certs, key, cert_path: cert.to_owned() })
+        let key = rustls_pemfile::private_key(
+            &mut std::fs::read(key)
+                .with_context(|| format!("read {}", key.display()))?
+                .as_slice(),
+        )
+        .with_context(|| format!("parse {}", key.display()))?
+        .with_context(|| format!("{}: no private key in file", key.display()))?;
+        Ok(Self {
+            certs,
+            key,
+            cert_path: cert.to_owned(),
+        })
     }
 
     /// Loads `<dir>/cert.pem` and `<dir>/key.pem`, creating a self-signed pair first if absent.
@@ -42,10 +54,14 @@ impl TlsIdentity {
         let created = !cert.exists();
         if created {
             std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-            let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .context("generate certificate")?;
+            let ck = rcgen::generate_simple_self_signed(vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+            ])
+            .context("generate certificate")?;
             write_private(&key, ck.signing_key.serialize_pem().as_bytes())?;
-            std::fs::write(&cert, ck.cert.pem()).with_context(|| format!("write {}", cert.display()))?;
+            std::fs::write(&cert, ck.cert.pem())
+                .with_context(|| format!("write {}", cert.display()))?;
         }
         Ok((Self::from_pem_files(&cert, &key)?, created))
     }
@@ -53,7 +69,12 @@ impl TlsIdentity {
     /// SHA-256 of the leaf certificate, as colon-separated hex.
     pub fn fingerprint(&self) -> String {
         let digest = ring::digest::digest(&ring::digest::SHA256, &self.certs[0]);
-        digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+        digest
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     /// The rustls server configuration: TLS 1.3 only, ALPN `courier/1`, ring provider.
@@ -75,7 +96,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).with_context(|| format!("write {}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
     std::io::Write::write_all(&mut f, bytes).with_context(|| format!("write {}", path.display()))
 }
 

@@ -21,7 +21,11 @@ async fn two_hundred_messages_arrive_in_order_and_survive_a_restart() {
     let (alice, _alice_events) = server.connect("alice", 1).await;
     let (bob, mut bob_events) = server.connect("bob", 1).await;
     let chat = alice.create_direct_chat("bob").await.unwrap();
-    assert_eq!(bob.create_direct_chat("alice").await.unwrap().chat_id, chat.chat_id, "one chat per pair");
+    assert_eq!(
+        bob.create_direct_chat("alice").await.unwrap().chat_id,
+        chat.chat_id,
+        "one chat per pair"
+    );
 
     // 200 sends with up to 32 in flight.
     let window = Arc::new(Semaphore::new(32));
@@ -38,15 +42,26 @@ async fn two_hundred_messages_arrive_in_order_and_survive_a_restart() {
     let mut body_of_seq = HashMap::new();
     for t in tasks {
         let (seq, i) = t.await.unwrap();
-        assert!(body_of_seq.insert(seq, body(i)).is_none(), "seq {seq} acknowledged twice");
+        assert!(
+            body_of_seq.insert(seq, body(i)).is_none(),
+            "seq {seq} acknowledged twice"
+        );
     }
     let mut seqs: Vec<u64> = body_of_seq.keys().copied().collect();
     seqs.sort();
-    assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "acknowledged seqs are 1..=200 without gaps");
+    assert_eq!(
+        seqs,
+        (1..=200).collect::<Vec<_>>(),
+        "acknowledged seqs are 1..=200 without gaps"
+    );
 
     for expected in 1..=200u64 {
         let m = next_message(&mut bob_events).await;
-        assert_eq!((m.chat_id, m.seq), (chat.chat_id, expected), "delivered in seq order");
+        assert_eq!(
+            (m.chat_id, m.seq),
+            (chat.chat_id, expected),
+            "delivered in seq order"
+        );
         assert_eq!(m.body, body_of_seq[&expected]);
         assert_eq!(m.sender_user, "alice");
     }
@@ -71,7 +86,10 @@ async fn two_hundred_messages_arrive_in_order_and_survive_a_restart() {
     let mut got = Vec::new();
     let mut anchor = 0;
     loop {
-        let page = bob.history(chat.chat_id, Direction::After, anchor, 64).await.unwrap();
+        let page = bob
+            .history(chat.chat_id, Direction::After, anchor, 64)
+            .await
+            .unwrap();
         got.extend(page.messages.iter().map(|m| (m.seq, m.body.clone())));
         anchor = page.messages.last().map_or(anchor, |m| m.seq);
         if !page.more {
@@ -82,7 +100,10 @@ async fn two_hundred_messages_arrive_in_order_and_survive_a_restart() {
     for (seq, b) in got {
         assert_eq!(b, body_of_seq[&seq]);
     }
-    let next = bob.send(chat.chat_id, Bytes::from_static(b"after restart")).await.unwrap();
+    let next = bob
+        .send(chat.chat_id, Bytes::from_static(b"after restart"))
+        .await
+        .unwrap();
     assert_eq!(next.seq, 201, "numbering continues after restart");
     server.gateway.shutdown().await;
 }
@@ -95,32 +116,68 @@ async fn bad_tokens_and_versions_are_refused_while_others_are_served() {
     let (bob, _) = server.connect("bob", 7).await;
     let chat = alice.create_direct_chat("bob").await.unwrap();
 
-    let forged = IssuerKey::generate().mint(&Claims { user: "bob".into(), device: 1, expires_at: common::now_secs() + 60 });
-    let expired = server.issuer.mint(&Claims { user: "bob".into(), device: 1, expires_at: common::now_secs() - 1 });
-    for (token, what) in [(forged.as_str(), "forged"), (expired.as_str(), "expired"), ("not-a-token", "garbage")] {
-        let err = server.try_connect(token).await.err().unwrap_or_else(|| panic!("{what} token accepted"));
-        assert_eq!(err.code(), Some(ErrorCode::UNAUTHENTICATED), "{what} token: {err}");
+    let forged = IssuerKey::generate().mint(&Claims {
+        user: "bob".into(),
+        device: 1,
+        expires_at: common::now_secs() + 60,
+    });
+    let expired = server.issuer.mint(&Claims {
+        user: "bob".into(),
+        device: 1,
+        expires_at: common::now_secs() - 1,
+    });
+    for (token, what) in [
+        (forged.as_str(), "forged"),
+        (expired.as_str(), "expired"),
+        ("not-a-token", "garbage"),
+    ] {
+        let err = server
+            .try_connect(token)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{what} token accepted"));
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::UNAUTHENTICATED),
+            "{what} token: {err}"
+        );
         // The well-behaved client keeps being served meanwhile.
         let ok = bob.send(chat.chat_id, Bytes::from(what)).await.unwrap();
         assert_eq!(next_message(&mut alice_events).await.seq, ok.seq);
     }
 
     let token = server.token("bob", 2);
-    let err = courier_client::Client::connect_with_version(server.addr(), "localhost", &server.trust(), &token, 99)
-        .await
-        .err()
-        .expect("version 99 refused");
+    let err = courier_client::Client::connect_with_version(
+        server.addr(),
+        "localhost",
+        &server.trust(),
+        &token,
+        99,
+    )
+    .await
+    .err()
+    .expect("version 99 refused");
     assert_eq!(err.code(), Some(ErrorCode::UNSUPPORTED_VERSION));
 
     // On the wire: the error frame echoes the request id, then the connection is closed with the
     // error code as the application close code.
     let mut raw = server.raw().await;
-    raw.write_frame(Frame::Hello(Hello { request_id: 41, version: 1, token: Bytes::from(forged) })).await;
+    raw.write_frame(Frame::Hello(Hello {
+        request_id: 41,
+        version: 1,
+        token: Bytes::from(forged),
+    }))
+    .await;
     match raw.read_frame().await {
-        Some(Frame::ErrorFrame(e)) => assert_eq!((e.request_id, e.code), (41, ErrorCode::UNAUTHENTICATED)),
+        Some(Frame::ErrorFrame(e)) => {
+            assert_eq!((e.request_id, e.code), (41, ErrorCode::UNAUTHENTICATED))
+        }
         other => panic!("expected an error frame, got {other:?}"),
     }
-    assert_eq!(raw.close_code().await, u64::from(ErrorCode::UNAUTHENTICATED.0));
+    assert_eq!(
+        raw.close_code().await,
+        u64::from(ErrorCode::UNAUTHENTICATED.0)
+    );
 
     alice.ping().await.unwrap();
     server.gateway.shutdown().await;
@@ -129,7 +186,12 @@ async fn bad_tokens_and_versions_are_refused_while_others_are_served() {
 async fn authenticated_raw(server: &TestServer, user: &str) -> common::RawConn {
     let mut raw = server.raw().await;
     let token = Bytes::from(server.token(user, 1));
-    raw.write_frame(Frame::Hello(Hello { request_id: 1, version: 1, token })).await;
+    raw.write_frame(Frame::Hello(Hello {
+        request_id: 1,
+        version: 1,
+        token,
+    }))
+    .await;
     assert!(matches!(raw.read_frame().await, Some(Frame::Welcome(_))));
     raw
 }
@@ -147,14 +209,23 @@ async fn hostile_bytes_close_only_the_offending_connection() {
     raw.write(&Header::new(0x70, 6).to_bytes()).await;
     raw.write(&[0, 0, 0, 9, 1, 2]).await;
     match raw.read_frame().await {
-        Some(Frame::ErrorFrame(e)) => assert_eq!((e.request_id, e.code), (9, ErrorCode::UNSUPPORTED)),
+        Some(Frame::ErrorFrame(e)) => {
+            assert_eq!((e.request_id, e.code), (9, ErrorCode::UNSUPPORTED))
+        }
         other => panic!("expected UNSUPPORTED, got {other:?}"),
     }
-    raw.write_frame(Frame::Ping(Ping { request_id: 10, nonce: 5 })).await;
-    assert!(matches!(raw.read_frame().await, Some(Frame::Pong(p)) if p.request_id == 10 && p.nonce == 5));
+    raw.write_frame(Frame::Ping(Ping {
+        request_id: 10,
+        nonce: 5,
+    }))
+    .await;
+    assert!(
+        matches!(raw.read_frame().await, Some(Frame::Pong(p)) if p.request_id == 10 && p.nonce == 5)
+    );
 
     // A known kind whose body does not decode: BAD_FRAME, then closed.
-    raw.write(&Header::new(courier_wire::frame::kind::Send, 5).to_bytes()).await;
+    raw.write(&Header::new(courier_wire::frame::kind::Send, 5).to_bytes())
+        .await;
     raw.write(&[0xff; 5]).await;
     match raw.read_frame().await {
         Some(Frame::ErrorFrame(e)) => assert_eq!(e.code, ErrorCode::BAD_FRAME),
@@ -164,7 +235,8 @@ async fn hostile_bytes_close_only_the_offending_connection() {
 
     // A header declaring 1 GiB: TOO_LARGE straight from the header, then closed.
     let mut raw = authenticated_raw(&server, "mallory").await;
-    raw.write(&Header::new(courier_wire::frame::kind::Send, 1 << 30).to_bytes()).await;
+    raw.write(&Header::new(courier_wire::frame::kind::Send, 1 << 30).to_bytes())
+        .await;
     match raw.read_frame().await {
         Some(Frame::ErrorFrame(e)) => assert_eq!(e.code, ErrorCode::TOO_LARGE),
         other => panic!("expected TOO_LARGE, got {other:?}"),
@@ -191,15 +263,31 @@ async fn hostile_bytes_close_only_the_offending_connection() {
     let err = bob.request(big).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::TOO_LARGE));
     let (mallory, _) = server.connect("mallory", 1).await;
-    let err = mallory.send(chat.chat_id, Bytes::from_static(b"let me in")).await.unwrap_err();
+    let err = mallory
+        .send(chat.chat_id, Bytes::from_static(b"let me in"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::FORBIDDEN));
-    let err = mallory.history(chat.chat_id, Direction::After, 0, 10).await.unwrap_err();
+    let err = mallory
+        .history(chat.chat_id, Direction::After, 0, 10)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::FORBIDDEN));
-    let err = mallory.history(424242, Direction::After, 0, 10).await.unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::FORBIDDEN), "a missing chat looks like a foreign one");
+    let err = mallory
+        .history(424242, Direction::After, 0, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::FORBIDDEN),
+        "a missing chat looks like a foreign one"
+    );
 
     // Everyone else was unaffected throughout.
-    let ok = bob.send(chat.chat_id, Bytes::from_static(b"still here")).await.unwrap();
+    let ok = bob
+        .send(chat.chat_id, Bytes::from_static(b"still here"))
+        .await
+        .unwrap();
     assert_eq!(ok.seq, 1);
     let m = next_message(&mut alice_events).await;
     assert_eq!(m.body, Bytes::from_static(b"still here"));
@@ -216,18 +304,42 @@ async fn retried_send_returns_the_original_ack_and_other_devices_see_it() {
     let (_bob, mut bob_events) = server.connect("bob", 1).await;
     let chat = alice1.create_direct_chat("bob").await.unwrap();
     let id = [7u8; 16];
-    let first = alice1.send_message(chat.chat_id, id, MessageKind::Text, Bytes::from_static(b"once"), vec![]).await.unwrap();
-    let again = alice1.send_message(chat.chat_id, id, MessageKind::Text, Bytes::from_static(b"once"), vec![]).await.unwrap();
+    let first = alice1
+        .send_message(
+            chat.chat_id,
+            id,
+            MessageKind::Text,
+            Bytes::from_static(b"once"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    let again = alice1
+        .send_message(
+            chat.chat_id,
+            id,
+            MessageKind::Text,
+            Bytes::from_static(b"once"),
+            vec![],
+        )
+        .await
+        .unwrap();
     assert!(!first.duplicate);
     assert!(again.duplicate);
     assert_eq!((again.seq, again.server_ts), (first.seq, first.server_ts));
-    let next = alice1.send(chat.chat_id, Bytes::from_static(b"twice")).await.unwrap();
+    let next = alice1
+        .send(chat.chat_id, Bytes::from_static(b"twice"))
+        .await
+        .unwrap();
     assert_eq!(next.seq, first.seq + 1, "the retry took no sequence number");
 
     // Bob and Alice's second device each see every message once.
     for events in [&mut bob_events, &mut alice2_events] {
         assert_eq!(next_message(events).await.body, Bytes::from_static(b"once"));
-        assert_eq!(next_message(events).await.body, Bytes::from_static(b"twice"));
+        assert_eq!(
+            next_message(events).await.body,
+            Bytes::from_static(b"twice")
+        );
     }
     server.gateway.shutdown().await;
 }

@@ -1,1 +1,381 @@
-fn main(){}
+//! `loadgen`: drives a Courier gateway with simulated users and checks what comes back.
+//!
+//! `loadgen run` pairs users into 1:1 chats; every user keeps `--window` sends outstanding to
+//! its partner (closed loop) for the warm-up and the measured period, then waits for deliveries
+//! to drain and checks correctness: every acknowledged message delivered exactly once, in seq
+//! order, with each chat's seqs dense.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::{BufMut, Bytes, BytesMut};
+use clap::{Parser, Subcommand};
+use courier_client::{Client, Event, Events, Trust};
+use courier_gateway::auth::{Claims, IssuerKey};
+use hdrhistogram::Histogram;
+use tokio::sync::Semaphore;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "loadgen", version, about = "Load generator for Courier")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Closed-loop messaging between pairs of users.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Gateway address.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    server: SocketAddr,
+    /// Certificate file to trust.
+    #[arg(long, default_value = "./courier-data/tls/cert.pem")]
+    ca: PathBuf,
+    /// Accept any certificate (insecure).
+    #[arg(long)]
+    insecure: bool,
+    /// Issuer private key used to mint the users' tokens.
+    #[arg(long, default_value = "./courier-data/issuer.key")]
+    issuer_key: PathBuf,
+    /// Number of users (an even number: they are paired into 1:1 chats).
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    /// Unacknowledged sends each user keeps outstanding.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    /// Message body size in bytes (at least 16).
+    #[arg(long, default_value_t = 100)]
+    body: usize,
+    /// Warm-up seconds (sent but not measured).
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds to wait for outstanding deliveries after sending stops.
+    #[arg(long, default_value_t = 10)]
+    drain: u64,
+    /// Prefix of user ids (runs with different prefixes do not share chats).
+    #[arg(long, default_value = "lg")]
+    prefix: String,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// What every user task records.
+struct Stats {
+    measuring_from: Instant,
+    measuring_until: Instant,
+    acked: AtomicU64,
+    delivered: AtomicU64,
+    errors: AtomicU64,
+    ack_latency: Mutex<Histogram<u64>>,
+    e2e_latency: Mutex<Histogram<u64>>,
+    /// Per chat: seqs acknowledged to senders.
+    acked_seqs: Mutex<HashMap<u64, Vec<u64>>>,
+    /// Per chat: seqs delivered to receivers.
+    delivered_seqs: Mutex<HashMap<u64, Vec<u64>>>,
+    out_of_order: AtomicU64,
+}
+
+impl Stats {
+    fn measuring(&self, at: Instant) -> bool {
+        at >= self.measuring_from && at < self.measuring_until
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+#[tokio::main]
+async fn main() {
+    let result = match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+    };
+    if let Err(e) = result {
+        eprintln!("loadgen: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.users >= 2 && args.users.is_multiple_of(2),
+        "--users must be an even number of at least 2"
+    );
+    anyhow::ensure!(args.body >= 16, "--body must be at least 16 bytes");
+    anyhow::ensure!(args.window >= 1, "--window must be at least 1");
+    let key = IssuerKey::read_file(&args.issuer_key)?;
+    let trust = if args.insecure {
+        Trust::InsecureAcceptAnyCertificate
+    } else {
+        Trust::File(args.ca.clone())
+    };
+    let expires_at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
+
+    eprintln!("connecting {} users to {} ...", args.users, args.server);
+    let t0 = Instant::now();
+    let mut clients = Vec::with_capacity(args.users);
+    for i in 0..args.users {
+        let token = key.mint(&Claims {
+            user: format!("{}{i}", args.prefix),
+            device: 1,
+            expires_at,
+        });
+        let (client, events) = Client::connect(args.server, "localhost", &trust, &token)
+            .await
+            .with_context(|| format!("connect user {i}"))?;
+        clients.push((client, events));
+    }
+    let mut chats = Vec::with_capacity(args.users);
+    for (i, (client, _)) in clients.iter().enumerate() {
+        let peer = format!("{}{}", args.prefix, i ^ 1);
+        chats.push(client.create_direct_chat(&peer).await?.chat_id);
+    }
+    eprintln!(
+        "connected in {:.1} s; warming up {} s, measuring {} s",
+        t0.elapsed().as_secs_f64(),
+        args.warmup,
+        args.duration
+    );
+
+    let start = Instant::now();
+    let stats = Arc::new(Stats {
+        measuring_from: start + Duration::from_secs(args.warmup),
+        measuring_until: start + Duration::from_secs(args.warmup + args.duration),
+        acked: AtomicU64::new(0),
+        delivered: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        ack_latency: Mutex::new(histogram()),
+        e2e_latency: Mutex::new(histogram()),
+        acked_seqs: Mutex::default(),
+        delivered_seqs: Mutex::default(),
+        out_of_order: AtomicU64::new(0),
+    });
+    let stop_at = stats.measuring_until;
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for ((client, events), chat) in clients.into_iter().zip(chats) {
+        receivers.push(tokio::spawn(receive(events, stats.clone())));
+        senders.push(tokio::spawn(send_loop(
+            client,
+            chat,
+            args.clone(),
+            stats.clone(),
+            stop_at,
+        )));
+    }
+    let mut keep = Vec::new();
+    for s in senders {
+        keep.push(s.await?);
+    }
+    // Wait for deliveries to catch up with acknowledgements.
+    let acked_total: u64 = stats
+        .acked_seqs
+        .lock()
+        .unwrap()
+        .values()
+        .map(|v| v.len() as u64)
+        .sum();
+    let drain_until = Instant::now() + Duration::from_secs(args.drain);
+    loop {
+        let delivered: u64 = stats
+            .delivered_seqs
+            .lock()
+            .unwrap()
+            .values()
+            .map(|v| v.len() as u64)
+            .sum();
+        if delivered >= acked_total || Instant::now() >= drain_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for c in &keep {
+        c.close();
+    }
+    for r in receivers {
+        r.abort();
+    }
+    report(&args, &stats);
+    Ok(())
+}
+
+async fn send_loop(
+    client: Client,
+    chat: u64,
+    args: RunArgs,
+    stats: Arc<Stats>,
+    stop_at: Instant,
+) -> Client {
+    let window = Arc::new(Semaphore::new(args.window));
+    let mut body = BytesMut::with_capacity(args.body);
+    loop {
+        let permit = window
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        if Instant::now() >= stop_at {
+            break;
+        }
+        body.put_u64(now_us());
+        body.put_bytes(b'x', args.body - 8);
+        let payload: Bytes = body.split().freeze();
+        let (client, stats) = (client.clone(), stats.clone());
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            match client.send(chat, payload).await {
+                Ok(ok) => {
+                    let done = Instant::now();
+                    stats
+                        .acked_seqs
+                        .lock()
+                        .unwrap()
+                        .entry(ok.chat_id)
+                        .or_default()
+                        .push(ok.seq);
+                    if stats.measuring(done) {
+                        stats.acked.fetch_add(1, Ordering::Relaxed);
+                        let us = (done - sent).as_micros() as u64;
+                        let _ = stats.ack_latency.lock().unwrap().record(us.max(1));
+                    }
+                }
+                Err(e) => {
+                    if stats.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("send error: {e}");
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+    // Wait for this user's outstanding sends.
+    let _ = window.acquire_many(args.window as u32).await;
+    client
+}
+
+async fn receive(mut events: Events, stats: Arc<Stats>) {
+    let mut last: HashMap<u64, u64> = HashMap::new();
+    while let Some(ev) = events.recv().await {
+        let Event::Message(m) = ev else { continue };
+        let now = Instant::now();
+        let prev = last.insert(m.chat_id, m.seq).unwrap_or(0);
+        if m.seq <= prev {
+            stats.out_of_order.fetch_add(1, Ordering::Relaxed);
+        }
+        stats
+            .delivered_seqs
+            .lock()
+            .unwrap()
+            .entry(m.chat_id)
+            .or_default()
+            .push(m.seq);
+        if stats.measuring(now) {
+            stats.delivered.fetch_add(1, Ordering::Relaxed);
+            if m.body.len() >= 8 {
+                let sent = u64::from_be_bytes(m.body[..8].try_into().expect("8 bytes"));
+                let _ = stats
+                    .e2e_latency
+                    .lock()
+                    .unwrap()
+                    .record(now_us().saturating_sub(sent).max(1));
+            }
+        }
+    }
+}
+
+fn report(args: &RunArgs, stats: &Stats) {
+    let secs = args.duration as f64;
+    let acked = stats.acked.load(Ordering::Relaxed);
+    let delivered = stats.delivered.load(Ordering::Relaxed);
+    let acked_seqs = stats.acked_seqs.lock().unwrap();
+    let delivered_seqs = stats.delivered_seqs.lock().unwrap();
+    let (mut lost, mut dup, mut gaps) = (0u64, 0u64, 0u64);
+    for (chat, acks) in acked_seqs.iter() {
+        let mut acks = acks.clone();
+        acks.sort_unstable();
+        // Dense: the acknowledged seqs of a chat are exactly 1..=n.
+        for (i, s) in acks.iter().enumerate() {
+            if *s != i as u64 + 1 {
+                gaps += 1;
+                break;
+            }
+        }
+        let mut got = delivered_seqs.get(chat).cloned().unwrap_or_default();
+        got.sort_unstable();
+        let before = got.len();
+        got.dedup();
+        dup += (before - got.len()) as u64;
+        lost += acks
+            .iter()
+            .filter(|s| got.binary_search(s).is_err())
+            .count() as u64;
+    }
+    let ack = stats.ack_latency.lock().unwrap();
+    let e2e = stats.e2e_latency.lock().unwrap();
+    let errors = stats.errors.load(Ordering::Relaxed);
+    let ooo = stats.out_of_order.load(Ordering::Relaxed);
+    println!();
+    println!(
+        "users {} ({} chats), window {}, body {} B, measured {} s",
+        args.users,
+        args.users / 2,
+        args.window,
+        args.body,
+        args.duration
+    );
+    println!(
+        "{:<22} {:>12}",
+        "acknowledged msg/s",
+        format!("{:.0}", acked as f64 / secs)
+    );
+    println!(
+        "{:<22} {:>12}",
+        "delivered msg/s",
+        format!("{:.0}", delivered as f64 / secs)
+    );
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} {:>10}",
+        "latency (us)", "p50", "p99", "p99.9", "max"
+    );
+    for (name, h) in [("send -> SendOk", &*ack), ("send -> Deliver", &*e2e)] {
+        println!(
+            "{name:<22} {:>10} {:>10} {:>10} {:>10}",
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max()
+        );
+    }
+    println!("correctness: lost={lost} dup={dup} gaps={gaps} out_of_order={ooo} errors={errors}");
+    println!(
+        "loadgen run: conns={} acked_per_s={:.0} delivered_per_s={:.0} ack_p50_us={} ack_p99_us={} e2e_p50_us={} e2e_p99_us={} e2e_p999_us={} lost={lost} dup={dup} gaps={gaps} errors={errors}",
+        args.users,
+        acked as f64 / secs,
+        delivered as f64 / secs,
+        ack.value_at_quantile(0.5),
+        ack.value_at_quantile(0.99),
+        e2e.value_at_quantile(0.5),
+        e2e.value_at_quantile(0.99),
+        e2e.value_at_quantile(0.999),
+    );
+}

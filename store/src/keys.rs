@@ -39,7 +39,8 @@ pub fn message(chat: u64, seq: u64) -> Vec<u8> {
 
 /// The sequence number in a message key.
 pub fn message_seq(key: &[u8]) -> Option<u64> {
-    key.get(9..17).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+    key.get(9..17)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
 }
 
 /// `S chat`.
@@ -109,16 +110,29 @@ mod tests {
 
     #[test]
     fn message_keys_sort_by_chat_then_seq() {
-        let mut keys = vec![message(2, 1), message(1, 300), message(1, 2), message(1, 256)];
+        let mut keys = vec![
+            message(2, 1),
+            message(1, 300),
+            message(1, 2),
+            message(1, 256),
+        ];
         keys.sort();
-        assert_eq!(keys, vec![message(1, 2), message(1, 256), message(1, 300), message(2, 1)]);
+        assert_eq!(
+            keys,
+            vec![
+                message(1, 2),
+                message(1, 256),
+                message(1, 300),
+                message(2, 1)
+            ]
+        );
         assert_eq!(message_seq(&message(7, 99)), Some(99));
     }
 
     #[test]
     fn user_prefixes_do_not_overlap() {
         // "ab" must not see "abc"'s memberships.
-        assert!(!member(&"abc".to_string(), 1).starts_with(&member_prefix("ab")));
+        assert!(!member("abc", 1).starts_with(&member_prefix("ab")));
         assert_eq!(member_chat(&member("ab", 42)), Some(42));
     }
 

@@ -11,10 +11,10 @@
 //! directly from any thread.
 //!
 //! # Layout
-//! - [`keys`]: the one place where keys are built; the layout table is in `docs/STORAGE.md`.
-//! - [`record`]: values stored under those keys, and the [`Chat`] type.
-//! - [`writer`]: the group-commit writer thread.
-//! - [`error`]: [`StoreError`].
+//! - [`keys`] — the one place where keys are built; the layout table is in `docs/STORAGE.md`.
+//! - [`record`] — values stored under those keys, and the [`Chat`] type.
+//! - [`writer`] — the group-commit writer thread.
+//! - [`error`] — [`StoreError`].
 
 #![forbid(unsafe_code)]
 
@@ -26,4 +26,6 @@ pub mod writer;
 
 pub use error::StoreError;
 pub use record::Chat;
-pub use store::{AppendRequest, Appended, Clock, CommitListener, Store, StoreConfig, SystemClock, Ticket};
+pub use store::{
+    AppendRequest, Appended, Clock, CommitListener, Store, StoreConfig, SystemClock, Ticket,
+};

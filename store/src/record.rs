@@ -22,7 +22,9 @@ pub struct Chat {
 impl Chat {
     /// Whether `user` is a member.
     pub fn is_member(&self, user: &str) -> bool {
-        self.members.binary_search_by(|m| m.as_str().cmp(user)).is_ok()
+        self.members
+            .binary_search_by(|m| m.as_str().cmp(user))
+            .is_ok()
     }
 
     /// The chat as the wire describes it to a member.
@@ -39,9 +41,8 @@ impl Chat {
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            1 + self.name.encoded_len() + self.members.encoded_len() + 8,
-        );
+        let mut out =
+            Vec::with_capacity(1 + self.name.encoded_len() + self.members.encoded_len() + 8);
         self.kind.encode(&mut out);
         self.name.encode(&mut out);
         self.members.encode(&mut out);
@@ -83,7 +84,11 @@ impl DedupeRecord {
     }
 
     pub(crate) fn decode(mut b: &[u8]) -> Result<Self, DecodeError> {
-        let r = Self { chat_id: u64::decode(&mut b)?, seq: u64::decode(&mut b)?, server_ts: u64::decode(&mut b)? };
+        let r = Self {
+            chat_id: u64::decode(&mut b)?,
+            seq: u64::decode(&mut b)?,
+            server_ts: u64::decode(&mut b)?,
+        };
         if b.has_remaining() {
             return Err(DecodeError::TrailingBytes);
         }
@@ -132,7 +137,11 @@ mod tests {
         assert_eq!(Chat::decode(9, &c.encode()).unwrap(), c);
         assert!(c.is_member("bob"));
         assert!(!c.is_member("carol"));
-        let d = DedupeRecord { chat_id: 1, seq: 2, server_ts: 3 };
+        let d = DedupeRecord {
+            chat_id: 1,
+            seq: 2,
+            server_ts: 3,
+        };
         assert_eq!(DedupeRecord::decode(&d.encode()).unwrap(), d);
         assert!(Chat::decode(9, &[9]).is_err());
     }

@@ -27,7 +27,9 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
     }
 }
 
@@ -121,7 +123,12 @@ impl Shared {
             return Ok(None);
         };
         let chat = Chat::decode(id, &raw).map_err(|_| StoreError::Corrupt(format!("chat {id}")))?;
-        Ok(Some(self.chats.entry(id).or_insert_with(|| Arc::new(chat)).clone()))
+        Ok(Some(
+            self.chats
+                .entry(id)
+                .or_insert_with(|| Arc::new(chat))
+                .clone(),
+        ))
     }
 
     pub(crate) fn last_seq(&self, chat: u64) -> Result<u64, StoreError> {
@@ -159,19 +166,34 @@ impl Store {
             .map_err(|e| StoreError::Engine(format!("create {}: {e}", config.path.display())))?;
         let db = Database::builder(&config.path).open()?;
         let ks = db.keyspace("log", KeyspaceCreateOptions::default)?;
-        let shared = Arc::new(Shared { db, ks, chats: DashMap::new(), config });
+        let shared = Arc::new(Shared {
+            db,
+            ks,
+            chats: DashMap::new(),
+            config,
+        });
         let (tx, rx) = mpsc::channel(shared.config.queue_depth);
         let writer = Writer::new(shared.clone())?;
         let handle = std::thread::Builder::new()
             .name("courier-store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Engine(format!("spawn writer: {e}")))?;
-        Ok(Self { shared, tx, writer: Arc::new(Mutex::new(Some(handle))) })
+        Ok(Self {
+            shared,
+            tx,
+            writer: Arc::new(Mutex::new(Some(handle))),
+        })
     }
 
-    async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op) -> Result<T, StoreError> {
+    async fn call<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
+    ) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(op(reply)).await.map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(op(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         Ticket(rx).wait().await
     }
 
@@ -184,7 +206,10 @@ impl Store {
     /// from one task get sequence numbers in that order; waiting on tickets can be done elsewhere.
     pub async fn submit_append(&self, req: AppendRequest) -> Result<Ticket<Appended>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Op::Append(req, reply)).await.map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(Op::Append(req, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         Ok(Ticket(rx))
     }
 
@@ -202,7 +227,13 @@ impl Store {
         members: Vec<String>,
     ) -> Result<Arc<Chat>, StoreError> {
         let (creator, name) = (creator.to_owned(), name.to_owned());
-        self.call(|reply| Op::CreateGroup { creator, name, members, reply }).await
+        self.call(|reply| Op::CreateGroup {
+            creator,
+            name,
+            members,
+            reply,
+        })
+        .await
     }
 
     /// The chat `id` if `user` is a member; [`StoreError::Forbidden`] otherwise, also when the
@@ -233,14 +264,19 @@ impl Store {
         let limit = limit.max(1);
         let iter: Box<dyn Iterator<Item = fjall::Guard>> = match direction {
             Direction::Before => Box::new(
-                self.shared.ks.range(keys::message(chat_id, 0)..keys::message(chat_id, anchor)).rev(),
+                self.shared
+                    .ks
+                    .range(keys::message(chat_id, 0)..keys::message(chat_id, anchor))
+                    .rev(),
             ),
             Direction::After => {
                 let Some(from) = anchor.checked_add(1) else {
                     return Ok((Vec::new(), false));
                 };
                 Box::new(
-                    self.shared.ks.range(keys::message(chat_id, from)..=keys::message(chat_id, u64::MAX)),
+                    self.shared
+                        .ks
+                        .range(keys::message(chat_id, from)..=keys::message(chat_id, u64::MAX)),
                 )
             }
         };
@@ -274,7 +310,9 @@ impl Store {
                 break;
             }
             let key = item.key()?;
-            let Some(id) = keys::member_chat(&key) else { continue };
+            let Some(id) = keys::member_chat(&key) else {
+                continue;
+            };
             if let Some(chat) = self.shared.chat(id)? {
                 out.push((chat, self.shared.last_seq(id)?));
             }

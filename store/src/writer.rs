@@ -28,8 +28,17 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// One queued write.
 pub(crate) enum Op {
     Append(AppendRequest, Reply<Appended>),
-    CreateDirect { a: String, b: String, reply: Reply<Arc<Chat>> },
-    CreateGroup { creator: String, name: String, members: Vec<String>, reply: Reply<Arc<Chat>> },
+    CreateDirect {
+        a: String,
+        b: String,
+        reply: Reply<Arc<Chat>>,
+    },
+    CreateGroup {
+        creator: String,
+        name: String,
+        members: Vec<String>,
+        reply: Reply<Arc<Chat>>,
+    },
     Shutdown,
 }
 
@@ -63,13 +72,19 @@ struct Pending {
 impl Writer {
     pub(crate) fn new(shared: Arc<Shared>) -> Result<Self, StoreError> {
         let next_chat = Self::read_next_chat(&shared)?;
-        Ok(Self { shared, last_seq: HashMap::new(), next_chat })
+        Ok(Self {
+            shared,
+            last_seq: HashMap::new(),
+            next_chat,
+        })
     }
 
     fn read_next_chat(shared: &Shared) -> Result<u64, StoreError> {
         match shared.ks.get(keys::next_chat())? {
             None => Ok(1),
-            Some(raw) => record::decode_u64(&raw).map_err(|_| StoreError::Corrupt("next chat id".into())),
+            Some(raw) => {
+                record::decode_u64(&raw).map_err(|_| StoreError::Corrupt("next chat id".into()))
+            }
         }
     }
 
@@ -103,7 +118,11 @@ impl Writer {
 
     fn apply(&mut self, ops: impl Iterator<Item = Op>) {
         let now = self.shared.config.clock.now_ms();
-        let mut batch = self.shared.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut batch = self
+            .shared
+            .db
+            .batch()
+            .durability(Some(PersistMode::SyncAll));
         let mut p = Pending::default();
         for op in ops {
             match op {
@@ -115,7 +134,12 @@ impl Writer {
                     let r = self.create_direct(&mut batch, &mut p, &a, &b, now);
                     p.answers.push(Answer::Chat(reply, r));
                 }
-                Op::CreateGroup { creator, name, members, reply } => {
+                Op::CreateGroup {
+                    creator,
+                    name,
+                    members,
+                    reply,
+                } => {
                     let r = self.create_group(&mut batch, &mut p, &creator, &name, members, now);
                     p.answers.push(Answer::Chat(reply, r));
                 }
@@ -177,11 +201,20 @@ impl Writer {
         };
         let dedupe_key = keys::dedupe(&req.sender_user, &req.client_msg_id);
         if let Some(orig) = p.dedupe.get(&dedupe_key) {
-            return Ok(Appended { duplicate: true, ..*orig });
+            return Ok(Appended {
+                duplicate: true,
+                ..*orig
+            });
         }
         if let Some(raw) = self.shared.ks.get(&dedupe_key)? {
-            let d = DedupeRecord::decode(&raw).map_err(|_| StoreError::Corrupt("dedupe record".into()))?;
-            return Ok(Appended { chat_id: d.chat_id, seq: d.seq, server_ts: d.server_ts, duplicate: true });
+            let d = DedupeRecord::decode(&raw)
+                .map_err(|_| StoreError::Corrupt("dedupe record".into()))?;
+            return Ok(Appended {
+                chat_id: d.chat_id,
+                seq: d.seq,
+                server_ts: d.server_ts,
+                duplicate: true,
+            });
         }
         let last = match p.seqs.get(&req.chat_id) {
             Some(&s) => s,
@@ -203,11 +236,24 @@ impl Writer {
             attachments: req.attachments,
         };
         let ks = &self.shared.ks;
-        batch.insert(ks, keys::message(req.chat_id, seq), record::encode_message(&message));
-        let d = DedupeRecord { chat_id: req.chat_id, seq, server_ts: now };
+        batch.insert(
+            ks,
+            keys::message(req.chat_id, seq),
+            record::encode_message(&message),
+        );
+        let d = DedupeRecord {
+            chat_id: req.chat_id,
+            seq,
+            server_ts: now,
+        };
         batch.insert(ks, dedupe_key.clone(), d.encode().to_vec());
         p.seqs.insert(req.chat_id, seq);
-        let appended = Appended { chat_id: req.chat_id, seq, server_ts: now, duplicate: false };
+        let appended = Appended {
+            chat_id: req.chat_id,
+            seq,
+            server_ts: now,
+            duplicate: false,
+        };
         p.dedupe.insert(dedupe_key, appended);
         p.committed.push((chat, message));
         Ok(appended)
@@ -225,7 +271,13 @@ impl Writer {
         let id = self.next_chat;
         self.next_chat += 1;
         p.next_chat_changed = true;
-        let chat = Arc::new(Chat { id, kind, name, members, created_ts: now });
+        let chat = Arc::new(Chat {
+            id,
+            kind,
+            name,
+            members,
+            created_ts: now,
+        });
         let ks = &self.shared.ks;
         batch.insert(ks, keys::chat(id), chat.encode());
         for m in &chat.members {
@@ -253,14 +305,21 @@ impl Writer {
             return Ok(c.clone());
         }
         if let Some(raw) = self.shared.ks.get(&pair)? {
-            let id = record::decode_u64(&raw).map_err(|_| StoreError::Corrupt("pair record".into()))?;
-            return self.chat(p, id)?.ok_or_else(|| StoreError::Corrupt(format!("pair names missing chat {id}")));
+            let id =
+                record::decode_u64(&raw).map_err(|_| StoreError::Corrupt("pair record".into()))?;
+            return self
+                .chat(p, id)?
+                .ok_or_else(|| StoreError::Corrupt(format!("pair names missing chat {id}")));
         }
         let mut members = vec![a.to_owned(), b.to_owned()];
         members.sort();
         members.dedup();
         let chat = self.new_chat(batch, p, ChatKind::Direct, String::new(), members, now);
-        batch.insert(&self.shared.ks, pair.clone(), chat.id.to_be_bytes().to_vec());
+        batch.insert(
+            &self.shared.ks,
+            pair.clone(),
+            chat.id.to_be_bytes().to_vec(),
+        );
         p.pairs.insert(pair, chat.clone());
         Ok(chat)
     }
@@ -275,7 +334,9 @@ impl Writer {
         now: u64,
     ) -> Result<Arc<Chat>, StoreError> {
         if name.trim().is_empty() || name.len() > MAX_GROUP_NAME {
-            return Err(StoreError::Invalid(format!("group name must be 1 to {MAX_GROUP_NAME} bytes")));
+            return Err(StoreError::Invalid(format!(
+                "group name must be 1 to {MAX_GROUP_NAME} bytes"
+            )));
         }
         members.push(creator.to_owned());
         if let Some(bad) = members.iter().find(|m| !valid_user_id(m)) {
@@ -285,7 +346,9 @@ impl Writer {
         members.dedup();
         let max = self.shared.config.max_group_members;
         if members.len() > max {
-            return Err(StoreError::TooLarge(format!("a group has at most {max} members")));
+            return Err(StoreError::TooLarge(format!(
+                "a group has at most {max} members"
+            )));
         }
         Ok(self.new_chat(batch, p, ChatKind::Group, name.to_owned(), members, now))
     }

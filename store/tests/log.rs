@@ -27,7 +27,10 @@ struct Recorder(Mutex<Vec<(u64, u64)>>);
 
 impl CommitListener for Recorder {
     fn committed(&self, batch: &[(Arc<Chat>, Message)]) {
-        self.0.lock().unwrap().extend(batch.iter().map(|(c, m)| (c.id, m.seq)));
+        self.0
+            .lock()
+            .unwrap()
+            .extend(batch.iter().map(|(c, m)| (c.id, m.seq)));
     }
 }
 
@@ -40,14 +43,20 @@ async fn concurrent_appends_get_dense_seqs_and_survive_reopen() {
     let store = Store::open(cfg).unwrap();
     let chat = store.create_direct("alice", "bob").await.unwrap();
     assert_eq!(chat.kind, ChatKind::Direct);
-    assert_eq!(store.create_direct("bob", "alice").await.unwrap().id, chat.id, "one chat per pair");
+    assert_eq!(
+        store.create_direct("bob", "alice").await.unwrap().id,
+        chat.id,
+        "one chat per pair"
+    );
 
     let mut tasks = Vec::new();
     for n in 0..500u32 {
         let store = store.clone();
         let sender = if n % 2 == 0 { "alice" } else { "bob" };
         let chat_id = chat.id;
-        tasks.push(tokio::spawn(async move { store.append(req(sender, chat_id, n)).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            store.append(req(sender, chat_id, n)).await.unwrap()
+        }));
     }
     let mut seqs: Vec<u64> = Vec::new();
     for t in tasks {
@@ -57,8 +66,18 @@ async fn concurrent_appends_get_dense_seqs_and_survive_reopen() {
     }
     seqs.sort();
     assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
-    let heard = recorder.0.lock().unwrap().iter().map(|&(_, s)| s).collect::<Vec<_>>();
-    assert_eq!(heard, (1..=500).collect::<Vec<_>>(), "listener hears commit order");
+    let heard = recorder
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|&(_, s)| s)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        heard,
+        (1..=500).collect::<Vec<_>>(),
+        "listener hears commit order"
+    );
 
     // A retry returns the original, writes nothing.
     let again = store.append(req("alice", chat.id, 10)).await.unwrap();
@@ -73,9 +92,14 @@ async fn concurrent_appends_get_dense_seqs_and_survive_reopen() {
     assert!(retry.duplicate, "dedupe survives reopen");
     let next = store.append(req("bob", chat.id, 9999)).await.unwrap();
     assert_eq!(next.seq, 501, "numbering continues after reopen");
-    let (page, more) = store.history("alice", chat.id, Direction::After, 0, 1000).unwrap();
+    let (page, more) = store
+        .history("alice", chat.id, Direction::After, 0, 1000)
+        .unwrap();
     assert!(!more);
-    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=501).collect::<Vec<_>>());
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=501).collect::<Vec<_>>()
+    );
     let other = store.create_direct("alice", "carol").await.unwrap();
     assert_ne!(other.id, chat.id, "chat ids are not reused after reopen");
     store.close().await;
@@ -89,23 +113,51 @@ async fn history_pages_both_ways_and_checks_membership() {
     for n in 0..10 {
         store.append(req("alice", chat.id, n)).await.unwrap();
     }
-    let (page, more) = store.history("bob", chat.id, Direction::Before, u64::MAX, 4).unwrap();
-    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![10, 9, 8, 7]);
+    let (page, more) = store
+        .history("bob", chat.id, Direction::Before, u64::MAX, 4)
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![10, 9, 8, 7]
+    );
     assert!(more);
-    let (page, more) = store.history("bob", chat.id, Direction::Before, 3, 4).unwrap();
+    let (page, more) = store
+        .history("bob", chat.id, Direction::Before, 3, 4)
+        .unwrap();
     assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 1]);
     assert!(!more);
-    let (page, more) = store.history("bob", chat.id, Direction::After, 8, 4).unwrap();
+    let (page, more) = store
+        .history("bob", chat.id, Direction::After, 8, 4)
+        .unwrap();
     assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![9, 10]);
     assert!(!more);
     assert_eq!(page[0].body, Bytes::from("message 8"));
 
-    assert!(matches!(store.history("mallory", chat.id, Direction::After, 0, 4), Err(StoreError::Forbidden)));
-    assert!(matches!(store.history("alice", 999, Direction::After, 0, 4), Err(StoreError::Forbidden)));
-    assert!(matches!(store.append(req("mallory", chat.id, 1)).await, Err(StoreError::Forbidden)));
-    assert!(matches!(store.append(req("alice", 999, 1)).await, Err(StoreError::Forbidden)));
-    assert!(matches!(store.create_direct("alice", "bad id").await, Err(StoreError::Invalid(_))));
-    assert_eq!(store.last_seq(chat.id).unwrap(), 10, "refused appends take no seq");
+    assert!(matches!(
+        store.history("mallory", chat.id, Direction::After, 0, 4),
+        Err(StoreError::Forbidden)
+    ));
+    assert!(matches!(
+        store.history("alice", 999, Direction::After, 0, 4),
+        Err(StoreError::Forbidden)
+    ));
+    assert!(matches!(
+        store.append(req("mallory", chat.id, 1)).await,
+        Err(StoreError::Forbidden)
+    ));
+    assert!(matches!(
+        store.append(req("alice", 999, 1)).await,
+        Err(StoreError::Forbidden)
+    ));
+    assert!(matches!(
+        store.create_direct("alice", "bad id").await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(
+        store.last_seq(chat.id).unwrap(),
+        10,
+        "refused appends take no seq"
+    );
     store.close().await;
 }
 
@@ -114,17 +166,29 @@ async fn groups_and_chat_lists() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreConfig::new(dir.path())).unwrap();
     let members: Vec<String> = (0..99).map(|i| format!("u{i}")).collect();
-    let g = store.create_group("owner", "team", members.clone()).await.unwrap();
+    let g = store
+        .create_group("owner", "team", members.clone())
+        .await
+        .unwrap();
     assert_eq!(g.members.len(), 100);
     let mut too_many = members.clone();
     too_many.push("u99".into());
-    assert!(matches!(store.create_group("owner", "team", too_many).await, Err(StoreError::TooLarge(_))));
-    assert!(matches!(store.create_group("owner", " ", vec![]).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        store.create_group("owner", "team", too_many).await,
+        Err(StoreError::TooLarge(_))
+    ));
+    assert!(matches!(
+        store.create_group("owner", " ", vec![]).await,
+        Err(StoreError::Invalid(_))
+    ));
 
     let d = store.create_direct("owner", "u5").await.unwrap();
     store.append(req("u5", d.id, 1)).await.unwrap();
     let list = store.chats_of("owner", 0, 10).unwrap();
-    assert_eq!(list.iter().map(|(c, s)| (c.id, *s)).collect::<Vec<_>>(), vec![(g.id, 0), (d.id, 1)]);
+    assert_eq!(
+        list.iter().map(|(c, s)| (c.id, *s)).collect::<Vec<_>>(),
+        vec![(g.id, 0), (d.id, 1)]
+    );
     let list = store.chats_of("owner", g.id, 10).unwrap();
     assert_eq!(list.len(), 1);
     assert!(store.chats_of("u1", 0, 10).unwrap().len() == 1);

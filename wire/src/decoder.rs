@@ -34,7 +34,10 @@ impl FrameDecoder {
         };
         let total = HEADER_LEN as u64 + u64::from(header.body_len());
         if total > u64::from(self.max_frame) {
-            return Err(DecodeError::TooLarge { len: total, max: self.max_frame });
+            return Err(DecodeError::TooLarge {
+                len: total,
+                max: self.max_frame,
+            });
         }
         let total = total as usize;
         if buf.len() < total {
@@ -56,8 +59,16 @@ mod tests {
     #[test]
     fn frames_split_across_reads() {
         let d = FrameDecoder::new(1024);
-        let a = Frame::Ping(Ping { request_id: 1, nonce: 9 }).to_bytes();
-        let b = Frame::Pong(Pong { request_id: 2, nonce: 8 }).to_bytes();
+        let a = Frame::Ping(Ping {
+            request_id: 1,
+            nonce: 9,
+        })
+        .to_bytes();
+        let b = Frame::Pong(Pong {
+            request_id: 2,
+            nonce: 8,
+        })
+        .to_bytes();
         let all: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
@@ -78,7 +89,10 @@ mod tests {
         let mut buf = BytesMut::from(&Header::new(0x02, 1 << 30).to_bytes()[..]);
         assert_eq!(
             d.decode(&mut buf),
-            Err(DecodeError::TooLarge { len: (1 << 30) + 8, max: 64 * 1024 })
+            Err(DecodeError::TooLarge {
+                len: (1 << 30) + 8,
+                max: 64 * 1024
+            })
         );
         assert!(buf.capacity() < 1024, "no allocation for the declared body");
     }
@@ -90,12 +104,7 @@ mod tests {
             let mut buf = BytesMut::new();
             for c in chunks {
                 buf.extend_from_slice(&c);
-                loop {
-                    match d.decode(&mut buf) {
-                        Ok(Some(_)) => continue,
-                        Ok(None) | Err(_) => break,
-                    }
-                }
+                while let Ok(Some(_)) = d.decode(&mut buf) {}
             }
         }
     }

@@ -104,7 +104,10 @@ mod tests {
     fn names_and_unknown_codes() {
         assert_eq!(ErrorCode::FORBIDDEN.to_string(), "FORBIDDEN");
         assert_eq!(ErrorCode(999).to_string(), "ERROR_999");
-        assert_eq!(DecodeError::TooLarge { len: 1, max: 0 }.code(), ErrorCode::TOO_LARGE);
+        assert_eq!(
+            DecodeError::TooLarge { len: 1, max: 0 }.code(),
+            ErrorCode::TOO_LARGE
+        );
         assert_eq!(DecodeError::Truncated.code(), ErrorCode::BAD_FRAME);
     }
 }

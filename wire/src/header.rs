@@ -11,7 +11,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 pub const HEADER_LEN: usize = 8;
 
 /// The header in front of every frame body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct Header {
     /// Frame kind (see `frame::kind`).
@@ -27,7 +29,12 @@ pub struct Header {
 impl Header {
     /// A header for a body of `len` bytes.
     pub fn new(kind: u8, len: u32) -> Self {
-        Self { kind, flags: 0, reserved: U16::ZERO, len: U32::new(len) }
+        Self {
+            kind,
+            flags: 0,
+            reserved: U16::ZERO,
+            len: U32::new(len),
+        }
     }
 
     /// Reads a header from the front of `bytes`, if there are at least [`HEADER_LEN`] of them.

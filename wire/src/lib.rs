@@ -9,11 +9,11 @@
 //! `courier-client`.
 //!
 //! # Layout
-//! - [`header`]: the fixed 8-byte frame header, read by casting with zerocopy.
-//! - [`codec`]: the [`Codec`] trait and the encodings of primitive fields.
-//! - [`error`]: [`DecodeError`] (local decode failures) and [`ErrorCode`] (codes on the wire).
-//! - [`frame`]: the [`Frame`] enum, one module per frame family.
-//! - [`decoder`]: [`FrameDecoder`], which cuts frames out of a byte stream with a size limit.
+//! - [`header`] — the fixed 8-byte frame header, read by casting with zerocopy.
+//! - [`codec`] — the [`Codec`] trait and the encodings of primitive fields.
+//! - [`error`] — [`DecodeError`] (local decode failures) and [`ErrorCode`] (codes on the wire).
+//! - [`frame`] — the [`Frame`] enum, one module per frame family.
+//! - [`decoder`] — [`FrameDecoder`], which cuts frames out of a byte stream with a size limit.
 
 #![forbid(unsafe_code)]
 
@@ -45,7 +45,9 @@ pub const MAX_USER_ID_LEN: usize = 64;
 pub fn valid_user_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_USER_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b))
 }
 
 #[cfg(test)]

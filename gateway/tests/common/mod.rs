@@ -23,7 +23,10 @@ pub struct TestServer {
 }
 
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 impl TestServer {
@@ -43,11 +46,21 @@ impl TestServer {
         let (tls, _) = TlsIdentity::self_signed_in(&dir.join("tls")).unwrap();
         let cert = tls.cert_path.clone();
         let verifier = TokenVerifier::new(issuer.public_key());
-        let mut config = GatewayConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("store"), tls, verifier);
+        let mut config = GatewayConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.join("store"),
+            tls,
+            verifier,
+        );
         config.shutdown_grace = Duration::from_secs(3);
         tweak(&mut config);
         let gateway = Gateway::start(config).await.unwrap();
-        Self { gateway, issuer, cert, dir: dir.to_owned() }
+        Self {
+            gateway,
+            issuer,
+            cert,
+            dir: dir.to_owned(),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -55,7 +68,11 @@ impl TestServer {
     }
 
     pub fn token(&self, user: &str, device: u32) -> String {
-        self.issuer.mint(&Claims { user: user.into(), device, expires_at: now_secs() + 3600 })
+        self.issuer.mint(&Claims {
+            user: user.into(),
+            device,
+            expires_at: now_secs() + 3600,
+        })
     }
 
     pub fn trust(&self) -> Trust {
@@ -75,9 +92,19 @@ impl TestServer {
         let cfg = courier_client::tls::client_config(&self.trust()).unwrap();
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(cfg);
-        let conn = endpoint.connect(self.addr(), "localhost").unwrap().await.unwrap();
+        let conn = endpoint
+            .connect(self.addr(), "localhost")
+            .unwrap()
+            .await
+            .unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
-        RawConn { _endpoint: endpoint, conn, send, recv, buf: BytesMut::new() }
+        RawConn {
+            _endpoint: endpoint,
+            conn,
+            send,
+            recv,
+            buf: BytesMut::new(),
+        }
     }
 }
 
@@ -106,9 +133,10 @@ impl RawConn {
             if let Some(f) = decoder.decode(&mut self.buf).unwrap() {
                 return Some(f);
             }
-            let chunk = tokio::time::timeout(Duration::from_secs(10), self.recv.read_chunk(65536, true))
-                .await
-                .expect("server answers within 10 s");
+            let chunk =
+                tokio::time::timeout(Duration::from_secs(10), self.recv.read_chunk(65536, true))
+                    .await
+                    .expect("server answers within 10 s");
             match chunk {
                 Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),
                 _ => return None,
@@ -118,7 +146,10 @@ impl RawConn {
 
     /// The application close code the server closed the connection with.
     pub async fn close_code(&self) -> u64 {
-        match tokio::time::timeout(Duration::from_secs(10), self.conn.closed()).await.expect("server closes") {
+        match tokio::time::timeout(Duration::from_secs(10), self.conn.closed())
+            .await
+            .expect("server closes")
+        {
             quinn::ConnectionError::ApplicationClosed(c) => c.error_code.into_inner(),
             other => panic!("expected an application close, got {other}"),
         }
@@ -128,7 +159,10 @@ impl RawConn {
 /// Waits for the next delivered message, skipping other events.
 pub async fn next_message(events: &mut Events) -> courier_wire::frame::Message {
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("a message within 10 s") {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("a message within 10 s")
+        {
             Some(Event::Message(m)) => return m,
             Some(Event::Closed(r)) => panic!("connection closed: {r}"),
             Some(_) => {}

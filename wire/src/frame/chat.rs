@@ -52,8 +52,13 @@ impl Codec for ChatSpec {
     }
     fn decode<B: Buf>(buf: &mut B) -> Result<Self, DecodeError> {
         match u8::decode(buf)? {
-            0 => Ok(Self::Direct { peer: String::decode(buf)? }),
-            1 => Ok(Self::Group { name: String::decode(buf)?, members: Vec::decode(buf)? }),
+            0 => Ok(Self::Direct {
+                peer: String::decode(buf)?,
+            }),
+            1 => Ok(Self::Group {
+                name: String::decode(buf)?,
+                members: Vec::decode(buf)?,
+            }),
             _ => Err(DecodeError::InvalidValue),
         }
     }

@@ -16,8 +16,7 @@ pub mod signal;
 pub mod sync;
 
 pub use chat::{
-    ChatInfo, ChatKind, ChatList, ChatSpec, ChatSummary, CreateChat, GetChat, ListChats,
-    UpdateChat,
+    ChatInfo, ChatKind, ChatList, ChatSpec, ChatSummary, CreateChat, GetChat, ListChats, UpdateChat,
 };
 pub use message::{Ack, Attachment, Deliver, Message, MessageKind, Send, SendOk};
 pub use session::{Done, ErrorFrame, GoAway, Hello, Ping, Pong, Welcome};
@@ -195,7 +194,9 @@ impl Frame {
             Self::PresenceSubscribe(f) => f.request_id,
             Self::RegisterPush(f) => f.request_id,
             Self::Ping(f) => f.request_id,
-            Self::Unknown { body, .. } if body.len() >= 4 => u32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+            Self::Unknown { body, .. } if body.len() >= 4 => {
+                u32::from_be_bytes([body[0], body[1], body[2], body[3]])
+            }
             _ => return None,
         })
     }
@@ -244,7 +245,10 @@ mod tests {
         let f = Frame::decode_body(0x7f, Bytes::from_static(&[0, 0, 1, 2, 9])).unwrap();
         assert_eq!(f.kind(), 0x7f);
         assert_eq!(f.request_id(), Some(258));
-        assert_eq!(Frame::decode_body(0x7f, Bytes::new()).unwrap().request_id(), None);
+        assert_eq!(
+            Frame::decode_body(0x7f, Bytes::new()).unwrap().request_id(),
+            None
+        );
     }
 
     #[test]
