@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use courier_store::{Chat, CommitListener};
+use courier_store::{CommitListener, Committed};
 use courier_wire::frame::{kind, Message};
 use courier_wire::{Codec, Header};
 
@@ -28,10 +28,11 @@ fn deliver_frame(m: &Message) -> Bytes {
 }
 
 impl CommitListener for Fanout {
-    fn committed(&self, batch: &[(Arc<Chat>, Message)]) {
-        for (chat, m) in batch {
+    fn committed(&self, batch: &[Committed]) {
+        for c in batch {
+            let m = &c.message;
             let frame = deliver_frame(m);
-            for member in &chat.members {
+            for member in c.chat.members.iter().chain(&c.also_notify) {
                 let is_sender = *member == m.sender_user;
                 self.registry.for_each_device(member, |d| {
                     if !(is_sender && d.device == m.sender_device) {

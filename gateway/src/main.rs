@@ -1,5 +1,7 @@
 //! `courier`: run the gateway, manage issuer keys and tokens, and chat from a terminal.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -5,6 +5,8 @@
 //! to drain and checks correctness: every acknowledged message delivered exactly once, in seq
 //! order, with each chat's seqs dense.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

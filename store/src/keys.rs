@@ -20,6 +20,14 @@ pub mod tag {
     pub const MEMBER: u8 = b'U';
     /// `N` -> the next chat id.
     pub const NEXT_CHAT: u8 = b'N';
+    /// `A user device chat` -> the highest seq the device acknowledged in the chat.
+    pub const POSITION: u8 = b'A';
+    /// `F chat` -> the first seq not yet expired (absent: 1).
+    pub const FLOOR: u8 = b'F';
+    /// `T hour chat` -> the highest seq the chat got in that hour (retention index).
+    pub const TIME: u8 = b'T';
+    /// `X hour user client_msg_id` -> empty (dedupe retention index).
+    pub const EXPIRY: u8 = b'X';
 }
 
 fn user(out: &mut Vec<u8>, user: &str) {
@@ -104,6 +112,105 @@ pub fn next_chat() -> Vec<u8> {
     vec![tag::NEXT_CHAT]
 }
 
+/// `A user device`: the prefix of one device's positions.
+pub fn position_prefix(u: &str, device: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(14 + u.len());
+    k.push(tag::POSITION);
+    user(&mut k, u);
+    k.extend_from_slice(&device.to_be_bytes());
+    k
+}
+
+/// `A user device chat`.
+pub fn position(u: &str, device: u32, chat: u64) -> Vec<u8> {
+    let mut k = position_prefix(u, device);
+    k.extend_from_slice(&chat.to_be_bytes());
+    k
+}
+
+/// `F chat`.
+pub fn floor(chat: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(tag::FLOOR);
+    k.extend_from_slice(&chat.to_be_bytes());
+    k
+}
+
+/// `T hour` (with no chat: the start of that hour's entries).
+pub fn time_prefix(hour: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
+    k.push(tag::TIME);
+    k.extend_from_slice(&hour.to_be_bytes());
+    k
+}
+
+/// `T hour chat`.
+pub fn time(hour: u32, chat: u64) -> Vec<u8> {
+    let mut k = time_prefix(hour);
+    k.extend_from_slice(&chat.to_be_bytes());
+    k
+}
+
+/// The hour and chat of a `T` key.
+pub fn parse_time(key: &[u8]) -> Option<(u32, u64)> {
+    if key.len() != 13 || key[0] != tag::TIME {
+        return None;
+    }
+    Some((
+        u32::from_be_bytes(key[1..5].try_into().ok()?),
+        u64::from_be_bytes(key[5..13].try_into().ok()?),
+    ))
+}
+
+/// `X hour` (with nothing after: the start of that hour's entries).
+pub fn expiry_prefix(hour: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5);
+    k.push(tag::EXPIRY);
+    k.extend_from_slice(&hour.to_be_bytes());
+    k
+}
+
+/// `X hour user client_msg_id`.
+pub fn expiry(hour: u32, sender: &str, client_msg_id: &[u8; 16]) -> Vec<u8> {
+    let mut k = expiry_prefix(hour);
+    user(&mut k, sender);
+    k.extend_from_slice(client_msg_id);
+    k
+}
+
+/// The dedupe key (`D user client_msg_id`) that an `X` key indexes.
+pub fn dedupe_of_expiry(key: &[u8]) -> Option<Vec<u8>> {
+    if key.len() < 6 || key[0] != tag::EXPIRY {
+        return None;
+    }
+    let rest = &key[5..];
+    let ulen = *rest.first()? as usize;
+    if rest.len() != 1 + ulen + 16 {
+        return None;
+    }
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(tag::DEDUPE);
+    k.extend_from_slice(rest);
+    Some(k)
+}
+
+/// The hour (since the Unix epoch) of a millisecond timestamp.
+pub fn hour_of(ms: u64) -> u32 {
+    u32::try_from(ms / 3_600_000).unwrap_or(u32::MAX)
+}
+
+/// The exclusive end of every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; 32]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +241,20 @@ mod tests {
         // "ab" must not see "abc"'s memberships.
         assert!(!member("abc", 1).starts_with(&member_prefix("ab")));
         assert_eq!(member_chat(&member("ab", 42)), Some(42));
+    }
+
+    #[test]
+    fn retention_keys_parse_back() {
+        assert_eq!(parse_time(&time(500_000, 42)), Some((500_000, 42)));
+        let id = [9u8; 16];
+        assert_eq!(
+            dedupe_of_expiry(&expiry(7, "alice", &id)),
+            Some(dedupe("alice", &id))
+        );
+        assert!(time(1, u64::MAX) < time_prefix(2));
+        assert_eq!(prefix_end(b"ab"), b"ac".to_vec());
+        assert_eq!(prefix_end(&[1, 0xff]), vec![2]);
+        assert_eq!(hour_of(3_600_000 * 5 + 1), 5);
     }
 
     #[test]

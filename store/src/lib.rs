@@ -2,30 +2,42 @@
 //!
 //! The store assigns every message its dense per-chat sequence number, makes it durable before the
 //! caller hears about it, remembers each `(sender, client_msg_id)` so a retried send returns the
-//! original answer, and keeps chats and their members. It is not a network service: the gateway
+//! original answer, keeps chats, members and each device's position, serves history and sync,
+//! and deletes data older than the retention window. It is not a network service: the gateway
 //! calls it in-process.
 //!
-//! All writes go through one writer thread ([`writer`]) that drains whatever requests are queued,
-//! applies them as one atomic batch and syncs it to disk once (group commit). Sequence numbers are
-//! assigned by that thread alone, so they are gap-free without locks. Reads go to the engine
-//! directly from any thread.
+//! The logic is written once, against a small ordered transactional key-value interface
+//! ([`kv`]); engines only adapt that interface: fjall in a local directory (default) and
+//! FoundationDB (cargo feature `fdb`). All writes go through one writer thread per process
+//! ([`writer`]) that folds whatever is queued into one transaction (group commit).
 //!
 //! # Layout
-//! - [`keys`] — the one place where keys are built; the layout table is in `docs/STORAGE.md`.
+//! - [`kv`] — the engine interface ([`kv::Engine`], [`kv::Txn`]).
+//! - [`engine`] — the adapters.
+//! - [`keys`] — the one place where keys are built; the table is in `docs/STORAGE.md`.
 //! - [`record`] — values stored under those keys, and the [`Chat`] type.
+//! - [`ops`] — write operations (append, chats, groups, positions, retention sweep).
+//! - `reads` — history, chat lists and sync.
 //! - [`writer`] — the group-commit writer thread.
 //! - [`error`] — [`StoreError`].
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod engine;
 pub mod error;
 pub mod keys;
+pub mod kv;
+pub mod ops;
+mod reads;
 pub mod record;
 mod store;
 pub mod writer;
 
 pub use error::StoreError;
+pub use ops::{GroupChange, SweepStats, MAX_GROUP_NAME};
+pub use reads::SyncPage;
 pub use record::Chat;
 pub use store::{
-    AppendRequest, Appended, Clock, CommitListener, Store, StoreConfig, SystemClock, Ticket,
+    AppendRequest, Appended, Clock, CommitListener, Committed, Store, StoreConfig, SystemClock,
+    Ticket,
 };

@@ -17,6 +17,9 @@ pub struct Chat {
     pub members: Vec<String>,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_ts: u64,
+    /// Who may remove other members of a group (its creator, then the first remaining member
+    /// when the owner leaves); empty for direct chats.
+    pub owner: String,
 }
 
 impl Chat {
@@ -41,12 +44,14 @@ impl Chat {
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(1 + self.name.encoded_len() + self.members.encoded_len() + 8);
+        let mut out = Vec::with_capacity(
+            1 + self.name.encoded_len() + self.members.encoded_len() + 8 + self.owner.encoded_len(),
+        );
         self.kind.encode(&mut out);
         self.name.encode(&mut out);
         self.members.encode(&mut out);
         self.created_ts.encode(&mut out);
+        self.owner.encode(&mut out);
         out
     }
 
@@ -57,6 +62,7 @@ impl Chat {
             name: String::decode(&mut b)?,
             members: Vec::decode(&mut b)?,
             created_ts: u64::decode(&mut b)?,
+            owner: String::decode(&mut b)?,
         };
         if b.has_remaining() {
             return Err(DecodeError::TrailingBytes);
@@ -74,7 +80,7 @@ pub(crate) struct DedupeRecord {
 }
 
 impl DedupeRecord {
-    pub(crate) fn encode(&self) -> [u8; 24] {
+    pub(crate) fn encode(self) -> [u8; 24] {
         let mut out = [0u8; 24];
         let mut w = &mut out[..];
         w.put_u64(self.chat_id);
@@ -133,6 +139,7 @@ mod tests {
             name: "friends".into(),
             members: vec!["alice".into(), "bob".into()],
             created_ts: 123,
+            owner: "alice".into(),
         };
         assert_eq!(Chat::decode(9, &c.encode()).unwrap(), c);
         assert!(c.is_member("bob"));

@@ -1,19 +1,21 @@
-//! The [`Store`] handle: asynchronous writes through the writer thread, direct reads.
+//! The [`Store`] handle: writes through the writer thread, reads straight from the engine.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use courier_wire::frame::{Attachment, Direction, Message, MessageKind};
+use courier_wire::frame::{Attachment, Message, MessageKind};
 use dashmap::DashMap;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::record::{self, Chat};
-use crate::writer::{Op, Writer};
-use crate::{keys, StoreError};
+use crate::engine::embedded::Embedded;
+use crate::kv::{Engine, KvError, Txn};
+use crate::ops::{read_chat, GroupChange, SweepStats};
+use crate::record::Chat;
+use crate::writer::{Op, Reply, Writer};
+use crate::StoreError;
 
 /// A source of wall-clock time, injectable for tests.
 pub trait Clock: Send + Sync + 'static {
@@ -33,40 +35,63 @@ impl Clock for SystemClock {
     }
 }
 
+/// A committed message and who must hear of it.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The chat as of this message (members after a membership change).
+    pub chat: Arc<Chat>,
+    /// The message.
+    pub message: Message,
+    /// Users to notify besides the members (members just removed, who see their removal).
+    pub also_notify: Vec<String>,
+}
+
 /// Receives every committed message, in commit order, from the writer thread.
 ///
 /// Called after the batch is durable and after its callers were answered. It must not block for
 /// long: the next batch waits for it.
 pub trait CommitListener: Send + Sync + 'static {
-    /// One committed batch: each message with the chat it belongs to.
-    fn committed(&self, batch: &[(Arc<Chat>, Message)]);
+    /// One committed batch.
+    fn committed(&self, batch: &[Committed]);
 }
 
 /// How to open a [`Store`].
 #[derive(Clone)]
 pub struct StoreConfig {
-    /// Directory of the embedded engine.
+    /// Directory of the embedded engine (unused with another engine).
     pub path: PathBuf,
     /// Most members a group may have, creator included.
     pub max_group_members: usize,
-    /// Most operations the writer folds into one commit.
+    /// Most operations the writer folds into one transaction (the engine may allow fewer).
     pub max_batch: usize,
     /// Depth of the writer's queue; callers wait (backpressure) when it is full.
     pub queue_depth: usize,
-    /// The clock used for message timestamps.
+    /// How often a batch is retried after a retryable engine error (conflicts on FDB).
+    pub max_retries: u32,
+    /// Messages and dedupe records older than this are deleted.
+    pub retention: Duration,
+    /// How often the background sweeper deletes expired data (None: only [`Store::sweep`]).
+    pub sweep_interval: Option<Duration>,
+    /// Most expired entries one sweep transaction deletes.
+    pub sweep_limit: usize,
+    /// The clock used for timestamps and retention.
     pub clock: Arc<dyn Clock>,
     /// Called with every committed batch.
     pub listener: Option<Arc<dyn CommitListener>>,
 }
 
 impl StoreConfig {
-    /// Defaults for a store in `path`.
+    /// Defaults for a store in `path`: groups of 100, 30-day retention swept every minute.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
             max_group_members: 100,
             max_batch: 4096,
             queue_depth: 65_536,
+            max_retries: 20,
+            retention: Duration::from_secs(30 * 86_400),
+            sweep_interval: Some(Duration::from_secs(60)),
+            sweep_limit: 512,
             clock: Arc::new(SystemClock),
             listener: None,
         }
@@ -106,37 +131,30 @@ pub struct Appended {
 }
 
 pub(crate) struct Shared {
-    pub(crate) db: Database,
-    pub(crate) ks: Keyspace,
+    pub(crate) engine: Arc<dyn Engine>,
+    /// Committed chat records; kept only when the engine is exclusive to this process.
     pub(crate) chats: DashMap<u64, Arc<Chat>>,
     pub(crate) config: StoreConfig,
 }
 
 impl Shared {
-    /// The chat, from the cache or the engine. Readers only fill empty cache slots, so a chat
-    /// the writer just changed is never replaced by an older copy read before the change.
-    pub(crate) fn chat(&self, id: u64) -> Result<Option<Arc<Chat>>, StoreError> {
-        if let Some(c) = self.chats.get(&id) {
-            return Ok(Some(c.clone()));
+    /// The committed chat `id`, from the cache or through `t`. Readers only fill empty cache
+    /// slots, so a chat the writer just changed is never replaced by an older copy.
+    pub(crate) fn chat_in(&self, t: &mut dyn Txn, id: u64) -> Result<Option<Arc<Chat>>, KvError> {
+        let exclusive = self.engine.exclusive();
+        if exclusive {
+            if let Some(c) = self.chats.get(&id) {
+                return Ok(Some(c.clone()));
+            }
         }
-        let Some(raw) = self.ks.get(keys::chat(id))? else {
+        let Some(chat) = read_chat(t, id)? else {
             return Ok(None);
         };
-        let chat = Chat::decode(id, &raw).map_err(|_| StoreError::Corrupt(format!("chat {id}")))?;
-        Ok(Some(
-            self.chats
-                .entry(id)
-                .or_insert_with(|| Arc::new(chat))
-                .clone(),
-        ))
-    }
-
-    pub(crate) fn last_seq(&self, chat: u64) -> Result<u64, StoreError> {
-        match self.ks.get(keys::last_seq(chat))? {
-            None => Ok(0),
-            Some(raw) => record::decode_u64(&raw)
-                .map_err(|_| StoreError::Corrupt(format!("last seq of chat {chat}"))),
+        let chat = Arc::new(chat);
+        if exclusive {
+            return Ok(Some(self.chats.entry(id).or_insert(chat).clone()));
         }
+        Ok(Some(chat))
     }
 }
 
@@ -151,44 +169,55 @@ impl<T> Ticket<T> {
     }
 }
 
+struct Threads {
+    writer: Option<JoinHandle<()>>,
+    sweeper: Option<(std_mpsc::Sender<()>, JoinHandle<()>)>,
+}
+
 /// A handle to the message log. Cheap to clone; all clones share one writer thread.
 #[derive(Clone)]
 pub struct Store {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     tx: mpsc::Sender<Op>,
-    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    threads: Arc<Mutex<Threads>>,
 }
 
 impl Store {
-    /// Opens (or creates) the store and starts its writer thread.
+    /// Opens (or creates) the embedded store in `config.path`.
     pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(&config.path)
-            .map_err(|e| StoreError::Engine(format!("create {}: {e}", config.path.display())))?;
-        let db = Database::builder(&config.path).open()?;
-        let ks = db.keyspace("log", KeyspaceCreateOptions::default)?;
+        let engine = Embedded::open(&config.path).map_err(|e| StoreError::Engine(e.to_string()))?;
+        Self::with_engine(Arc::new(engine), config)
+    }
+
+    /// A store over any engine.
+    pub fn with_engine(engine: Arc<dyn Engine>, config: StoreConfig) -> Result<Self, StoreError> {
         let shared = Arc::new(Shared {
-            db,
-            ks,
+            engine,
             chats: DashMap::new(),
             config,
         });
-        let (tx, rx) = mpsc::channel(shared.config.queue_depth);
-        let writer = Writer::new(shared.clone())?;
+        let (tx, rx) = mpsc::channel(shared.config.queue_depth.max(1));
+        let writer = Writer::new(shared.clone());
         let handle = std::thread::Builder::new()
             .name("courier-store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Engine(format!("spawn writer: {e}")))?;
+        let sweeper = match shared.config.sweep_interval {
+            Some(every) => Some(spawn_sweeper(tx.clone(), every, shared.config.sweep_limit)?),
+            None => None,
+        };
+        let threads = Threads {
+            writer: Some(handle),
+            sweeper,
+        };
         Ok(Self {
             shared,
             tx,
-            writer: Arc::new(Mutex::new(Some(handle))),
+            threads: Arc::new(Mutex::new(threads)),
         })
     }
 
-    async fn call<T>(
-        &self,
-        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
-    ) -> Result<T, StoreError> {
+    async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(op(reply))
@@ -219,7 +248,8 @@ impl Store {
         self.call(|reply| Op::CreateDirect { a, b, reply }).await
     }
 
-    /// A new group named `name` with `creator` and `members`.
+    /// A new group named `name` with `creator` (its owner) and `members`; its first message is a
+    /// system message recording the creation.
     pub async fn create_group(
         &self,
         creator: &str,
@@ -236,96 +266,112 @@ impl Store {
         .await
     }
 
-    /// The chat `id` if `user` is a member; [`StoreError::Forbidden`] otherwise, also when the
-    /// chat does not exist.
-    pub fn chat_for(&self, user: &str, id: u64) -> Result<Arc<Chat>, StoreError> {
-        match self.shared.chat(id)? {
-            Some(c) if c.is_member(user) => Ok(c),
-            _ => Err(StoreError::Forbidden),
-        }
-    }
-
-    /// The newest sequence number of a chat (0 when it has no messages).
-    pub fn last_seq(&self, chat: u64) -> Result<u64, StoreError> {
-        self.shared.last_seq(chat)
-    }
-
-    /// Up to `limit` messages of chat `chat_id` beyond `anchor` in `direction`, for member `user`;
-    /// the flag says whether more lie beyond.
-    pub fn history(
+    /// Renames a group and/or changes its members, recorded as a system message in the chat.
+    /// Any member may rename and add; only the owner may remove others; anyone may leave.
+    pub async fn update_group(
         &self,
-        user: &str,
+        actor: &str,
         chat_id: u64,
-        direction: Direction,
-        anchor: u64,
-        limit: usize,
-    ) -> Result<(Vec<Message>, bool), StoreError> {
-        self.chat_for(user, chat_id)?;
-        let limit = limit.max(1);
-        let iter: Box<dyn Iterator<Item = fjall::Guard>> = match direction {
-            Direction::Before => Box::new(
-                self.shared
-                    .ks
-                    .range(keys::message(chat_id, 0)..keys::message(chat_id, anchor))
-                    .rev(),
-            ),
-            Direction::After => {
-                let Some(from) = anchor.checked_add(1) else {
-                    return Ok((Vec::new(), false));
-                };
-                Box::new(
-                    self.shared
-                        .ks
-                        .range(keys::message(chat_id, from)..=keys::message(chat_id, u64::MAX)),
-                )
-            }
-        };
-        let mut out = Vec::with_capacity(limit.min(256));
-        for item in iter {
-            let (key, value) = item.into_inner()?;
-            if out.len() == limit {
-                return Ok((out, true));
-            }
-            let m = record::decode_message(&value)
-                .map_err(|_| StoreError::Corrupt(format!("{key:?}")))?;
-            out.push(m);
-        }
-        Ok((out, false))
+        change: GroupChange,
+    ) -> Result<Arc<Chat>, StoreError> {
+        let actor = actor.to_owned();
+        self.call(|reply| Op::UpdateGroup {
+            actor,
+            chat_id,
+            change,
+            reply,
+        })
+        .await
     }
 
-    /// Up to `limit` chats of `user` with ids above `after`, each with its newest seq.
-    pub fn chats_of(
+    /// Records that `device` of `user` holds chat `chat_id` up to `seq` (cumulative; positions
+    /// only move forward). Returns the stored position.
+    pub async fn ack(
         &self,
         user: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<(Arc<Chat>, u64)>, StoreError> {
-        let prefix = keys::member_prefix(user);
-        let start = keys::member(user, after.saturating_add(1));
-        let mut end = prefix.clone();
-        end.extend_from_slice(&[0xff; 8]);
-        let mut out = Vec::new();
-        for item in self.shared.ks.range(start..=end) {
-            if out.len() == limit {
-                break;
-            }
-            let key = item.key()?;
-            let Some(id) = keys::member_chat(&key) else {
-                continue;
-            };
-            if let Some(chat) = self.shared.chat(id)? {
-                out.push((chat, self.shared.last_seq(id)?));
-            }
-        }
-        Ok(out)
+        device: u32,
+        chat_id: u64,
+        seq: u64,
+    ) -> Result<u64, StoreError> {
+        let user = user.to_owned();
+        self.call(|reply| Op::Ack {
+            user,
+            device,
+            chat_id,
+            seq,
+            reply,
+        })
+        .await
     }
 
-    /// Stops the writer after the operations already queued, and waits for it.
+    /// Deletes expired data now, in bounded transactions, until nothing expired is left.
+    pub async fn sweep(&self) -> Result<SweepStats, StoreError> {
+        let limit = self.shared.config.sweep_limit.max(1);
+        let mut total = SweepStats::default();
+        loop {
+            let s = self.call(|reply| Op::Sweep { limit, reply }).await?;
+            total.chat_hours += s.chat_hours;
+            total.dedupe_records += s.dedupe_records;
+            if !s.more {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Whether this process is the engine's only writer.
+    pub fn engine_exclusive(&self) -> bool {
+        self.shared.engine.exclusive()
+    }
+
+    /// Stops the sweeper, then the writer after the operations already queued, and waits.
     pub async fn close(&self) {
+        let sweeper = self.threads.lock().expect("threads lock").sweeper.take();
+        if let Some((stop, h)) = sweeper {
+            drop(stop);
+            let _ = h.join();
+        }
         let _ = self.tx.send(Op::Shutdown).await;
-        let handle = self.writer.lock().expect("writer handle lock").take();
-        if let Some(h) = handle {
+        let writer = self.threads.lock().expect("threads lock").writer.take();
+        if let Some(h) = writer {
             let _ = h.join();
         }
     }
+}
+
+fn spawn_sweeper(
+    tx: mpsc::Sender<Op>,
+    every: Duration,
+    limit: usize,
+) -> Result<(std_mpsc::Sender<()>, JoinHandle<()>), StoreError> {
+    let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
+    let handle = std::thread::Builder::new()
+        .name("courier-store-sweeper".into())
+        .spawn(move || {
+            // Wakes every `every` until the stop sender is dropped.
+            while let Err(std_mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
+                loop {
+                    let (reply, rx) = oneshot::channel();
+                    if tx
+                        .blocking_send(Op::Sweep {
+                            limit: limit.max(1),
+                            reply,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                    match rx.blocking_recv() {
+                        Ok(Ok(s)) if s.more => continue,
+                        Ok(Ok(_)) => break,
+                        Ok(Err(e)) => {
+                            tracing::warn!("retention sweep failed: {e}");
+                            break;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }
+        })
+        .map_err(|e| StoreError::Engine(format!("spawn sweeper: {e}")))?;
+    Ok((stop_tx, handle))
 }

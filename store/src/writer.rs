@@ -1,29 +1,28 @@
-//! The writer thread: group commit and sequence assignment.
+//! The writer thread: group commit, with the whole batch retried on retryable engine errors.
 //!
-//! One thread owns every write. It blocks for the first queued operation, takes whatever else is
-//! queued (up to `max_batch`), applies all of it to one atomic engine batch, syncs that batch to
-//! disk once, and only then answers the callers and tells the [`CommitListener`]. A lone send
+//! One thread per store owns every write. It blocks for the first queued operation, takes
+//! whatever else is queued (up to the engine's batch size), applies all of it in one
+//! transaction ([`crate::ops`]), commits — the engine makes the commit durable before it
+//! returns — and only then answers the callers and tells the [`CommitListener`]. A lone send
 //! therefore waits for about one fsync; under load one fsync covers thousands of messages.
 //!
-//! Because this thread alone assigns sequence numbers (from its cache of each chat's last seq), a
-//! chat's numbers are dense and in queue order without any lock. If a commit fails, nothing of the
-//! batch was acknowledged and the caches are dropped, so the next batch re-reads the truth.
+//! Sequence numbers are read and written inside the same transaction as the messages: on the
+//! embedded engine this thread is the only writer; on FoundationDB, concurrent writers to one
+//! chat conflict, and the loser's batch is re-applied from scratch, so seqs stay dense. A batch
+//! that fails for good answers every caller with the error; nothing of it was acknowledged.
 //!
 //! [`CommitListener`]: crate::CommitListener
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use courier_wire::frame::{ChatKind, Message};
-use courier_wire::valid_user_id;
-use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::record::{self, Chat, DedupeRecord};
+use crate::ops::{Attempt, GroupChange, SweepStats};
+use crate::record::Chat;
 use crate::store::{AppendRequest, Appended, Shared};
-use crate::{keys, StoreError};
+use crate::StoreError;
 
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// One queued write.
 pub(crate) enum Op {
@@ -39,57 +38,109 @@ pub(crate) enum Op {
         members: Vec<String>,
         reply: Reply<Arc<Chat>>,
     },
+    UpdateGroup {
+        actor: String,
+        chat_id: u64,
+        change: GroupChange,
+        reply: Reply<Arc<Chat>>,
+    },
+    Ack {
+        user: String,
+        device: u32,
+        chat_id: u64,
+        seq: u64,
+        reply: Reply<u64>,
+    },
+    Sweep {
+        limit: usize,
+        reply: Reply<SweepStats>,
+    },
     Shutdown,
 }
 
 enum Answer {
-    Append(Reply<Appended>, Result<Appended, StoreError>),
-    Chat(Reply<Arc<Chat>>, Result<Arc<Chat>, StoreError>),
+    Appended(Result<Appended, StoreError>),
+    Chat(Result<Arc<Chat>, StoreError>),
+    Seq(Result<u64, StoreError>),
+    Sweep(Result<SweepStats, StoreError>),
+    None,
 }
 
-/// Longest group name, in bytes.
-pub const MAX_GROUP_NAME: usize = 128;
+fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, crate::kv::KvError> {
+    Ok(match op {
+        Op::Append(req, _) => Answer::Appended(a.append(req)?),
+        Op::CreateDirect { a: x, b, .. } => Answer::Chat(a.create_direct(x, b)?),
+        Op::CreateGroup {
+            creator,
+            name,
+            members,
+            ..
+        } => Answer::Chat(a.create_group(creator, name, members)?),
+        Op::UpdateGroup {
+            actor,
+            chat_id,
+            change,
+            ..
+        } => Answer::Chat(a.update_group(actor, *chat_id, change)?),
+        Op::Ack {
+            user,
+            device,
+            chat_id,
+            seq,
+            ..
+        } => Answer::Seq(a.ack(user, *device, *chat_id, *seq)?),
+        Op::Sweep { limit, .. } => Answer::Sweep(a.sweep(*limit)?),
+        Op::Shutdown => Answer::None,
+    })
+}
+
+/// Answers a caller. One that gave up waiting is no error: its request committed all the same.
+fn answer(op: Op, answer: Answer) {
+    match (op, answer) {
+        (Op::Append(_, tx), Answer::Appended(r)) => drop(tx.send(r)),
+        (
+            Op::CreateDirect { reply, .. }
+            | Op::CreateGroup { reply, .. }
+            | Op::UpdateGroup { reply, .. },
+            Answer::Chat(r),
+        ) => {
+            drop(reply.send(r));
+        }
+        (Op::Ack { reply, .. }, Answer::Seq(r)) => drop(reply.send(r)),
+        (Op::Sweep { reply, .. }, Answer::Sweep(r)) => drop(reply.send(r)),
+        (Op::Shutdown, Answer::None) => {}
+        _ => unreachable!("answers are built from their own operation"),
+    }
+}
+
+fn fail(op: Op, e: StoreError) {
+    match op {
+        Op::Append(_, tx) => drop(tx.send(Err(e))),
+        Op::CreateDirect { reply, .. }
+        | Op::CreateGroup { reply, .. }
+        | Op::UpdateGroup { reply, .. } => drop(reply.send(Err(e))),
+        Op::Ack { reply, .. } => drop(reply.send(Err(e))),
+        Op::Sweep { reply, .. } => drop(reply.send(Err(e))),
+        Op::Shutdown => {}
+    }
+}
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    /// Last assigned seq of recently written chats (a cache of the `S` keys).
-    last_seq: HashMap<u64, u64>,
-    next_chat: u64,
-}
-
-/// What one batch has written so far, visible to later operations of the same batch.
-#[derive(Default)]
-struct Pending {
-    seqs: HashMap<u64, u64>,
-    dedupe: HashMap<Vec<u8>, Appended>,
-    chats: HashMap<u64, Arc<Chat>>,
-    pairs: HashMap<Vec<u8>, Arc<Chat>>,
-    committed: Vec<(Arc<Chat>, Message)>,
-    answers: Vec<Answer>,
-    next_chat_changed: bool,
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>) -> Result<Self, StoreError> {
-        let next_chat = Self::read_next_chat(&shared)?;
-        Ok(Self {
-            shared,
-            last_seq: HashMap::new(),
-            next_chat,
-        })
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
     }
 
-    fn read_next_chat(shared: &Shared) -> Result<u64, StoreError> {
-        match shared.ks.get(keys::next_chat())? {
-            None => Ok(1),
-            Some(raw) => {
-                record::decode_u64(&raw).map_err(|_| StoreError::Corrupt("next chat id".into()))
-            }
-        }
-    }
-
-    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Op>) {
-        let max_batch = self.shared.config.max_batch.max(1);
+    pub(crate) fn run(self, mut rx: mpsc::Receiver<Op>) {
+        let max_batch = self
+            .shared
+            .engine
+            .max_batch()
+            .min(self.shared.config.max_batch)
+            .max(1);
         let mut ops = Vec::with_capacity(max_batch);
         while let Some(first) = rx.blocking_recv() {
             let mut shutdown = false;
@@ -104,269 +155,65 @@ impl Writer {
                 }
             }
             if !ops.is_empty() {
-                self.apply(ops.drain(..));
+                self.apply(std::mem::take(&mut ops));
             }
             if shutdown {
                 break;
             }
         }
-        // Make sure everything, including unsynced engine state, reaches the disk before exit.
-        if let Err(e) = self.shared.db.persist(PersistMode::SyncAll) {
-            tracing::error!("final persist failed: {e}");
+        if let Err(e) = self.shared.engine.sync() {
+            tracing::error!("final sync failed: {e}");
         }
     }
 
-    fn apply(&mut self, ops: impl Iterator<Item = Op>) {
-        let now = self.shared.config.clock.now_ms();
-        let mut batch = self
-            .shared
-            .db
-            .batch()
-            .durability(Some(PersistMode::SyncAll));
-        let mut p = Pending::default();
-        for op in ops {
-            match op {
-                Op::Append(req, reply) => {
-                    let r = self.append(&mut batch, &mut p, req, now);
-                    p.answers.push(Answer::Append(reply, r));
-                }
-                Op::CreateDirect { a, b, reply } => {
-                    let r = self.create_direct(&mut batch, &mut p, &a, &b, now);
-                    p.answers.push(Answer::Chat(reply, r));
-                }
-                Op::CreateGroup {
-                    creator,
-                    name,
-                    members,
-                    reply,
-                } => {
-                    let r = self.create_group(&mut batch, &mut p, &creator, &name, members, now);
-                    p.answers.push(Answer::Chat(reply, r));
-                }
-                Op::Shutdown => {}
-            }
-        }
-        let ks = &self.shared.ks;
-        for (&chat, &seq) in &p.seqs {
-            batch.insert(ks, keys::last_seq(chat), seq.to_be_bytes().to_vec());
-        }
-        if p.next_chat_changed {
-            batch.insert(ks, keys::next_chat(), self.next_chat.to_be_bytes().to_vec());
-        }
-        match batch.commit() {
-            Ok(()) => {
-                self.last_seq.extend(p.seqs.iter());
-                for (id, chat) in p.chats {
-                    self.shared.chats.insert(id, chat);
-                }
-                for a in p.answers {
-                    a.send_ok();
-                }
-                if let (Some(l), false) = (&self.shared.config.listener, p.committed.is_empty()) {
-                    l.committed(&p.committed);
-                }
-            }
-            Err(e) => {
-                tracing::error!("commit failed: {e}");
-                let err = StoreError::from(e);
-                for a in p.answers {
-                    a.send_err(err.clone());
-                }
-                self.last_seq.clear();
-                match Self::read_next_chat(&self.shared) {
-                    Ok(n) => self.next_chat = n,
-                    Err(e) => tracing::error!("re-reading next chat id: {e}"),
-                }
-            }
-        }
-    }
-
-    fn chat(&self, p: &Pending, id: u64) -> Result<Option<Arc<Chat>>, StoreError> {
-        match p.chats.get(&id) {
-            Some(c) => Ok(Some(c.clone())),
-            None => self.shared.chat(id),
-        }
-    }
-
-    fn append(
-        &mut self,
-        batch: &mut fjall::OwnedWriteBatch,
-        p: &mut Pending,
-        req: AppendRequest,
-        now: u64,
-    ) -> Result<Appended, StoreError> {
-        let chat = match self.chat(p, req.chat_id)? {
-            Some(c) if c.is_member(&req.sender_user) => c,
-            _ => return Err(StoreError::Forbidden),
-        };
-        let dedupe_key = keys::dedupe(&req.sender_user, &req.client_msg_id);
-        if let Some(orig) = p.dedupe.get(&dedupe_key) {
-            return Ok(Appended {
-                duplicate: true,
-                ..*orig
+    fn apply(&self, ops: Vec<Op>) {
+        let shared = &*self.shared;
+        let mut tries = 0;
+        loop {
+            let now = shared.config.clock.now_ms();
+            let result = shared.engine.begin().and_then(|t| {
+                let mut a = Attempt::new(t, shared, now);
+                let answers = ops
+                    .iter()
+                    .map(|op| run_op(&mut a, op))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let Attempt {
+                    t,
+                    changed,
+                    committed,
+                    ..
+                } = a;
+                t.commit()?;
+                Ok((answers, changed, committed))
             });
-        }
-        if let Some(raw) = self.shared.ks.get(&dedupe_key)? {
-            let d = DedupeRecord::decode(&raw)
-                .map_err(|_| StoreError::Corrupt("dedupe record".into()))?;
-            return Ok(Appended {
-                chat_id: d.chat_id,
-                seq: d.seq,
-                server_ts: d.server_ts,
-                duplicate: true,
-            });
-        }
-        let last = match p.seqs.get(&req.chat_id) {
-            Some(&s) => s,
-            None => match self.last_seq.get(&req.chat_id) {
-                Some(&s) => s,
-                None => self.shared.last_seq(req.chat_id)?,
-            },
-        };
-        let seq = last + 1;
-        let message = Message {
-            chat_id: req.chat_id,
-            seq,
-            sender_user: req.sender_user,
-            sender_device: req.sender_device,
-            server_ts: now,
-            client_msg_id: req.client_msg_id,
-            kind: req.kind,
-            body: req.body,
-            attachments: req.attachments,
-        };
-        let ks = &self.shared.ks;
-        batch.insert(
-            ks,
-            keys::message(req.chat_id, seq),
-            record::encode_message(&message),
-        );
-        let d = DedupeRecord {
-            chat_id: req.chat_id,
-            seq,
-            server_ts: now,
-        };
-        batch.insert(ks, dedupe_key.clone(), d.encode().to_vec());
-        p.seqs.insert(req.chat_id, seq);
-        let appended = Appended {
-            chat_id: req.chat_id,
-            seq,
-            server_ts: now,
-            duplicate: false,
-        };
-        p.dedupe.insert(dedupe_key, appended);
-        p.committed.push((chat, message));
-        Ok(appended)
-    }
-
-    fn new_chat(
-        &mut self,
-        batch: &mut fjall::OwnedWriteBatch,
-        p: &mut Pending,
-        kind: ChatKind,
-        name: String,
-        members: Vec<String>,
-        now: u64,
-    ) -> Arc<Chat> {
-        let id = self.next_chat;
-        self.next_chat += 1;
-        p.next_chat_changed = true;
-        let chat = Arc::new(Chat {
-            id,
-            kind,
-            name,
-            members,
-            created_ts: now,
-        });
-        let ks = &self.shared.ks;
-        batch.insert(ks, keys::chat(id), chat.encode());
-        for m in &chat.members {
-            batch.insert(ks, keys::member(m, id), Vec::new());
-        }
-        p.chats.insert(id, chat.clone());
-        chat
-    }
-
-    fn create_direct(
-        &mut self,
-        batch: &mut fjall::OwnedWriteBatch,
-        p: &mut Pending,
-        a: &str,
-        b: &str,
-        now: u64,
-    ) -> Result<Arc<Chat>, StoreError> {
-        for u in [a, b] {
-            if !valid_user_id(u) {
-                return Err(StoreError::Invalid(format!("bad user id {u:?}")));
+            match result {
+                Ok((answers, changed, committed)) => {
+                    if shared.engine.exclusive() {
+                        for (id, chat) in changed {
+                            shared.chats.insert(id, chat);
+                        }
+                    }
+                    for (op, a) in ops.into_iter().zip(answers) {
+                        answer(op, a);
+                    }
+                    if let (Some(l), false) = (&shared.config.listener, committed.is_empty()) {
+                        l.committed(&committed);
+                    }
+                    return;
+                }
+                Err(e) if e.retryable && tries < shared.config.max_retries => {
+                    tries += 1;
+                    tracing::debug!("retrying batch of {} after: {e}", ops.len());
+                }
+                Err(e) => {
+                    tracing::error!("batch of {} failed: {e}", ops.len());
+                    let err = StoreError::Engine(e.to_string());
+                    for op in ops {
+                        fail(op, err.clone());
+                    }
+                    return;
+                }
             }
-        }
-        let pair = keys::pair(a, b);
-        if let Some(c) = p.pairs.get(&pair) {
-            return Ok(c.clone());
-        }
-        if let Some(raw) = self.shared.ks.get(&pair)? {
-            let id =
-                record::decode_u64(&raw).map_err(|_| StoreError::Corrupt("pair record".into()))?;
-            return self
-                .chat(p, id)?
-                .ok_or_else(|| StoreError::Corrupt(format!("pair names missing chat {id}")));
-        }
-        let mut members = vec![a.to_owned(), b.to_owned()];
-        members.sort();
-        members.dedup();
-        let chat = self.new_chat(batch, p, ChatKind::Direct, String::new(), members, now);
-        batch.insert(
-            &self.shared.ks,
-            pair.clone(),
-            chat.id.to_be_bytes().to_vec(),
-        );
-        p.pairs.insert(pair, chat.clone());
-        Ok(chat)
-    }
-
-    fn create_group(
-        &mut self,
-        batch: &mut fjall::OwnedWriteBatch,
-        p: &mut Pending,
-        creator: &str,
-        name: &str,
-        mut members: Vec<String>,
-        now: u64,
-    ) -> Result<Arc<Chat>, StoreError> {
-        if name.trim().is_empty() || name.len() > MAX_GROUP_NAME {
-            return Err(StoreError::Invalid(format!(
-                "group name must be 1 to {MAX_GROUP_NAME} bytes"
-            )));
-        }
-        members.push(creator.to_owned());
-        if let Some(bad) = members.iter().find(|m| !valid_user_id(m)) {
-            return Err(StoreError::Invalid(format!("bad user id {bad:?}")));
-        }
-        members.sort();
-        members.dedup();
-        let max = self.shared.config.max_group_members;
-        if members.len() > max {
-            return Err(StoreError::TooLarge(format!(
-                "a group has at most {max} members"
-            )));
-        }
-        Ok(self.new_chat(batch, p, ChatKind::Group, name.to_owned(), members, now))
-    }
-}
-
-impl Answer {
-    fn send_ok(self) {
-        // A caller that gave up waiting is no error: its request is committed all the same.
-        match self {
-            Self::Append(tx, r) => drop(tx.send(r)),
-            Self::Chat(tx, r) => drop(tx.send(r)),
-        }
-    }
-
-    fn send_err(self, err: StoreError) {
-        match self {
-            Self::Append(tx, r) => drop(tx.send(r.and(Err(err)))),
-            Self::Chat(tx, r) => drop(tx.send(r.and(Err(err)))),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod message;
 pub mod session;
 pub mod signal;
 pub mod sync;
+pub mod system;
 
 pub use chat::{
     ChatInfo, ChatKind, ChatList, ChatSpec, ChatSummary, CreateChat, GetChat, ListChats, UpdateChat,
@@ -25,6 +26,7 @@ pub use signal::{
     RegisterPush, Typing, TypingEvent,
 };
 pub use sync::{ChatPosition, Direction, History, HistoryPage, Sync, SyncEnd};
+pub use system::{SystemEvent, SystemEventKind};
 
 macro_rules! frames {
     ($( $(#[$m:meta])* $variant:ident = $kind:literal, )*) => {

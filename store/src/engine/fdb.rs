@@ -1,0 +1,178 @@
+//! The FoundationDB engine (cargo feature `fdb`, API 7.3).
+//!
+//! A thin adapter: each [`Txn`] call maps to one FoundationDB transaction call, with every key
+//! under a configurable prefix so several stores (or test runs) can share a cluster. The store's
+//! writer thread is a plain thread, so the adapter waits on FoundationDB's futures with
+//! `futures::executor::block_on`. Transactions carry a 5 s timeout; a retryable failure (a
+//! conflict with another gateway writing the same chat, a too-old read version) goes through the
+//! transaction's `on_error` (FoundationDB's backoff) and is reported retryable, so the writer
+//! re-applies the whole batch in a fresh transaction, up to `StoreConfig::max_retries` times.
+//!
+//! The FoundationDB network thread is started once per process by [`FdbEngine::open`] and must be
+//! stopped with [`stop_network`] before the process exits.
+
+use std::sync::Mutex;
+
+use foundationdb::api::NetworkAutoStop;
+use foundationdb::options::{StreamingMode, TransactionOption};
+use foundationdb::{Database, FdbError, KeySelector, RangeOption, Transaction};
+use futures::executor::block_on;
+use futures::TryStreamExt;
+
+use crate::kv::{Engine, KvError, Pairs, Txn};
+
+/// The network thread handle; `None` before the first open and after [`stop_network`].
+static NETWORK: Mutex<Option<NetworkAutoStop>> = Mutex::new(None);
+static BOOTED: std::sync::Once = std::sync::Once::new();
+
+/// Transaction timeout, milliseconds (FoundationDB's own limit is 5 s of read version age).
+const TIMEOUT_MS: i32 = 5_000;
+
+fn boot_network() {
+    BOOTED.call_once(|| {
+        // SAFETY: `boot` may run once per process (guarded by `Once`), and its handle must be
+        // dropped before the process exits: it is kept in `NETWORK` and dropped by
+        // `stop_network`, which the gateway calls on shutdown.
+        #[allow(unsafe_code)]
+        let network = unsafe { foundationdb::boot() };
+        *NETWORK.lock().expect("network lock") = Some(network);
+    });
+}
+
+/// Stops the FoundationDB network thread. Call once, before exit, after every store is closed.
+pub fn stop_network() {
+    drop(NETWORK.lock().expect("network lock").take());
+}
+
+fn kv_err(e: FdbError) -> KvError {
+    if e.is_retryable() {
+        KvError::retryable(format!("fdb: {e}"))
+    } else {
+        KvError::fatal(format!("fdb: {e}"))
+    }
+}
+
+/// A FoundationDB cluster, with every key under `prefix`.
+pub struct FdbEngine {
+    db: Database,
+    prefix: Vec<u8>,
+}
+
+impl FdbEngine {
+    /// Connects with a cluster file (`None`: the default cluster file), keys under `prefix`.
+    pub fn open(cluster_file: Option<&str>, prefix: &[u8]) -> Result<Self, KvError> {
+        boot_network();
+        let db = Database::new(cluster_file).map_err(kv_err)?;
+        Ok(Self {
+            db,
+            prefix: prefix.to_vec(),
+        })
+    }
+}
+
+impl Engine for FdbEngine {
+    fn name(&self) -> &'static str {
+        "fdb"
+    }
+
+    fn begin(&self) -> Result<Box<dyn Txn + '_>, KvError> {
+        let trx = self.db.create_trx().map_err(kv_err)?;
+        trx.set_option(TransactionOption::Timeout(TIMEOUT_MS))
+            .map_err(kv_err)?;
+        Ok(Box::new(FdbTxn {
+            trx,
+            prefix: &self.prefix,
+        }))
+    }
+
+    fn exclusive(&self) -> bool {
+        false
+    }
+
+    fn max_batch(&self) -> usize {
+        // Keeps a batch's transaction well under FoundationDB's 10 MB limit (about 1 MB here).
+        1024
+    }
+
+    fn sync(&self) -> Result<(), KvError> {
+        // Commits are durable on the cluster when they return.
+        Ok(())
+    }
+}
+
+struct FdbTxn<'a> {
+    trx: Transaction,
+    prefix: &'a [u8],
+}
+
+impl FdbTxn<'_> {
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + key.len());
+        k.extend_from_slice(self.prefix);
+        k.extend_from_slice(key);
+        k
+    }
+}
+
+impl Txn for FdbTxn<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        let v = block_on(self.trx.get(&self.key(key), false)).map_err(kv_err)?;
+        Ok(v.map(|s| s.to_vec()))
+    }
+
+    fn scan(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, KvError> {
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (start, end) = (self.key(start), self.key(end));
+        let opt = RangeOption {
+            limit: Some(limit),
+            reverse,
+            mode: StreamingMode::WantAll,
+            ..RangeOption::from((
+                KeySelector::first_greater_or_equal(start),
+                KeySelector::first_greater_or_equal(end),
+            ))
+        };
+        let values: Vec<_> =
+            block_on(self.trx.get_ranges_keyvalues(opt, false).try_collect()).map_err(kv_err)?;
+        let n = self.prefix.len();
+        Ok(values
+            .iter()
+            .map(|kv| (kv.key()[n..].to_vec(), kv.value().to_vec()))
+            .collect())
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        self.trx.set(&self.key(key), value);
+    }
+
+    fn clear(&mut self, key: &[u8]) {
+        self.trx.clear(&self.key(key));
+    }
+
+    fn clear_range(&mut self, start: &[u8], end: &[u8]) {
+        if start < end {
+            self.trx.clear_range(&self.key(start), &self.key(end));
+        }
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), KvError> {
+        match block_on(self.trx.commit()) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_retryable() => {
+                let msg = format!("fdb commit: {}", *e);
+                // FoundationDB's backoff before the writer tries again.
+                let _ = block_on(e.on_error());
+                Err(KvError::retryable(msg))
+            }
+            Err(e) => Err(KvError::fatal(format!("fdb commit: {}", *e))),
+        }
+    }
+}

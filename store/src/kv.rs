@@ -1,0 +1,88 @@
+//! The ordered transactional key-value interface that every engine adapts.
+//!
+//! The message log ([`crate::log`]) is written once against [`Txn`]; engines
+//! ([`crate::engine`]) only translate these calls. A transaction reads its own writes, and its
+//! writes become visible to others all at once, durably, when [`Txn::commit`] returns `Ok`.
+
+use std::fmt;
+
+/// An engine failure. `retryable` ones (a conflict, a too-old read version) are retried by the
+/// writer with the whole batch re-applied in a fresh transaction.
+#[derive(Debug, Clone)]
+pub struct KvError {
+    /// Whether running the transaction again may succeed.
+    pub retryable: bool,
+    /// What happened.
+    pub message: String,
+}
+
+impl KvError {
+    /// A failure that retrying will not fix.
+    pub fn fatal(message: impl fmt::Display) -> Self {
+        Self {
+            retryable: false,
+            message: message.to_string(),
+        }
+    }
+
+    /// A failure that a fresh transaction may not meet (conflict, timeout).
+    pub fn retryable(message: impl fmt::Display) -> Self {
+        Self {
+            retryable: true,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for KvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if self.retryable {
+            f.write_str(" (retryable)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for KvError {}
+
+/// Key-value pairs from a scan.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One transaction: reads see the transaction's own writes; nothing is visible to others until
+/// [`Txn::commit`]. Dropping a transaction without committing discards its writes.
+pub trait Txn {
+    /// The value under `key`.
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
+    /// Up to `limit` pairs with `start <= key < end`, ascending (or descending with `reverse`).
+    fn scan(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, KvError>;
+    /// Writes `value` under `key`.
+    fn set(&mut self, key: &[u8], value: &[u8]);
+    /// Deletes `key`.
+    fn clear(&mut self, key: &[u8]);
+    /// Deletes every key with `start <= key < end`.
+    fn clear_range(&mut self, start: &[u8], end: &[u8]);
+    /// Makes every write durable and visible, atomically.
+    fn commit(self: Box<Self>) -> Result<(), KvError>;
+}
+
+/// A storage engine: a source of transactions.
+pub trait Engine: Send + Sync + 'static {
+    /// A short name for logs ("embedded", "fdb").
+    fn name(&self) -> &'static str;
+    /// Starts a transaction.
+    fn begin(&self) -> Result<Box<dyn Txn + '_>, KvError>;
+    /// True when this process is the engine's only writer, so caches of committed state stay
+    /// true (the embedded engine); false when other processes write too (FoundationDB).
+    fn exclusive(&self) -> bool;
+    /// Most operations the writer should fold into one transaction.
+    fn max_batch(&self) -> usize;
+    /// Makes sure everything committed is on stable storage (called at shutdown).
+    fn sync(&self) -> Result<(), KvError>;
+}

@@ -1,0 +1,463 @@
+//! Write operations of the message log, engine-neutral: each runs inside one [`Txn`] attempt.
+//!
+//! Every function returns `Result<Result<T, StoreError>, KvError>`: the outer error aborts the
+//! whole attempt (the writer retries the batch in a fresh transaction when it is retryable); the
+//! inner result is the answer to that one request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use courier_wire::frame::{ChatKind, Message, MessageKind, SystemEvent, SystemEventKind};
+use courier_wire::valid_user_id;
+
+use crate::kv::{KvError, Txn};
+use crate::record::{self, Chat, DedupeRecord};
+use crate::store::{AppendRequest, Appended, Committed, Shared};
+use crate::{keys, StoreError};
+
+/// Longest group name, in bytes.
+pub const MAX_GROUP_NAME: usize = 128;
+
+/// Answer of one request, or an engine failure that aborts the attempt.
+pub(crate) type OpResult<T> = Result<Result<T, StoreError>, KvError>;
+
+/// Reads a big-endian u64 value.
+pub(crate) fn get_u64(t: &mut dyn Txn, key: &[u8]) -> Result<Option<u64>, KvError> {
+    match t.get(key)? {
+        None => Ok(None),
+        Some(raw) => record::decode_u64(&raw)
+            .map(Some)
+            .map_err(|_| KvError::fatal(format!("corrupt u64 under {key:?}"))),
+    }
+}
+
+/// Reads a chat record.
+pub(crate) fn read_chat(t: &mut dyn Txn, id: u64) -> Result<Option<Chat>, KvError> {
+    match t.get(&keys::chat(id))? {
+        None => Ok(None),
+        Some(raw) => Chat::decode(id, &raw)
+            .map(Some)
+            .map_err(|_| KvError::fatal(format!("corrupt chat {id}"))),
+    }
+}
+
+/// Changes to a group.
+#[derive(Debug, Clone, Default)]
+pub struct GroupChange {
+    /// A new name.
+    pub rename: Option<String>,
+    /// Users to add.
+    pub add: Vec<String>,
+    /// Users to remove (a member may remove itself).
+    pub remove: Vec<String>,
+}
+
+/// What one sweep transaction deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    /// (chat, hour) retention entries processed: each expired a run of a chat's messages.
+    pub chat_hours: usize,
+    /// Dedupe records deleted.
+    pub dedupe_records: usize,
+    /// Whether expired entries remain (another sweep transaction is needed).
+    pub more: bool,
+}
+
+/// One transaction attempt of the writer.
+pub(crate) struct Attempt<'a> {
+    pub(crate) t: Box<dyn Txn + 'a>,
+    pub(crate) shared: &'a Shared,
+    pub(crate) now: u64,
+    /// Chats created or changed in this attempt (the cache learns them only after commit).
+    pub(crate) changed: HashMap<u64, Arc<Chat>>,
+    pub(crate) committed: Vec<Committed>,
+}
+
+fn invalid<T>(msg: impl Into<String>) -> OpResult<T> {
+    Ok(Err(StoreError::Invalid(msg.into())))
+}
+
+fn check_users<'u>(users: impl IntoIterator<Item = &'u String>) -> Result<(), StoreError> {
+    match users.into_iter().find(|u| !valid_user_id(u)) {
+        Some(bad) => Err(StoreError::Invalid(format!("bad user id {bad:?}"))),
+        None => Ok(()),
+    }
+}
+
+impl<'a> Attempt<'a> {
+    pub(crate) fn new(t: Box<dyn Txn + 'a>, shared: &'a Shared, now: u64) -> Self {
+        Self {
+            t,
+            shared,
+            now,
+            changed: HashMap::new(),
+            committed: Vec::new(),
+        }
+    }
+
+    fn chat(&mut self, id: u64) -> Result<Option<Arc<Chat>>, KvError> {
+        if let Some(c) = self.changed.get(&id) {
+            return Ok(Some(c.clone()));
+        }
+        self.shared.chat_in(&mut *self.t, id)
+    }
+
+    fn member_chat(&mut self, user: &str, id: u64) -> Result<Option<Arc<Chat>>, KvError> {
+        Ok(self.chat(id)?.filter(|c| c.is_member(user)))
+    }
+
+    /// Appends one message with the chat's next seq. `dedupe` names the sender's client message
+    /// id to remember (None for system messages).
+    #[allow(clippy::too_many_arguments)]
+    fn append_message(
+        &mut self,
+        chat: Arc<Chat>,
+        sender: String,
+        device: u32,
+        client_msg_id: [u8; 16],
+        dedupe: bool,
+        kind: MessageKind,
+        body: Bytes,
+        attachments: Vec<courier_wire::frame::Attachment>,
+        also_notify: Vec<String>,
+    ) -> Result<Appended, KvError> {
+        let id = chat.id;
+        let seq = get_u64(&mut *self.t, &keys::last_seq(id))?.unwrap_or(0) + 1;
+        let hour = keys::hour_of(self.now);
+        if dedupe {
+            let d = DedupeRecord {
+                chat_id: id,
+                seq,
+                server_ts: self.now,
+            };
+            self.t
+                .set(&keys::dedupe(&sender, &client_msg_id), &d.encode());
+            self.t
+                .set(&keys::expiry(hour, &sender, &client_msg_id), &[]);
+        }
+        let message = Message {
+            chat_id: id,
+            seq,
+            sender_user: sender,
+            sender_device: device,
+            server_ts: self.now,
+            client_msg_id,
+            kind,
+            body,
+            attachments,
+        };
+        self.t
+            .set(&keys::message(id, seq), &record::encode_message(&message));
+        self.t.set(&keys::last_seq(id), &seq.to_be_bytes());
+        self.t.set(&keys::time(hour, id), &seq.to_be_bytes());
+        self.committed.push(Committed {
+            chat,
+            message,
+            also_notify,
+        });
+        Ok(Appended {
+            chat_id: id,
+            seq,
+            server_ts: self.now,
+            duplicate: false,
+        })
+    }
+
+    pub(crate) fn append(&mut self, req: &AppendRequest) -> OpResult<Appended> {
+        let Some(chat) = self.member_chat(&req.sender_user, req.chat_id)? else {
+            return Ok(Err(StoreError::Forbidden));
+        };
+        if let Some(raw) = self
+            .t
+            .get(&keys::dedupe(&req.sender_user, &req.client_msg_id))?
+        {
+            let d =
+                DedupeRecord::decode(&raw).map_err(|_| KvError::fatal("corrupt dedupe record"))?;
+            return Ok(Ok(Appended {
+                chat_id: d.chat_id,
+                seq: d.seq,
+                server_ts: d.server_ts,
+                duplicate: true,
+            }));
+        }
+        let r = self.append_message(
+            chat,
+            req.sender_user.clone(),
+            req.sender_device,
+            req.client_msg_id,
+            true,
+            req.kind,
+            req.body.clone(),
+            req.attachments.clone(),
+            Vec::new(),
+        )?;
+        Ok(Ok(r))
+    }
+
+    fn new_chat(
+        &mut self,
+        kind: ChatKind,
+        name: String,
+        members: Vec<String>,
+        owner: String,
+    ) -> Result<Arc<Chat>, KvError> {
+        let id = get_u64(&mut *self.t, &keys::next_chat())?.unwrap_or(1);
+        self.t.set(&keys::next_chat(), &(id + 1).to_be_bytes());
+        let chat = Arc::new(Chat {
+            id,
+            kind,
+            name,
+            members,
+            created_ts: self.now,
+            owner,
+        });
+        self.t.set(&keys::chat(id), &chat.encode());
+        for m in &chat.members {
+            self.t.set(&keys::member(m, id), &[]);
+        }
+        self.changed.insert(id, chat.clone());
+        Ok(chat)
+    }
+
+    pub(crate) fn create_direct(&mut self, a: &str, b: &str) -> OpResult<Arc<Chat>> {
+        for u in [a, b] {
+            if !valid_user_id(u) {
+                return invalid(format!("bad user id {u:?}"));
+            }
+        }
+        let pair = keys::pair(a, b);
+        if let Some(id) = get_u64(&mut *self.t, &pair)? {
+            return match self.chat(id)? {
+                Some(c) => Ok(Ok(c)),
+                None => Err(KvError::fatal(format!(
+                    "pair record names missing chat {id}"
+                ))),
+            };
+        }
+        let mut members = vec![a.to_owned(), b.to_owned()];
+        members.sort();
+        members.dedup();
+        let chat = self.new_chat(ChatKind::Direct, String::new(), members, String::new())?;
+        self.t.set(&pair, &chat.id.to_be_bytes());
+        Ok(Ok(chat))
+    }
+
+    fn check_name(name: &str) -> Result<(), StoreError> {
+        if name.trim().is_empty() || name.len() > MAX_GROUP_NAME {
+            return Err(StoreError::Invalid(format!(
+                "group name must be 1 to {MAX_GROUP_NAME} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn create_group(
+        &mut self,
+        creator: &str,
+        name: &str,
+        members: &[String],
+    ) -> OpResult<Arc<Chat>> {
+        if let Err(e) = Self::check_name(name)
+            .and_then(|()| check_users(members.iter().chain([&creator.to_owned()])))
+        {
+            return Ok(Err(e));
+        }
+        let mut all: Vec<String> = members
+            .iter()
+            .cloned()
+            .chain([creator.to_owned()])
+            .collect();
+        all.sort();
+        all.dedup();
+        let max = self.shared.config.max_group_members;
+        if all.len() > max {
+            return Ok(Err(StoreError::TooLarge(format!(
+                "a group has at most {max} members"
+            ))));
+        }
+        let added: Vec<String> = all.iter().filter(|m| *m != creator).cloned().collect();
+        let chat = self.new_chat(ChatKind::Group, name.to_owned(), all, creator.to_owned())?;
+        let event = SystemEvent {
+            kind: SystemEventKind::Created,
+            actor: creator.to_owned(),
+            name: Some(name.to_owned()),
+            added,
+            removed: vec![],
+        };
+        self.append_message(
+            chat.clone(),
+            creator.to_owned(),
+            0,
+            [0; 16],
+            false,
+            MessageKind::System,
+            event.to_body(),
+            vec![],
+            vec![],
+        )?;
+        Ok(Ok(chat))
+    }
+
+    pub(crate) fn update_group(
+        &mut self,
+        actor: &str,
+        chat_id: u64,
+        change: &GroupChange,
+    ) -> OpResult<Arc<Chat>> {
+        let Some(chat) = self.member_chat(actor, chat_id)? else {
+            return Ok(Err(StoreError::Forbidden));
+        };
+        if chat.kind != ChatKind::Group {
+            return invalid("a direct chat has no name or members to change");
+        }
+        if change.rename.is_none() && change.add.is_empty() && change.remove.is_empty() {
+            return invalid("nothing to change");
+        }
+        if let Some(name) = &change.rename {
+            if let Err(e) = Self::check_name(name) {
+                return Ok(Err(e));
+            }
+        }
+        if let Err(e) = check_users(change.add.iter().chain(&change.remove)) {
+            return Ok(Err(e));
+        }
+        if change.remove.iter().any(|u| u != actor) && chat.owner != actor {
+            return Ok(Err(StoreError::Forbidden));
+        }
+        let mut added: Vec<String> = change
+            .add
+            .iter()
+            .filter(|u| !chat.is_member(u) && !change.remove.contains(u))
+            .cloned()
+            .collect();
+        added.sort();
+        added.dedup();
+        let mut removed: Vec<String> = change
+            .remove
+            .iter()
+            .filter(|u| chat.is_member(u))
+            .cloned()
+            .collect();
+        removed.sort();
+        removed.dedup();
+        let mut members: Vec<String> = chat
+            .members
+            .iter()
+            .filter(|m| !removed.contains(m))
+            .cloned()
+            .chain(added.iter().cloned())
+            .collect();
+        members.sort();
+        let max = self.shared.config.max_group_members;
+        if members.len() > max {
+            return Ok(Err(StoreError::TooLarge(format!(
+                "a group has at most {max} members"
+            ))));
+        }
+        let rename = change.rename.clone().filter(|n| *n != chat.name);
+        if added.is_empty() && removed.is_empty() && rename.is_none() {
+            return Ok(Ok(chat));
+        }
+        let owner = if removed.contains(&chat.owner) {
+            members.first().cloned().unwrap_or_default()
+        } else {
+            chat.owner.clone()
+        };
+        let name = rename.clone().unwrap_or_else(|| chat.name.clone());
+        let new = Arc::new(Chat {
+            id: chat.id,
+            kind: chat.kind,
+            name,
+            members,
+            created_ts: chat.created_ts,
+            owner,
+        });
+        self.t.set(&keys::chat(new.id), &new.encode());
+        for u in &added {
+            self.t.set(&keys::member(u, new.id), &[]);
+        }
+        for u in &removed {
+            self.t.clear(&keys::member(u, new.id));
+        }
+        self.changed.insert(new.id, new.clone());
+        let event = SystemEvent {
+            kind: SystemEventKind::Changed,
+            actor: actor.to_owned(),
+            name: rename,
+            added,
+            removed: removed.clone(),
+        };
+        self.append_message(
+            new.clone(),
+            actor.to_owned(),
+            0,
+            [0; 16],
+            false,
+            MessageKind::System,
+            event.to_body(),
+            vec![],
+            removed,
+        )?;
+        Ok(Ok(new))
+    }
+
+    /// Records that `device` of `user` holds `chat` up to `seq` (clamped to the chat's last seq;
+    /// positions only move forward). Returns the stored position.
+    pub(crate) fn ack(&mut self, user: &str, device: u32, chat_id: u64, seq: u64) -> OpResult<u64> {
+        if self.member_chat(user, chat_id)?.is_none() {
+            return Ok(Err(StoreError::Forbidden));
+        }
+        let last = get_u64(&mut *self.t, &keys::last_seq(chat_id))?.unwrap_or(0);
+        let key = keys::position(user, device, chat_id);
+        let current = get_u64(&mut *self.t, &key)?.unwrap_or(0);
+        let seq = seq.min(last);
+        if seq > current {
+            self.t.set(&key, &seq.to_be_bytes());
+            return Ok(Ok(seq));
+        }
+        Ok(Ok(current))
+    }
+
+    /// Deletes up to `limit` expired (chat, hour) runs of messages and `limit` expired dedupe
+    /// records. Message runs go by range clear; each chat's floor records where it now starts.
+    pub(crate) fn sweep(&mut self, limit: usize) -> OpResult<SweepStats> {
+        let retention = self.shared.config.retention.as_millis() as u64;
+        let cutoff = keys::hour_of(self.now.saturating_sub(retention));
+        let mut stats = SweepStats::default();
+        let runs = self.t.scan(
+            &keys::time_prefix(0),
+            &keys::time_prefix(cutoff),
+            limit,
+            false,
+        )?;
+        for (k, v) in &runs {
+            let (Some((_, chat)), Ok(seq)) = (keys::parse_time(k), record::decode_u64(v)) else {
+                return Err(KvError::fatal(format!("corrupt retention entry {k:?}")));
+            };
+            let floor = get_u64(&mut *self.t, &keys::floor(chat))?.unwrap_or(1);
+            if seq + 1 > floor {
+                self.t
+                    .clear_range(&keys::message(chat, 0), &keys::message(chat, seq + 1));
+                self.t.set(&keys::floor(chat), &(seq + 1).to_be_bytes());
+            }
+            self.t.clear(k);
+        }
+        let dedupes = self.t.scan(
+            &keys::expiry_prefix(0),
+            &keys::expiry_prefix(cutoff),
+            limit,
+            false,
+        )?;
+        for (k, _) in &dedupes {
+            if let Some(d) = keys::dedupe_of_expiry(k) {
+                self.t.clear(&d);
+            }
+            self.t.clear(k);
+        }
+        stats.chat_hours = runs.len();
+        stats.dedupe_records = dedupes.len();
+        stats.more = runs.len() == limit || dedupes.len() == limit;
+        Ok(Ok(stats))
+    }
+}

@@ -1,0 +1,229 @@
+//! Read operations of the message log, engine-neutral: history, chat lists, sync.
+//!
+//! Sync is fanout on read: a message is written once, whatever the size of its chat; a device
+//! catching up reads its user's memberships (`U user *`), its own positions (`A user device *`)
+//! and each chat's last seq (`S chat`), and reads messages only of chats where the last seq is
+//! beyond its position. Cost: one range read each for memberships and positions, one point read
+//! per chat the user is in, plus the messages actually missed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use courier_wire::frame::{Direction, Message};
+
+use crate::kv::{KvError, Txn};
+use crate::ops::get_u64;
+use crate::record::{self, Chat};
+use crate::store::Store;
+use crate::{keys, StoreError};
+
+/// One page of what a device missed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncPage {
+    /// Missed messages: chat by chat (ascending chat id), each chat in seq order.
+    pub messages: Vec<Message>,
+    /// True when more missed messages remain: sync again from the positions this page reached.
+    pub more: bool,
+    /// Chats where messages after the device's position had already expired.
+    pub expired: Vec<u64>,
+}
+
+/// Most memberships one user may have that sync considers.
+const MAX_MEMBERSHIPS: usize = 1_000_000;
+
+fn engine_err(e: KvError) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+fn decode_messages(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<Message>, StoreError> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| record::decode_message(&v).map_err(|_| StoreError::Corrupt(format!("{k:?}"))))
+        .collect()
+}
+
+impl Store {
+    fn read_txn(&self) -> Result<Box<dyn Txn + '_>, StoreError> {
+        self.shared.engine.begin().map_err(engine_err)
+    }
+
+    fn member_chat_in(
+        &self,
+        t: &mut dyn Txn,
+        user: &str,
+        id: u64,
+    ) -> Result<Arc<Chat>, StoreError> {
+        match self.shared.chat_in(t, id).map_err(engine_err)? {
+            Some(c) if c.is_member(user) => Ok(c),
+            _ => Err(StoreError::Forbidden),
+        }
+    }
+
+    /// The chat `id` if `user` is a member; [`StoreError::Forbidden`] otherwise, also when the
+    /// chat does not exist.
+    pub fn chat_for(&self, user: &str, id: u64) -> Result<Arc<Chat>, StoreError> {
+        self.member_chat_in(&mut *self.read_txn()?, user, id)
+    }
+
+    /// The newest sequence number of a chat (0 when it has no messages).
+    pub fn last_seq(&self, chat: u64) -> Result<u64, StoreError> {
+        Ok(get_u64(&mut *self.read_txn()?, &keys::last_seq(chat))
+            .map_err(engine_err)?
+            .unwrap_or(0))
+    }
+
+    /// The position a device acknowledged in a chat (0 when none).
+    pub fn position(&self, user: &str, device: u32, chat: u64) -> Result<u64, StoreError> {
+        let key = keys::position(user, device, chat);
+        Ok(get_u64(&mut *self.read_txn()?, &key)
+            .map_err(engine_err)?
+            .unwrap_or(0))
+    }
+
+    /// Up to `limit` messages of chat `chat_id` beyond `anchor` in `direction`, for member `user`;
+    /// the flag says whether more lie beyond.
+    pub fn history(
+        &self,
+        user: &str,
+        chat_id: u64,
+        direction: Direction,
+        anchor: u64,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool), StoreError> {
+        let mut t = self.read_txn()?;
+        self.member_chat_in(&mut *t, user, chat_id)?;
+        let limit = limit.max(1);
+        let (start, end, reverse) = match direction {
+            Direction::Before => (
+                keys::message(chat_id, 0),
+                keys::message(chat_id, anchor),
+                true,
+            ),
+            Direction::After => match anchor.checked_add(1) {
+                Some(from) => (
+                    keys::message(chat_id, from),
+                    keys::prefix_end(&keys::message(chat_id, u64::MAX)),
+                    false,
+                ),
+                None => return Ok((Vec::new(), false)),
+            },
+        };
+        let mut pairs = t
+            .scan(&start, &end, limit + 1, reverse)
+            .map_err(engine_err)?;
+        let more = pairs.len() > limit;
+        pairs.truncate(limit);
+        Ok((decode_messages(pairs)?, more))
+    }
+
+    /// Up to `limit` chats of `user` with ids above `after`, each with its newest seq.
+    pub fn chats_of(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(Arc<Chat>, u64)>, StoreError> {
+        let mut t = self.read_txn()?;
+        let start = keys::member(user, after.saturating_add(1));
+        let end = keys::prefix_end(&keys::member_prefix(user));
+        let members = t.scan(&start, &end, limit, false).map_err(engine_err)?;
+        let mut out = Vec::with_capacity(members.len());
+        for (k, _) in members {
+            let Some(id) = keys::member_chat(&k) else {
+                continue;
+            };
+            if let Some(chat) = self.shared.chat_in(&mut *t, id).map_err(engine_err)? {
+                let last = get_u64(&mut *t, &keys::last_seq(id))
+                    .map_err(engine_err)?
+                    .unwrap_or(0);
+                out.push((chat, last));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` messages that `device` of `user` has not got, across all the user's chats.
+    /// A chat's starting point is the position the client gives in `positions`, else the
+    /// device's acknowledged position, else 0.
+    pub fn sync(
+        &self,
+        user: &str,
+        device: u32,
+        positions: &[(u64, u64)],
+        limit: usize,
+    ) -> Result<SyncPage, StoreError> {
+        let limit = limit.max(1);
+        let mut t = self.read_txn()?;
+        let member_prefix = keys::member_prefix(user);
+        let chats = t
+            .scan(
+                &member_prefix,
+                &keys::prefix_end(&member_prefix),
+                MAX_MEMBERSHIPS,
+                false,
+            )
+            .map_err(engine_err)?;
+        let pos_prefix = keys::position_prefix(user, device);
+        let stored: HashMap<u64, u64> = t
+            .scan(
+                &pos_prefix,
+                &keys::prefix_end(&pos_prefix),
+                MAX_MEMBERSHIPS,
+                false,
+            )
+            .map_err(engine_err)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((keys::member_chat(&k)?, record::decode_u64(&v).ok()?)))
+            .collect();
+        let given: HashMap<u64, u64> = positions.iter().copied().collect();
+
+        let mut page = SyncPage::default();
+        for (k, _) in chats {
+            let Some(chat) = keys::member_chat(&k) else {
+                continue;
+            };
+            let pos = given
+                .get(&chat)
+                .or_else(|| stored.get(&chat))
+                .copied()
+                .unwrap_or(0);
+            let last = get_u64(&mut *t, &keys::last_seq(chat))
+                .map_err(engine_err)?
+                .unwrap_or(0);
+            if last <= pos {
+                continue;
+            }
+            let floor = get_u64(&mut *t, &keys::floor(chat))
+                .map_err(engine_err)?
+                .unwrap_or(1);
+            let mut from = pos + 1;
+            if from < floor {
+                page.expired.push(chat);
+                from = floor;
+            }
+            if from > last {
+                continue;
+            }
+            let room = limit - page.messages.len();
+            if room == 0 {
+                page.more = true;
+                break;
+            }
+            let got = t
+                .scan(
+                    &keys::message(chat, from),
+                    &keys::message(chat, last + 1),
+                    room,
+                    false,
+                )
+                .map_err(engine_err)?;
+            let full = got.len() == room;
+            page.messages.extend(decode_messages(got)?);
+            if full && page.messages.last().is_some_and(|m| m.seq < last) {
+                page.more = true;
+                break;
+            }
+        }
+        Ok(page)
+    }
+}

@@ -1,0 +1,652 @@
+//! The conformance suite: every guarantee of the message log, run against any engine.
+//!
+//! Each engine's test file implements [`Harness`] and calls every `pub async fn` here.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use courier_store::kv::{Engine, KvError, Pairs, Txn};
+use courier_store::{
+    keys, AppendRequest, Clock, CommitListener, Committed, GroupChange, Store, StoreConfig,
+    StoreError,
+};
+use courier_wire::frame::{ChatKind, Direction, MessageKind, SystemEvent, SystemEventKind};
+
+/// Gives each test a fresh, isolated engine; the same name again reopens the same data.
+pub trait Harness {
+    fn engine(&self, name: &str) -> Arc<dyn Engine>;
+}
+
+/// A clock the test moves by hand.
+#[derive(Default)]
+pub struct ManualClock(pub AtomicU64);
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(u64, u64)>>);
+
+impl CommitListener for Recorder {
+    fn committed(&self, batch: &[Committed]) {
+        self.0
+            .lock()
+            .unwrap()
+            .extend(batch.iter().map(|c| (c.chat.id, c.message.seq)));
+    }
+}
+
+pub fn config() -> StoreConfig {
+    let mut c = StoreConfig::new("unused");
+    c.sweep_interval = None;
+    c
+}
+
+pub fn open(h: &dyn Harness, name: &str, config: StoreConfig) -> Store {
+    Store::with_engine(h.engine(name), config).unwrap()
+}
+
+pub fn msg(sender: &str, chat: u64, n: u32) -> AppendRequest {
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&n.to_be_bytes());
+    let s = sender.as_bytes();
+    id[4..4 + s.len().min(12)].copy_from_slice(&s[..s.len().min(12)]);
+    AppendRequest {
+        sender_user: sender.into(),
+        sender_device: 1,
+        client_msg_id: id,
+        chat_id: chat,
+        kind: MessageKind::Text,
+        body: Bytes::from(format!("message {n}")),
+        attachments: vec![],
+    }
+}
+
+pub async fn concurrent_appends_are_dense_deduplicated_and_durable(h: &dyn Harness) {
+    let recorder = Arc::new(Recorder::default());
+    let mut cfg = config();
+    cfg.listener = Some(recorder.clone());
+    let store = open(h, "dense", cfg);
+    let chat = store.create_direct("alice", "bob").await.unwrap();
+    assert_eq!(chat.kind, ChatKind::Direct);
+    assert_eq!(
+        store.create_direct("bob", "alice").await.unwrap().id,
+        chat.id,
+        "one chat per pair"
+    );
+
+    let mut tasks = Vec::new();
+    for n in 0..500u32 {
+        let (store, id) = (store.clone(), chat.id);
+        let sender = if n % 2 == 0 { "alice" } else { "bob" };
+        tasks.push(tokio::spawn(async move {
+            store.append(msg(sender, id, n)).await.unwrap()
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert!(!a.duplicate);
+        seqs.push(a.seq);
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
+    let heard: Vec<u64> = recorder.0.lock().unwrap().iter().map(|&(_, s)| s).collect();
+    assert_eq!(
+        heard,
+        (1..=500).collect::<Vec<_>>(),
+        "the listener hears commit order"
+    );
+
+    let again = store.append(msg("alice", chat.id, 10)).await.unwrap();
+    assert!(again.duplicate, "a retry returns the original");
+    assert_eq!(
+        store.last_seq(chat.id).unwrap(),
+        500,
+        "a retry writes nothing"
+    );
+    store.close().await;
+    drop(store);
+
+    let store = open(h, "dense", config());
+    assert_eq!(store.last_seq(chat.id).unwrap(), 500);
+    assert!(
+        store
+            .append(msg("bob", chat.id, 11))
+            .await
+            .unwrap()
+            .duplicate,
+        "dedupe survives reopen"
+    );
+    assert_eq!(
+        store.append(msg("bob", chat.id, 9999)).await.unwrap().seq,
+        501
+    );
+    let (page, more) = store
+        .history("alice", chat.id, Direction::After, 0, 1000)
+        .unwrap();
+    assert!(!more);
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=501).collect::<Vec<_>>()
+    );
+    let other = store.create_direct("alice", "carol").await.unwrap();
+    assert_ne!(other.id, chat.id, "chat ids are not reused after reopen");
+    store.close().await;
+}
+
+pub async fn history_pages_both_ways_for_members_only(h: &dyn Harness) {
+    let store = open(h, "history", config());
+    let chat = store.create_direct("alice", "bob").await.unwrap();
+    for n in 0..10 {
+        store.append(msg("alice", chat.id, n)).await.unwrap();
+    }
+    let seqs = |v: &[courier_wire::frame::Message]| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+    let (page, more) = store
+        .history("bob", chat.id, Direction::Before, u64::MAX, 4)
+        .unwrap();
+    assert_eq!((seqs(&page), more), (vec![10, 9, 8, 7], true));
+    let (page, more) = store
+        .history("bob", chat.id, Direction::Before, 3, 4)
+        .unwrap();
+    assert_eq!((seqs(&page), more), (vec![2, 1], false));
+    let (page, more) = store
+        .history("bob", chat.id, Direction::After, 8, 4)
+        .unwrap();
+    assert_eq!((seqs(&page), more), (vec![9, 10], false));
+    assert_eq!(page[0].body, Bytes::from("message 8"));
+
+    assert!(matches!(
+        store.history("mallory", chat.id, Direction::After, 0, 4),
+        Err(StoreError::Forbidden)
+    ));
+    assert!(matches!(
+        store.history("alice", 999, Direction::After, 0, 4),
+        Err(StoreError::Forbidden)
+    ));
+    assert!(matches!(
+        store.append(msg("mallory", chat.id, 1)).await,
+        Err(StoreError::Forbidden)
+    ));
+    assert!(matches!(
+        store.append(msg("alice", 999, 1)).await,
+        Err(StoreError::Forbidden)
+    ));
+    assert!(matches!(
+        store.create_direct("alice", "bad id").await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(
+        store.last_seq(chat.id).unwrap(),
+        10,
+        "refused appends take no seq"
+    );
+    store.close().await;
+}
+
+fn system(m: &courier_wire::frame::Message) -> SystemEvent {
+    assert_eq!(m.kind, MessageKind::System);
+    SystemEvent::from_body(&m.body).unwrap()
+}
+
+pub async fn groups_record_changes_in_their_own_sequence(h: &dyn Harness) {
+    let recorder = Arc::new(Recorder::default());
+    let mut cfg = config();
+    cfg.listener = Some(recorder.clone());
+    let store = open(h, "groups", cfg);
+    let members: Vec<String> = (0..99).map(|i| format!("u{i}")).collect();
+    let g = store
+        .create_group("owner", "team", members.clone())
+        .await
+        .unwrap();
+    assert_eq!((g.members.len(), g.owner.as_str()), (100, "owner"));
+    let mut too_many = members.clone();
+    too_many.push("u99".into());
+    assert!(matches!(
+        store.create_group("owner", "team", too_many).await,
+        Err(StoreError::TooLarge(_))
+    ));
+    assert!(matches!(
+        store.create_group("owner", " ", vec![]).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Seq 1 records the creation.
+    let (page, _) = store.history("u5", g.id, Direction::After, 0, 10).unwrap();
+    let created = system(&page[0]);
+    assert_eq!(
+        (page[0].seq, created.kind, created.name.as_deref()),
+        (1, SystemEventKind::Created, Some("team"))
+    );
+    assert_eq!(created.added.len(), 99);
+
+    store.append(msg("u1", g.id, 1)).await.unwrap();
+    // Full group: adding is refused; a member may rename; only the owner removes others.
+    let add = GroupChange {
+        add: vec!["new".into()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.update_group("u1", g.id, add.clone()).await,
+        Err(StoreError::TooLarge(_))
+    ));
+    let rm = GroupChange {
+        remove: vec!["u2".into()],
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.update_group("u1", g.id, rm.clone()).await,
+        Err(StoreError::Forbidden)
+    ));
+    assert!(matches!(
+        store.update_group("stranger", g.id, add.clone()).await,
+        Err(StoreError::Forbidden)
+    ));
+    let g2 = store.update_group("owner", g.id, rm).await.unwrap();
+    assert!(!g2.is_member("u2"));
+    let g3 = store
+        .update_group(
+            "u1",
+            g.id,
+            GroupChange {
+                rename: Some("crew".into()),
+                add: vec!["new".into()],
+                remove: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((g3.name.as_str(), g3.is_member("new")), ("crew", true));
+
+    let (page, _) = store.history("new", g.id, Direction::After, 1, 10).unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    assert_eq!(page[0].kind, MessageKind::Text);
+    let removed = system(&page[1]);
+    assert_eq!(
+        (removed.actor.as_str(), removed.removed.clone()),
+        ("owner", vec!["u2".to_string()])
+    );
+    let changed = system(&page[2]);
+    assert_eq!(
+        (changed.name.as_deref(), changed.added.clone()),
+        (Some("crew"), vec!["new".to_string()])
+    );
+
+    // The removed member can no longer read or write.
+    assert!(matches!(
+        store.append(msg("u2", g.id, 9)).await,
+        Err(StoreError::Forbidden)
+    ));
+    assert!(matches!(
+        store.history("u2", g.id, Direction::After, 0, 10),
+        Err(StoreError::Forbidden)
+    ));
+    // The owner leaves: ownership passes to the first remaining member.
+    let g4 = store
+        .update_group(
+            "owner",
+            g.id,
+            GroupChange {
+                remove: vec!["owner".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!g4.is_member("owner"));
+    assert_eq!(g4.owner, g4.members[0]);
+    let direct = store.create_direct("u1", "u3").await.unwrap();
+    let rename = GroupChange {
+        rename: Some("x".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.update_group("u1", direct.id, rename).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let heard: Vec<u64> = recorder
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(c, _)| *c == g.id)
+        .map(|&(_, s)| s)
+        .collect();
+    assert_eq!(
+        heard,
+        vec![1, 2, 3, 4, 5],
+        "system messages reach the listener in sequence"
+    );
+    store.close().await;
+}
+
+pub async fn chat_lists_page_by_id(h: &dyn Harness) {
+    let store = open(h, "lists", config());
+    let g = store
+        .create_group("owner", "team", vec!["u1".into()])
+        .await
+        .unwrap();
+    let d = store.create_direct("owner", "u5").await.unwrap();
+    store.append(msg("u5", d.id, 1)).await.unwrap();
+    let list = store.chats_of("owner", 0, 10).unwrap();
+    assert_eq!(
+        list.iter().map(|(c, s)| (c.id, *s)).collect::<Vec<_>>(),
+        vec![(g.id, 1), (d.id, 1)]
+    );
+    assert_eq!(store.chats_of("owner", g.id, 10).unwrap().len(), 1);
+    assert_eq!(store.chats_of("owner", 0, 1).unwrap().len(), 1);
+    assert_eq!(store.chats_of("u1", 0, 10).unwrap().len(), 1);
+    store.close().await;
+}
+
+pub async fn sync_resumes_from_positions_and_pages(h: &dyn Harness) {
+    let store = open(h, "sync", config());
+    let a = store.create_direct("bob", "alice").await.unwrap();
+    let b = store.create_direct("bob", "carol").await.unwrap();
+    for n in 0..5 {
+        store.append(msg("alice", a.id, n)).await.unwrap();
+        store.append(msg("carol", b.id, n)).await.unwrap();
+    }
+    let order = |p: &courier_store::SyncPage| {
+        p.messages
+            .iter()
+            .map(|m| (m.chat_id, m.seq))
+            .collect::<Vec<_>>()
+    };
+    let p = store.sync("bob", 1, &[], 100).unwrap();
+    let mut want: Vec<(u64, u64)> = (1..=5).map(|s| (a.id, s)).collect();
+    want.extend((1..=5).map(|s| (b.id, s)));
+    assert_eq!(
+        (order(&p), p.more, p.expired.clone()),
+        (want, false, vec![])
+    );
+
+    // Acks move the device's positions (cumulative, never backwards, clamped to the last seq).
+    assert_eq!(store.ack("bob", 1, a.id, 3).await.unwrap(), 3);
+    assert_eq!(store.ack("bob", 1, a.id, 2).await.unwrap(), 3);
+    assert_eq!(store.ack("bob", 1, b.id, 99).await.unwrap(), 5);
+    assert!(matches!(
+        store.ack("mallory", 1, a.id, 1).await,
+        Err(StoreError::Forbidden)
+    ));
+    let p = store.sync("bob", 1, &[], 100).unwrap();
+    assert_eq!(order(&p), vec![(a.id, 4), (a.id, 5)]);
+    // Another device of the same user has its own positions.
+    assert_eq!(store.sync("bob", 2, &[], 100).unwrap().messages.len(), 10);
+    // Positions the client gives win over stored ones.
+    let p = store.sync("bob", 1, &[(a.id, 4), (b.id, 3)], 100).unwrap();
+    assert_eq!(order(&p), vec![(a.id, 5), (b.id, 4), (b.id, 5)]);
+    // Paging: the next page starts from the positions the last one reached.
+    let p1 = store.sync("bob", 3, &[], 4).unwrap();
+    assert_eq!(
+        (order(&p1), p1.more),
+        ((1..=4).map(|s| (a.id, s)).collect(), true)
+    );
+    let p2 = store.sync("bob", 3, &[(a.id, 4)], 4).unwrap();
+    assert_eq!(
+        (order(&p2), p2.more),
+        (vec![(a.id, 5), (b.id, 1), (b.id, 2), (b.id, 3)], true)
+    );
+    let p3 = store.sync("bob", 3, &[(a.id, 5), (b.id, 3)], 4).unwrap();
+    assert_eq!((order(&p3), p3.more), (vec![(b.id, 4), (b.id, 5)], false));
+    store.close().await;
+}
+
+/// Counts which chats' messages a store read.
+struct Counting {
+    inner: Arc<dyn Engine>,
+    message_reads: Arc<Mutex<BTreeSet<u64>>>,
+}
+
+struct CountingTxn<'a> {
+    inner: Box<dyn Txn + 'a>,
+    message_reads: Arc<Mutex<BTreeSet<u64>>>,
+}
+
+impl Engine for Counting {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    fn begin(&self) -> Result<Box<dyn Txn + '_>, KvError> {
+        Ok(Box::new(CountingTxn {
+            inner: self.inner.begin()?,
+            message_reads: self.message_reads.clone(),
+        }))
+    }
+    fn exclusive(&self) -> bool {
+        self.inner.exclusive()
+    }
+    fn max_batch(&self) -> usize {
+        self.inner.max_batch()
+    }
+    fn sync(&self) -> Result<(), KvError> {
+        self.inner.sync()
+    }
+}
+
+impl CountingTxn<'_> {
+    fn note(&self, key: &[u8]) {
+        if key.first() == Some(&keys::tag::MESSAGE) && key.len() >= 9 {
+            self.message_reads
+                .lock()
+                .unwrap()
+                .insert(u64::from_be_bytes(key[1..9].try_into().unwrap()));
+        }
+    }
+}
+
+impl Txn for CountingTxn<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.note(key);
+        self.inner.get(key)
+    }
+    fn scan(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, KvError> {
+        self.note(start);
+        self.inner.scan(start, end, limit, reverse)
+    }
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        self.inner.set(key, value);
+    }
+    fn clear(&mut self, key: &[u8]) {
+        self.inner.clear(key);
+    }
+    fn clear_range(&mut self, start: &[u8], end: &[u8]) {
+        self.inner.clear_range(start, end);
+    }
+    fn commit(self: Box<Self>) -> Result<(), KvError> {
+        self.inner.commit()
+    }
+}
+
+pub async fn sync_reads_only_chats_with_news(h: &dyn Harness) {
+    let reads = Arc::new(Mutex::new(BTreeSet::new()));
+    let engine = Arc::new(Counting {
+        inner: h.engine("fanout-on-read"),
+        message_reads: reads.clone(),
+    });
+    let store = Store::with_engine(engine, config()).unwrap();
+    let mut chats = Vec::new();
+    for i in 0..1000 {
+        let c = store
+            .create_direct("busy", &format!("peer{i}"))
+            .await
+            .unwrap();
+        store
+            .append(msg(&format!("peer{i}"), c.id, 0))
+            .await
+            .unwrap();
+        chats.push(c.id);
+    }
+    for &c in &chats {
+        store.ack("busy", 1, c, 1).await.unwrap();
+    }
+    let news: Vec<u64> = chats.iter().step_by(100).copied().collect();
+    assert_eq!(news.len(), 10);
+    for (i, &c) in news.iter().enumerate() {
+        store
+            .append(msg(&format!("peer{}", i * 100), c, 1))
+            .await
+            .unwrap();
+    }
+    reads.lock().unwrap().clear();
+    let page = store.sync("busy", 1, &[], 1000).unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.chat_id).collect::<Vec<_>>(),
+        news
+    );
+    let read: Vec<u64> = reads.lock().unwrap().iter().copied().collect();
+    assert_eq!(
+        read, news,
+        "sync read messages of exactly the 10 chats with news, not the other 990"
+    );
+    store.close().await;
+}
+
+pub async fn retention_expires_messages_and_dedupe_and_says_so(h: &dyn Harness) {
+    const DAY: u64 = 86_400_000;
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000 * DAY)));
+    let mut cfg = config();
+    cfg.clock = clock.clone();
+    cfg.sweep_limit = 3; // several bounded transactions
+    let store = open(h, "retention", cfg);
+    let a = store.create_direct("alice", "bob").await.unwrap();
+    let b = store.create_direct("alice", "carol").await.unwrap();
+    for n in 0..5 {
+        store.append(msg("bob", a.id, n)).await.unwrap();
+        clock.0.fetch_add(3_600_000, Ordering::SeqCst); // one hour apart
+    }
+    store.append(msg("carol", b.id, 0)).await.unwrap();
+    assert_eq!(
+        store.sweep().await.unwrap().chat_hours,
+        0,
+        "nothing is old yet"
+    );
+
+    // 30 days after the third message: messages 1-3 and their dedupe records expire.
+    clock.0.store(
+        1_000 * DAY + 2 * 3_600_000 + 30 * DAY + 3_600_000,
+        Ordering::SeqCst,
+    );
+    let swept = store.sweep().await.unwrap();
+    assert_eq!((swept.chat_hours, swept.dedupe_records), (3, 3));
+    let (page, _) = store
+        .history("alice", a.id, Direction::After, 0, 10)
+        .unwrap();
+    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4, 5]);
+    let p = store.sync("alice", 1, &[], 100).unwrap();
+    assert_eq!(
+        p.expired,
+        vec![a.id],
+        "the device is told it missed expired messages"
+    );
+    assert_eq!(
+        p.messages
+            .iter()
+            .map(|m| (m.chat_id, m.seq))
+            .collect::<Vec<_>>(),
+        vec![(a.id, 4), (a.id, 5), (b.id, 1)]
+    );
+    let p = store.sync("alice", 1, &[(a.id, 3)], 100).unwrap();
+    assert!(
+        p.expired.is_empty(),
+        "a device already past the expired part is not told"
+    );
+    // The expired dedupe record is gone; the live one still answers.
+    let resent = store.append(msg("bob", a.id, 0)).await.unwrap();
+    assert_eq!((resent.duplicate, resent.seq), (false, 6));
+    assert!(store.append(msg("bob", a.id, 4)).await.unwrap().duplicate);
+
+    // Much later everything has expired; numbering still goes on.
+    clock.0.fetch_add(60 * DAY, Ordering::SeqCst);
+    store.sweep().await.unwrap();
+    assert!(store
+        .history("alice", a.id, Direction::After, 0, 10)
+        .unwrap()
+        .0
+        .is_empty());
+    assert_eq!(store.append(msg("bob", a.id, 77)).await.unwrap().seq, 7);
+    store.close().await;
+}
+
+/// Two writers on one shared engine (FoundationDB): conflicts are retried, seqs stay dense.
+pub async fn two_writers_stay_dense(h: &dyn Harness) {
+    let first = open(h, "two-writers", config());
+    if first.engine_exclusive() {
+        first.close().await;
+        return;
+    }
+    let second = open(h, "two-writers", config());
+    let chat = first.create_direct("alice", "bob").await.unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..200u32 {
+        let store = if n % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        let id = chat.id;
+        tasks.push(tokio::spawn(async move {
+            store.append(msg("alice", id, n)).await.unwrap().seq
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    first.close().await;
+    second.close().await;
+}
+
+/// Runs the whole suite.
+pub async fn run_all(h: &dyn Harness) {
+    let t = Duration::from_secs(120);
+    for (name, fut) in [
+        (
+            "dense",
+            Box::pin(concurrent_appends_are_dense_deduplicated_and_durable(h))
+                as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+        ),
+        (
+            "history",
+            Box::pin(history_pages_both_ways_for_members_only(h)),
+        ),
+        (
+            "groups",
+            Box::pin(groups_record_changes_in_their_own_sequence(h)),
+        ),
+        ("lists", Box::pin(chat_lists_page_by_id(h))),
+        ("sync", Box::pin(sync_resumes_from_positions_and_pages(h))),
+        (
+            "fanout-on-read",
+            Box::pin(sync_reads_only_chats_with_news(h)),
+        ),
+        (
+            "retention",
+            Box::pin(retention_expires_messages_and_dedupe_and_says_so(h)),
+        ),
+        ("two-writers", Box::pin(two_writers_stay_dense(h))),
+    ] {
+        tokio::time::timeout(t, fut)
+            .await
+            .unwrap_or_else(|_| panic!("{name} timed out"));
+    }
+}
