@@ -38,8 +38,3 @@ impl StoreError {
     }
 }
 
-impl From<fjall::Error> for StoreError {
-    fn from(e: fjall::Error) -> Self {
-        Self::Engine(e.to_string())
-    }
-}
