@@ -7,6 +7,9 @@ use courier_wire::{Frame, FrameDecoder, HEADER_LEN};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
     for (name, frame) in [

@@ -26,8 +26,6 @@ pub mod tag {
     pub const FLOOR: u8 = b'F';
     /// `T hour chat` -> the highest seq the chat got in that hour (retention index).
     pub const TIME: u8 = b'T';
-    /// `X hour user client_msg_id` -> empty (dedupe retention index).
-    pub const EXPIRY: u8 = b'X';
 }
 
 fn user(out: &mut Vec<u8>, user: &str) {
@@ -162,38 +160,6 @@ pub fn parse_time(key: &[u8]) -> Option<(u32, u64)> {
     ))
 }
 
-/// `X hour` (with nothing after: the start of that hour's entries).
-pub fn expiry_prefix(hour: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(5);
-    k.push(tag::EXPIRY);
-    k.extend_from_slice(&hour.to_be_bytes());
-    k
-}
-
-/// `X hour user client_msg_id`.
-pub fn expiry(hour: u32, sender: &str, client_msg_id: &[u8; 16]) -> Vec<u8> {
-    let mut k = expiry_prefix(hour);
-    user(&mut k, sender);
-    k.extend_from_slice(client_msg_id);
-    k
-}
-
-/// The dedupe key (`D user client_msg_id`) that an `X` key indexes.
-pub fn dedupe_of_expiry(key: &[u8]) -> Option<Vec<u8>> {
-    if key.len() < 6 || key[0] != tag::EXPIRY {
-        return None;
-    }
-    let rest = &key[5..];
-    let ulen = *rest.first()? as usize;
-    if rest.len() != 1 + ulen + 16 {
-        return None;
-    }
-    let mut k = Vec::with_capacity(1 + rest.len());
-    k.push(tag::DEDUPE);
-    k.extend_from_slice(rest);
-    Some(k)
-}
-
 /// The hour (since the Unix epoch) of a millisecond timestamp.
 pub fn hour_of(ms: u64) -> u32 {
     u32::try_from(ms / 3_600_000).unwrap_or(u32::MAX)
@@ -246,11 +212,6 @@ mod tests {
     #[test]
     fn retention_keys_parse_back() {
         assert_eq!(parse_time(&time(500_000, 42)), Some((500_000, 42)));
-        let id = [9u8; 16];
-        assert_eq!(
-            dedupe_of_expiry(&expiry(7, "alice", &id)),
-            Some(dedupe("alice", &id))
-        );
         assert!(time(1, u64::MAX) < time_prefix(2));
         assert_eq!(prefix_end(b"ab"), b"ac".to_vec());
         assert_eq!(prefix_end(&[1, 0xff]), vec![2]);

@@ -56,9 +56,11 @@ pub struct GroupChange {
 /// What one sweep transaction deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepStats {
-    /// (chat, hour) retention entries processed: each expired a run of a chat's messages.
+    /// (chat, hour) retention entries finished: each expired a run of a chat's messages.
     pub chat_hours: usize,
-    /// Dedupe records deleted.
+    /// Messages deleted.
+    pub messages: usize,
+    /// Dedupe records deleted (one per deleted message that a user sent).
     pub dedupe_records: usize,
     /// Whether expired entries remain (another sweep transaction is needed).
     pub more: bool,
@@ -133,8 +135,6 @@ impl<'a> Attempt<'a> {
             };
             self.t
                 .set(&keys::dedupe(&sender, &client_msg_id), &d.encode());
-            self.t
-                .set(&keys::expiry(hour, &sender, &client_msg_id), &[]);
         }
         let message = Message {
             chat_id: id,
@@ -419,45 +419,68 @@ impl<'a> Attempt<'a> {
         Ok(Ok(current))
     }
 
-    /// Deletes up to `limit` expired (chat, hour) runs of messages and `limit` expired dedupe
-    /// records. Message runs go by range clear; each chat's floor records where it now starts.
+    /// Deletes expired messages, and the dedupe records of those messages, in one bounded
+    /// transaction: at most about `limit` messages. Each chat's floor records where it now
+    /// starts; the `T` entry of a (chat, hour) goes once all its messages are gone.
     pub(crate) fn sweep(&mut self, limit: usize) -> OpResult<SweepStats> {
         let retention = self.shared.config.retention.as_millis() as u64;
         let cutoff = keys::hour_of(self.now.saturating_sub(retention));
         let mut stats = SweepStats::default();
+        let mut budget = limit.max(1);
         let runs = self.t.scan(
             &keys::time_prefix(0),
             &keys::time_prefix(cutoff),
-            limit,
+            budget,
             false,
         )?;
         for (k, v) in &runs {
-            let (Some((_, chat)), Ok(seq)) = (keys::parse_time(k), record::decode_u64(v)) else {
+            let (Some((_, chat)), Ok(last)) = (keys::parse_time(k), record::decode_u64(v)) else {
                 return Err(KvError::fatal(format!("corrupt retention entry {k:?}")));
             };
             let floor = get_u64(&mut *self.t, &keys::floor(chat))?.unwrap_or(1);
-            if seq + 1 > floor {
-                self.t
-                    .clear_range(&keys::message(chat, 0), &keys::message(chat, seq + 1));
-                self.t.set(&keys::floor(chat), &(seq + 1).to_be_bytes());
+            if floor <= last {
+                let doomed = self.t.scan(
+                    &keys::message(chat, floor),
+                    &keys::message(chat, last + 1),
+                    budget,
+                    false,
+                )?;
+                let mut next_floor = last + 1;
+                if doomed.len() == budget {
+                    next_floor = keys::message_seq(&doomed[doomed.len() - 1].0)
+                        .map_or(next_floor, |s| s + 1);
+                }
+                for (_, raw) in &doomed {
+                    let m = record::decode_message(raw)
+                        .map_err(|_| KvError::fatal(format!("corrupt message in chat {chat}")))?;
+                    if m.kind != MessageKind::System {
+                        self.t
+                            .clear(&keys::dedupe(&m.sender_user, &m.client_msg_id));
+                        stats.dedupe_records += 1;
+                    }
+                }
+                stats.messages += doomed.len();
+                self.t.clear_range(
+                    &keys::message(chat, floor),
+                    &keys::message(chat, next_floor),
+                );
+                self.t.set(&keys::floor(chat), &next_floor.to_be_bytes());
+                budget = budget.saturating_sub(doomed.len());
+                if next_floor <= last {
+                    stats.more = true;
+                    break;
+                }
             }
             self.t.clear(k);
-        }
-        let dedupes = self.t.scan(
-            &keys::expiry_prefix(0),
-            &keys::expiry_prefix(cutoff),
-            limit,
-            false,
-        )?;
-        for (k, _) in &dedupes {
-            if let Some(d) = keys::dedupe_of_expiry(k) {
-                self.t.clear(&d);
+            stats.chat_hours += 1;
+            if budget == 0 {
+                stats.more = true;
+                break;
             }
-            self.t.clear(k);
         }
-        stats.chat_hours = runs.len();
-        stats.dedupe_records = dedupes.len();
-        stats.more = runs.len() == limit || dedupes.len() == limit;
+        if runs.len() == limit.max(1) {
+            stats.more = true;
+        }
         Ok(Ok(stats))
     }
 }

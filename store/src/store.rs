@@ -311,6 +311,7 @@ impl Store {
         loop {
             let s = self.call(|reply| Op::Sweep { limit, reply }).await?;
             total.chat_hours += s.chat_hours;
+            total.messages += s.messages;
             total.dedupe_records += s.dedupe_records;
             if !s.more {
                 return Ok(total);

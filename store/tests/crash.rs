@@ -14,6 +14,9 @@ use bytes::Bytes;
 use courier_store::{AppendRequest, Store, StoreConfig};
 use courier_wire::frame::{Direction, MessageKind};
 
+/// Who sent an acknowledged message: (writer, cycle, n).
+type Origin = (u32, u32, u32);
+
 const WRITERS: u32 = 16;
 const CHATS: u32 = 8;
 
@@ -42,15 +45,34 @@ fn config(dir: &str) -> StoreConfig {
 /// The child: runs only when the parent sets `CRASH_CHILD_DIR`.
 #[test]
 fn crash_child() {
-    let Ok(dir) = std::env::var("CRASH_CHILD_DIR") else { return };
+    let Ok(dir) = std::env::var("CRASH_CHILD_DIR") else {
+        return;
+    };
     let cycle: u32 = std::env::var("CRASH_CYCLE").unwrap().parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let store = Store::open(config(&dir)).unwrap();
         // Writer w talks in chat (w % CHATS) with "hub"; every chat has two writers.
         let mut chats = Vec::new();
         for c in 0..CHATS {
-            chats.push(store.create_group(&format!("w{c}"), "crash", (0..WRITERS).map(|w| format!("w{w}")).filter(|w| *w != format!("w{c}")).collect()).await.unwrap().id);
+            chats.push(
+                store
+                    .create_group(
+                        &format!("w{c}"),
+                        "crash",
+                        (0..WRITERS)
+                            .map(|w| format!("w{w}"))
+                            .filter(|w| *w != format!("w{c}"))
+                            .collect(),
+                    )
+                    .await
+                    .unwrap()
+                    .id,
+            );
         }
         println!("READY");
         let mut tasks = Vec::new();
@@ -85,15 +107,26 @@ impl Rng {
 
 #[test]
 fn acknowledged_messages_survive_sigkill() {
-    let cycles: u32 = std::env::var("COURIER_CRASH_CYCLES").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
+    let cycles: u32 = std::env::var("COURIER_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_owned();
     let exe = std::env::current_exe().unwrap();
-    let mut rng = Rng(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut rng = Rng(SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut checked = 0usize;
     // chat -> seq -> (writer, cycle, n): everything ever acknowledged.
-    let mut acked: HashMap<u64, BTreeMap<u64, (u32, u32, u32)>> = HashMap::new();
+    let mut acked: HashMap<u64, BTreeMap<u64, Origin>> = HashMap::new();
     let started = Instant::now();
 
     for cycle in 0..cycles {
@@ -115,16 +148,22 @@ fn acknowledged_messages_survive_sigkill() {
                 }
             }
         });
-        // Kill at a random moment between 20 and 300 ms after the writers start.
+        // Kill at a random moment between 10 and 150 ms after the writers start.
         // (The test harness prints its own lines, and "test crash_child ... " before ours.)
-        while !rx.recv_timeout(Duration::from_secs(30)).expect("child started").ends_with("READY") {}
-        std::thread::sleep(Duration::from_millis(20 + rng.next() % 280));
+        while !rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("child started")
+            .ends_with("READY")
+        {}
+        std::thread::sleep(Duration::from_millis(10 + rng.next() % 140));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         reader.join().unwrap();
         let mut this_cycle = Vec::new();
         for line in rx.try_iter() {
-            let Some(at) = line.find("ACK ") else { continue };
+            let Some(at) = line.find("ACK ") else {
+                continue;
+            };
             let f: Vec<&str> = line[at..].split(' ').collect();
             // A line cut off by the kill was never complete, so it was never an acknowledgement.
             if f.len() != 5 || f[0] != "ACK" {
@@ -133,14 +172,17 @@ fn acknowledged_messages_survive_sigkill() {
             let [w, n, chat, seq] = [f[1], f[2], f[3], f[4]].map(|x| x.parse::<u64>().unwrap());
             let entry = (w as u32, cycle, n as u32);
             let prev = acked.entry(chat).or_default().insert(seq, entry);
-            assert!(prev.is_none() || prev == Some(entry), "seq {seq} of chat {chat} acknowledged twice");
+            assert!(
+                prev.is_none() || prev == Some(entry),
+                "seq {seq} of chat {chat} acknowledged twice"
+            );
             this_cycle.push((chat, seq, entry));
         }
 
         rt.block_on(async {
             let store = Store::open(config(&path)).unwrap();
             // Every acknowledged message of this cycle is present with its seq and body...
-            let mut by_chat: BTreeMap<u64, Vec<(u64, (u32, u32, u32))>> = BTreeMap::new();
+            let mut by_chat: BTreeMap<u64, Vec<(u64, Origin)>> = BTreeMap::new();
             for &(chat, seq, e) in &this_cycle {
                 by_chat.entry(chat).or_default().push((seq, e));
             }
@@ -151,7 +193,9 @@ fn acknowledged_messages_survive_sigkill() {
                 let mut stored = HashMap::new();
                 let mut anchor = first - 1;
                 while anchor < last {
-                    let (page, more) = store.history(&reader, chat, Direction::After, anchor, 1000).unwrap();
+                    let (page, more) = store
+                        .history(&reader, chat, Direction::After, anchor, 1000)
+                        .unwrap();
                     for m in &page {
                         stored.insert(m.seq, m.body.clone());
                     }
@@ -161,7 +205,9 @@ fn acknowledged_messages_survive_sigkill() {
                     }
                 }
                 for (seq, (w, c, n)) in acks {
-                    let body = stored.get(&seq).unwrap_or_else(|| panic!("acknowledged seq {seq} of chat {chat} lost"));
+                    let body = stored
+                        .get(&seq)
+                        .unwrap_or_else(|| panic!("acknowledged seq {seq} of chat {chat} lost"));
                     assert_eq!(*body, Bytes::from(format!("writer {w} cycle {c} n {n}")));
                 }
             }
@@ -171,7 +217,10 @@ fn acknowledged_messages_survive_sigkill() {
                 let store = store.clone();
                 retries.spawn(async move {
                     let again = store.append(request(w, c, n, chat)).await.unwrap();
-                    assert!(again.duplicate && again.seq == seq && again.chat_id == chat, "retry of {w}/{c}/{n} not deduplicated");
+                    assert!(
+                        again.duplicate && again.seq == seq && again.chat_id == chat,
+                        "retry of {w}/{c}/{n} not deduplicated"
+                    );
                 });
             }
             while let Some(r) = retries.join_next().await {
@@ -190,7 +239,9 @@ fn acknowledged_messages_survive_sigkill() {
             let mut expect = 1;
             let mut anchor = 0;
             loop {
-                let (page, more) = store.history(&reader, chat, Direction::After, anchor, 1000).unwrap();
+                let (page, more) = store
+                    .history(&reader, chat, Direction::After, anchor, 1000)
+                    .unwrap();
                 for m in &page {
                     assert_eq!(m.seq, expect, "chat {chat} has a gap before {}", m.seq);
                     if let Some((w, c, n)) = seqs.get(&m.seq) {
@@ -203,7 +254,10 @@ fn acknowledged_messages_survive_sigkill() {
                     break;
                 }
             }
-            assert!(expect > *seqs.keys().last().unwrap(), "chat {chat} lost its newest acknowledged messages");
+            assert!(
+                expect > *seqs.keys().last().unwrap(),
+                "chat {chat} lost its newest acknowledged messages"
+            );
         }
         store.close().await;
     });

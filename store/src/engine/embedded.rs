@@ -3,10 +3,16 @@
 //! A transaction reads a snapshot taken when it began, overlaid with its own writes; commit turns
 //! the writes into one atomic fjall batch and fsyncs the journal before returning. Only the
 //! store's writer thread commits, so transactions never conflict.
+//!
+//! Keys are spread over one fjall keyspace (LSM tree) per first byte, i.e. per subspace tag of
+//! `crate::keys`: messages, dedupe records and metadata each get their own memtables, tables and
+//! bloom filters, so a dedupe lookup does not search the message tree. A scan that crosses tags
+//! walks the keyspaces in tag order, so the engine is still one ordered key space.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::RwLock;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
@@ -17,7 +23,12 @@ type Pair = (Vec<u8>, Vec<u8>);
 /// fjall in a directory.
 pub struct Embedded {
     db: Database,
-    ks: Keyspace,
+    /// The keyspace of each first key byte, created on first write.
+    spaces: RwLock<Vec<Option<Keyspace>>>,
+}
+
+fn space_name(tag: u8) -> String {
+    format!("t{tag:02x}")
 }
 
 impl Embedded {
@@ -25,11 +36,40 @@ impl Embedded {
     pub fn open(path: &Path) -> Result<Self, KvError> {
         std::fs::create_dir_all(path)
             .map_err(|e| KvError::fatal(format!("create {}: {e}", path.display())))?;
-        let db = Database::builder(path).open().map_err(KvError::fatal)?;
-        let ks = db
-            .keyspace("log", KeyspaceCreateOptions::default)
+        // One background worker: fjall's second worker busy-waits for compaction work, which
+        // costs more than it gains on small machines.
+        let db = Database::builder(path)
+            .worker_threads(1)
+            .open()
             .map_err(KvError::fatal)?;
-        Ok(Self { db, ks })
+        let mut spaces = vec![None; 256];
+        for tag in 0..=255u8 {
+            if db.keyspace_exists(&space_name(tag)) {
+                spaces[tag as usize] = Some(Self::create(&db, tag)?);
+            }
+        }
+        Ok(Self {
+            db,
+            spaces: RwLock::new(spaces),
+        })
+    }
+
+    fn create(db: &Database, tag: u8) -> Result<Keyspace, KvError> {
+        db.keyspace(&space_name(tag), KeyspaceCreateOptions::default)
+            .map_err(KvError::fatal)
+    }
+
+    fn space(&self, tag: u8) -> Option<Keyspace> {
+        self.spaces.read().expect("spaces lock")[tag as usize].clone()
+    }
+
+    fn space_or_create(&self, tag: u8) -> Result<Keyspace, KvError> {
+        if let Some(ks) = self.space(tag) {
+            return Ok(ks);
+        }
+        let ks = Self::create(&self.db, tag)?;
+        self.spaces.write().expect("spaces lock")[tag as usize] = Some(ks.clone());
+        Ok(ks)
     }
 }
 
@@ -42,7 +82,7 @@ impl Engine for Embedded {
         Ok(Box::new(EmbeddedTxn {
             engine: self,
             snapshot: self.db.snapshot(),
-            writes: BTreeMap::new(),
+            writes: HashMap::new(),
             cleared: Vec::new(),
         }))
     }
@@ -65,22 +105,52 @@ impl Engine for Embedded {
 struct EmbeddedTxn<'a> {
     engine: &'a Embedded,
     snapshot: Snapshot,
-    /// Pending writes: `Some` sets, `None` deletes.
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Pending writes: `Some` sets, `None` deletes. A hash map: the writer's hot path is point
+    /// reads and writes; the rare scan sorts the entries in its range.
+    writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Pending range deletions, applied before `writes` (later writes in a range win).
     cleared: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl EmbeddedTxn<'_> {
+    /// The snapshot's pairs in `start..end`, walking the keyspaces of the tags in between.
+    fn snapshot_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+    ) -> Box<dyn Iterator<Item = fjall::Guard> + '_> {
+        let first = start.first().copied().unwrap_or(0);
+        let last = end.first().copied().unwrap_or(0);
+        let mut parts = Vec::new();
+        for tag in first..=last {
+            let Some(ks) = self.engine.space(tag) else {
+                continue;
+            };
+            let lo = if tag == first {
+                start.to_vec()
+            } else {
+                vec![tag]
+            };
+            let range: (Bound<Vec<u8>>, Bound<Vec<u8>>) = if tag == last {
+                (Bound::Included(lo), Bound::Excluded(end.to_vec()))
+            } else {
+                (Bound::Included(lo), Bound::Excluded(vec![tag + 1]))
+            };
+            parts.push(self.snapshot.range(&ks, range));
+        }
+        if reverse {
+            Box::new(parts.into_iter().rev().flat_map(Iterator::rev))
+        } else {
+            Box::new(parts.into_iter().flatten())
+        }
+    }
+
     fn is_cleared(&self, key: &[u8]) -> bool {
         self.cleared
             .iter()
             .any(|(s, e)| key >= s.as_slice() && key < e.as_slice())
     }
-}
-
-fn bounds<'k>(start: &'k [u8], end: &'k [u8]) -> (Bound<&'k [u8]>, Bound<&'k [u8]>) {
-    (Bound::Included(start), Bound::Excluded(end))
 }
 
 impl Txn for EmbeddedTxn<'_> {
@@ -91,9 +161,12 @@ impl Txn for EmbeddedTxn<'_> {
         if self.is_cleared(key) {
             return Ok(None);
         }
+        let Some(ks) = key.first().and_then(|&t| self.engine.space(t)) else {
+            return Ok(None);
+        };
         Ok(self
             .snapshot
-            .get(&self.engine.ks, key)
+            .get(&ks, key)
             .map_err(KvError::fatal)?
             .map(|v| v.to_vec()))
     }
@@ -109,18 +182,14 @@ impl Txn for EmbeddedTxn<'_> {
             return Ok(Vec::new());
         }
         // Merge the snapshot's keys with this transaction's writes; writes win.
-        let mut mine: Vec<(&Vec<u8>, &Option<Vec<u8>>)> =
-            self.writes.range::<[u8], _>(bounds(start, end)).collect();
-        if reverse {
-            mine.reverse();
-        }
+        let mut mine: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+            .writes
+            .iter()
+            .filter(|(k, _)| k.as_slice() >= start && k.as_slice() < end)
+            .collect();
+        mine.sort_unstable_by(|a, b| if reverse { b.0.cmp(a.0) } else { a.0.cmp(b.0) });
         let mut mine = mine.into_iter().peekable();
-        let iter = self.snapshot.range(&self.engine.ks, start..end);
-        let mut theirs: Box<dyn Iterator<Item = fjall::Guard>> = if reverse {
-            Box::new(iter.rev())
-        } else {
-            Box::new(iter)
-        };
+        let mut theirs = self.snapshot_range(start, end, reverse);
         let mut next_theirs = || -> Result<Option<Pair>, KvError> {
             theirs
                 .next()
@@ -172,19 +241,12 @@ impl Txn for EmbeddedTxn<'_> {
         if start >= end {
             return;
         }
-        let doomed: Vec<Vec<u8>> = self
-            .writes
-            .range::<[u8], _>(bounds(start, end))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in doomed {
-            self.writes.remove(&k);
-        }
+        self.writes
+            .retain(|k, _| k.as_slice() < start || k.as_slice() >= end);
         self.cleared.push((start.to_vec(), end.to_vec()));
     }
 
     fn commit(self: Box<Self>) -> Result<(), KvError> {
-        let ks = &self.engine.ks;
         let mut batch = self
             .engine
             .db
@@ -193,14 +255,22 @@ impl Txn for EmbeddedTxn<'_> {
         // fjall has no atomic range delete: the keys in a cleared range are deleted one by one,
         // inside the same atomic batch. Callers keep ranges bounded.
         for (start, end) in &self.cleared {
-            for g in self.snapshot.range(ks, start.as_slice()..end.as_slice()) {
+            for g in self.snapshot_range(start, end, false) {
                 let key = g.key().map_err(KvError::fatal)?;
                 if !self.writes.contains_key(key.as_ref()) {
-                    batch.remove(ks, key);
+                    let ks = self.engine.space_or_create(key[0])?;
+                    batch.remove(&ks, key);
                 }
             }
         }
+        let mut spaces: Vec<Option<Keyspace>> = vec![None; 256];
         for (k, v) in self.writes {
+            let tag = k.first().copied().unwrap_or(0);
+            let slot = &mut spaces[tag as usize];
+            if slot.is_none() {
+                *slot = Some(self.engine.space_or_create(tag)?);
+            }
+            let ks = slot.as_ref().expect("filled above");
             match v {
                 Some(v) => batch.insert(ks, k, v),
                 None => batch.remove(ks, k),

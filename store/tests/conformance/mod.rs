@@ -528,6 +528,11 @@ pub async fn retention_expires_messages_and_dedupe_and_says_so(h: &dyn Harness) 
     let store = open(h, "retention", cfg);
     let a = store.create_direct("alice", "bob").await.unwrap();
     let b = store.create_direct("alice", "carol").await.unwrap();
+    // Seven messages in one hour: more than one sweep transaction (limit 3) must expire them.
+    let c = store.create_direct("alice", "dave").await.unwrap();
+    for n in 0..7 {
+        store.append(msg("dave", c.id, n)).await.unwrap();
+    }
     for n in 0..5 {
         store.append(msg("bob", a.id, n)).await.unwrap();
         clock.0.fetch_add(3_600_000, Ordering::SeqCst); // one hour apart
@@ -545,7 +550,19 @@ pub async fn retention_expires_messages_and_dedupe_and_says_so(h: &dyn Harness) 
         Ordering::SeqCst,
     );
     let swept = store.sweep().await.unwrap();
-    assert_eq!((swept.chat_hours, swept.dedupe_records), (3, 3));
+    assert_eq!(
+        (swept.chat_hours, swept.messages, swept.dedupe_records),
+        (4, 10, 10)
+    );
+    assert!(store
+        .history("alice", c.id, Direction::After, 0, 10)
+        .unwrap()
+        .0
+        .is_empty());
+    assert!(
+        !store.append(msg("dave", c.id, 6)).await.unwrap().duplicate,
+        "its dedupe record expired too"
+    );
     let (page, _) = store
         .history("alice", a.id, Direction::After, 0, 10)
         .unwrap();
@@ -553,7 +570,7 @@ pub async fn retention_expires_messages_and_dedupe_and_says_so(h: &dyn Harness) 
     let p = store.sync("alice", 1, &[], 100).unwrap();
     assert_eq!(
         p.expired,
-        vec![a.id],
+        vec![a.id, c.id],
         "the device is told it missed expired messages"
     );
     assert_eq!(
@@ -561,9 +578,11 @@ pub async fn retention_expires_messages_and_dedupe_and_says_so(h: &dyn Harness) 
             .iter()
             .map(|m| (m.chat_id, m.seq))
             .collect::<Vec<_>>(),
-        vec![(a.id, 4), (a.id, 5), (b.id, 1)]
+        vec![(a.id, 4), (a.id, 5), (b.id, 1), (c.id, 8)]
     );
-    let p = store.sync("alice", 1, &[(a.id, 3)], 100).unwrap();
+    let p = store
+        .sync("alice", 1, &[(a.id, 3), (c.id, 8)], 100)
+        .unwrap();
     assert!(
         p.expired.is_empty(),
         "a device already past the expired part is not told"

@@ -1,0 +1,124 @@
+//! Message-log throughput on the embedded engine: durable appends at batch sizes 1, 64 and 1024
+//! (each append complete: message, dedupe record, retention index, chat metadata), and sync reads.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use courier_store::{AppendRequest, Store, StoreConfig};
+use courier_wire::frame::MessageKind;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn request(chat: u64, sender: &str) -> AppendRequest {
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    AppendRequest {
+        sender_user: sender.to_owned(),
+        sender_device: 1,
+        client_msg_id: id,
+        chat_id: chat,
+        kind: MessageKind::Text,
+        body: Bytes::from(vec![b'x'; 100]),
+        attachments: vec![],
+    }
+}
+
+fn open(dir: &std::path::Path) -> Store {
+    let mut cfg = StoreConfig::new(dir);
+    cfg.sweep_interval = None;
+    Store::open(cfg).unwrap()
+}
+
+fn append(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // 64 chats, so a batch spreads over several chats as real traffic does.
+    let chats: Vec<u64> = rt.block_on(async {
+        let mut v = Vec::new();
+        for i in 0..64 {
+            v.push(
+                store
+                    .create_direct("sender", &format!("peer{i}"))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        v
+    });
+    let mut g = c.benchmark_group("store_append");
+    g.measurement_time(Duration::from_secs(8));
+    for batch in [1usize, 64, 1024] {
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(format!("batch_{batch}"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let mut tickets = Vec::with_capacity(batch);
+                        for i in 0..batch {
+                            let chat = chats[i % chats.len()];
+                            tickets
+                                .push(store.submit_append(request(chat, "sender")).await.unwrap());
+                        }
+                        for t in tickets {
+                            t.wait().await.unwrap();
+                        }
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+    rt.block_on(store.close());
+}
+
+fn sync(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // A user in 100 chats with 100 messages each.
+    rt.block_on(async {
+        for i in 0..100 {
+            let peer = format!("peer{i}");
+            let chat = store.create_direct("reader", &peer).await.unwrap().id;
+            let mut tickets = Vec::new();
+            for _ in 0..100 {
+                tickets.push(store.submit_append(request(chat, &peer)).await.unwrap());
+            }
+            for t in tickets {
+                t.wait().await.unwrap();
+            }
+        }
+    });
+    let mut g = c.benchmark_group("store_sync");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("sync_page_1000_of_10000", |b| {
+        b.iter(|| {
+            assert_eq!(
+                store.sync("reader", 1, &[], 1000).unwrap().messages.len(),
+                1000
+            )
+        })
+    });
+    g.finish();
+    rt.block_on(store.close());
+}
+
+criterion_group!(benches, append, sync);
+criterion_main!(benches);
