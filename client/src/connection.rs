@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use courier_wire::frame::{
-    Attachment, ChatList, ChatSpec, ChatSummary, CreateChat, Direction, GetChat, Hello, History,
-    HistoryPage, ListChats, Message, MessageKind, Ping, Send, SendOk, Welcome,
+    Ack, Attachment, ChatList, ChatPosition, ChatSpec, ChatSummary, CreateChat, Direction, GetChat,
+    Hello, History, HistoryPage, ListChats, Message, MessageKind, Ping, Send, SendOk, Sync,
+    SyncEnd, UpdateChat, Welcome,
 };
 use courier_wire::{Frame, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -318,6 +319,63 @@ impl Client {
         };
         match self.request(frame).await? {
             Frame::HistoryPage(page) => Ok(page),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Asks for one page of what this device missed: the messages arrive as
+    /// [`Event::Message`]s before this returns the page's end.
+    pub async fn sync_page(
+        &self,
+        positions: Vec<ChatPosition>,
+        limit: u32,
+    ) -> Result<SyncEnd, ClientError> {
+        match self
+            .request(|request_id| {
+                Frame::Sync(Sync {
+                    request_id,
+                    limit,
+                    positions,
+                })
+            })
+            .await?
+        {
+            Frame::SyncEnd(end) => Ok(end),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Tells the server this device holds `chat_id` up to `seq` (cumulative).
+    pub async fn ack(&self, chat_id: u64, seq: u64) -> Result<(), ClientError> {
+        self.post(Frame::Ack(Ack {
+            request_id: 0,
+            chat_id,
+            seq,
+        }))
+        .await
+    }
+
+    /// Renames a group and/or changes its members.
+    pub async fn update_group(
+        &self,
+        chat_id: u64,
+        rename: Option<&str>,
+        add: &[&str],
+        remove: &[&str],
+    ) -> Result<ChatSummary, ClientError> {
+        let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let (rename, add, remove) = (rename.map(str::to_owned), owned(add), owned(remove));
+        let frame = |request_id| {
+            Frame::UpdateChat(UpdateChat {
+                request_id,
+                chat_id,
+                rename,
+                add,
+                remove,
+            })
+        };
+        match self.request(frame).await? {
+            Frame::ChatInfo(info) => Ok(info.chat),
             other => Err(ClientError::Unexpected(other.kind())),
         }
     }

@@ -12,15 +12,21 @@
 //! - [`tls`] — which server certificates to trust ([`Trust`]) and the QUIC client configuration.
 //! - [`connection`] — [`Client`], [`Events`] and the tasks that read and write the control stream.
 //! - [`io`] — framed reading and coalesced writing on a QUIC stream (shared with the gateway).
+//! - [`inbox`] — per-chat positions, duplicate removal, gap detection; [`PositionStore`].
+//! - [`messenger`] — [`Messenger`]: reconnects, syncs, fills gaps, retries sends.
 //! - [`error`] — [`ClientError`].
 
 #![forbid(unsafe_code)]
 
 pub mod connection;
 pub mod error;
+pub mod inbox;
 pub mod io;
+pub mod messenger;
 pub mod tls;
 
 pub use connection::{Client, Event, Events};
 pub use error::ClientError;
+pub use inbox::{Inbox, MemoryPositions, Offer, PositionStore};
+pub use messenger::{Messenger, MessengerConfig, Update};
 pub use tls::Trust;

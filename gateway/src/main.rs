@@ -84,6 +84,9 @@ struct ServeArgs {
     /// Most connections held by this node.
     #[arg(long, default_value_t = 1_000_000)]
     max_connections: usize,
+    /// Shards (threads with their own QUIC endpoint on the port); default: number of cores.
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -225,6 +228,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_body = args.max_body;
     config.max_inflight = args.max_inflight;
     config.max_connections = args.max_connections;
+    if let Some(n) = args.shards {
+        if n == 0 {
+            bail!("--shards must be at least 1");
+        }
+        config.shards = n;
+    }
     let gateway = Gateway::start(config).await?;
     println!(
         "courier listening on {} (store {})",

@@ -26,24 +26,45 @@ struct Shared {
     verifier: TokenVerifier,
     limits: Limits,
     outbound_queue: usize,
+    max_connections: usize,
     handshake_timeout: Duration,
     shutdown_grace: Duration,
     shutdown: watch::Receiver<bool>,
     connections: AtomicUsize,
+    /// Open connections of each shard.
+    shard_connections: Vec<AtomicUsize>,
     next_conn_id: AtomicU64,
 }
 
-/// A running gateway.
+/// A running gateway: `shards` threads, each with its own current-thread runtime and its own
+/// QUIC endpoint on the same UDP port (`SO_REUSEPORT`: the kernel spreads connections across
+/// them by address hash), sharing the store and the registry of online devices.
 pub struct Gateway {
     addr: SocketAddr,
-    endpoint: quinn::Endpoint,
     shutdown: watch::Sender<bool>,
-    accept: tokio::task::JoinHandle<()>,
+    shards: Vec<std::thread::JoinHandle<()>>,
     store: Store,
+    shared: Arc<Shared>,
+}
+
+/// Kernel socket buffer asked for on each shard's UDP socket, so that a burst of handshakes is
+/// not dropped before the shard reads it. Linux caps it at `net.core.rmem_max`/`wmem_max`;
+/// raise those (e.g. `sysctl -w net.core.rmem_max=8388608`) for the full size.
+const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
+fn bind_shard_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    // Best effort: the kernel may clamp these.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 impl Gateway {
-    /// Opens the store and starts serving on `config.listen`.
+    /// Opens the store and starts serving on `config.listen` with `config.shards` shards.
     pub async fn start(config: GatewayConfig) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
         let registry = Arc::new(Registry::default());
@@ -67,9 +88,17 @@ impl Gateway {
             .max_concurrent_bidi_streams(4u32.into())
             .max_concurrent_uni_streams(0u32.into());
         server.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server, config.listen)
+
+        let shards = config.shards.max(1);
+        let first = bind_shard_socket(config.listen)
             .with_context(|| format!("bind UDP {}", config.listen))?;
-        let addr = endpoint.local_addr()?;
+        let addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..shards {
+            sockets.push(
+                bind_shard_socket(addr).with_context(|| format!("bind shard socket on {addr}"))?,
+            );
+        }
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -83,23 +112,41 @@ impl Gateway {
                 max_history_page: config.max_history_page,
             },
             outbound_queue: config.outbound_queue,
+            max_connections: config.max_connections,
             handshake_timeout: config.handshake_timeout,
             shutdown_grace: config.shutdown_grace,
             shutdown: shutdown_rx,
             connections: AtomicUsize::new(0),
+            shard_connections: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             next_conn_id: AtomicU64::new(1),
         });
-        let accept = tokio::spawn(accept_loop(
-            endpoint.clone(),
-            shared,
-            config.max_connections,
-        ));
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(shards);
+        let mut threads = Vec::with_capacity(shards);
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let (shared, server, ready) = (shared.clone(), server.clone(), ready_tx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("courier-shard-{i}"))
+                .spawn(move || run_shard(i, socket, server, shared, ready))
+                .context("spawn shard thread")?;
+            threads.push(thread);
+        }
+        drop(ready_tx);
+        for _ in 0..shards {
+            match ready_rx.recv().await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    let _ = shutdown_tx.send(true);
+                    return Err(e);
+                }
+                None => anyhow::bail!("a shard thread died while starting"),
+            }
+        }
         Ok(Self {
             addr,
-            endpoint,
             shutdown: shutdown_tx,
-            accept,
+            shards: threads,
             store,
+            shared,
         })
     }
 
@@ -108,34 +155,90 @@ impl Gateway {
         self.addr
     }
 
-    /// Graceful shutdown: stop accepting, send GoAway to every client, let in-flight sends commit
-    /// and be acknowledged (up to the grace period), close connections, sync and close the store.
+    /// Open connections on each shard.
+    pub fn shard_connections(&self) -> Vec<usize> {
+        self.shared
+            .shard_connections
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Graceful shutdown: stop accepting, let in-flight sends commit and be acknowledged (up to
+    /// the grace period), send GoAway to every client and close, then sync and close the store.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.accept.await;
+        let threads = self.shards;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         self.store.close().await;
-        self.endpoint.close(0u32.into(), b"shutdown");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, max_connections: usize) {
+fn run_shard(
+    index: usize,
+    socket: std::net::UdpSocket,
+    server: quinn::ServerConfig,
+    shared: Arc<Shared>,
+    ready: tokio::sync::mpsc::Sender<anyhow::Result<()>>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.blocking_send(Err(anyhow::anyhow!("shard {index} runtime: {e}")));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let endpoint = match quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = ready
+                    .send(Err(anyhow::anyhow!("shard {index} endpoint: {e}")))
+                    .await;
+                return;
+            }
+        };
+        let _ = ready.send(Ok(())).await;
+        drop(ready);
+        accept_loop(endpoint.clone(), shared, index).await;
+        endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    });
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shard: usize) {
     let mut sessions = JoinSet::new();
     let mut shutdown = shared.shutdown.clone();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if shared.connections.load(Ordering::Relaxed) >= max_connections {
+                if shared.connections.fetch_add(1, Ordering::Relaxed) >= shared.max_connections {
+                    shared.connections.fetch_sub(1, Ordering::Relaxed);
                     incoming.refuse();
                     continue;
                 }
-                shared.connections.fetch_add(1, Ordering::Relaxed);
+                shared.shard_connections[shard].fetch_add(1, Ordering::Relaxed);
                 let shared = shared.clone();
                 sessions.spawn(async move {
                     if let Err(e) = connection(incoming, &shared).await {
                         tracing::debug!("connection ended: {e:#}");
                     }
+                    shared.shard_connections[shard].fetch_sub(1, Ordering::Relaxed);
                     shared.connections.fetch_sub(1, Ordering::Relaxed);
                 });
             }

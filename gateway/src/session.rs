@@ -11,12 +11,16 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use courier_store::{AppendRequest, Store, StoreError};
+use courier_store::{AppendRequest, GroupChange, Store, StoreError};
 use courier_wire::frame::{
-    ChatInfo, ChatList, ChatSpec, ErrorFrame, HistoryPage, MessageKind, Pong, SendOk,
+    ChatInfo, ChatList, ChatSpec, Deliver, ErrorFrame, HistoryPage, MessageKind, Pong, SendOk,
+    SyncEnd,
 };
 use courier_wire::{Codec, ErrorCode, Frame, HEADER_LEN};
 use tokio::sync::{mpsc, Semaphore};
+
+/// Most messages in one sync page.
+const MAX_SYNC_PAGE: u32 = 1000;
 
 /// Encodes an error answer.
 pub(crate) fn error_frame(request_id: u32, code: ErrorCode, message: impl Into<String>) -> Bytes {
@@ -127,10 +131,23 @@ impl Session {
                 self.fail(request_id, ErrorCode::INVALID, "session is already open")
                     .await
             }
-            Frame::Ack(_)
-            | Frame::Sync(_)
-            | Frame::UpdateChat(_)
-            | Frame::Receipt(_)
+            Frame::Sync(f) => self.sync(f).await,
+            Frame::Ack(f) => {
+                self.ack(f);
+                Ok(())
+            }
+            Frame::UpdateChat(f) => {
+                let change = GroupChange {
+                    rename: f.rename,
+                    add: f.add,
+                    remove: f.remove,
+                };
+                match self.store.update_group(&self.user, f.chat_id, change).await {
+                    Ok(chat) => self.chat_info(request_id, &chat).await,
+                    Err(e) => self.store_error(request_id, &e).await,
+                }
+            }
+            Frame::Receipt(_)
             | Frame::Typing(_)
             | Frame::PresenceSubscribe(_)
             | Frame::RegisterPush(_) => {
@@ -312,6 +329,43 @@ impl Session {
         page.messages = messages;
         page.more = more;
         self.reply(Frame::HistoryPage(page).to_bytes()).await
+    }
+
+    /// Sends what this device missed as `Deliver` frames, then `SyncEnd`.
+    async fn sync(&self, f: courier_wire::frame::Sync) -> Result<(), Disconnected> {
+        let limit = f.limit.clamp(1, MAX_SYNC_PAGE) as usize;
+        let positions: Vec<(u64, u64)> = f.positions.iter().map(|p| (p.chat_id, p.seq)).collect();
+        let page = match self.store.sync(&self.user, self.device, &positions, limit) {
+            Ok(p) => p,
+            Err(e) => return self.store_error(f.request_id, &e).await,
+        };
+        for m in page.messages {
+            self.reply(Frame::Deliver(Deliver { message: m }).to_bytes())
+                .await?;
+        }
+        let end = SyncEnd {
+            request_id: f.request_id,
+            more: page.more,
+            expired: page.expired,
+        };
+        self.reply(Frame::SyncEnd(end).to_bytes()).await
+    }
+
+    /// Records the device's position in the background; answers only on error.
+    fn ack(&self, f: courier_wire::frame::Ack) {
+        let (store, out, user, device) = (
+            self.store.clone(),
+            self.out.clone(),
+            self.user.clone(),
+            self.device,
+        );
+        tokio::spawn(async move {
+            if let Err(e) = store.ack(&user, device, f.chat_id, f.seq).await {
+                let _ = out
+                    .send(error_frame(f.request_id, e.code(), e.to_string()))
+                    .await;
+            }
+        });
     }
 
     /// Waits until every send this session queued has been answered.
