@@ -343,3 +343,41 @@ async fn retried_send_returns_the_original_ack_and_other_devices_see_it() {
     }
     server.gateway.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_ack_was_lost_is_retried_on_a_new_connection_without_a_second_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (bob, mut bob_events) = server.connect("bob", 1).await;
+    let chat = bob.create_direct_chat("alice").await.unwrap();
+    // Alice sends and drops the connection before reading the SendOk.
+    let id = [42u8; 16];
+    let send = |request_id| {
+        Frame::Send(Send {
+            request_id,
+            client_msg_id: id,
+            chat_id: chat.chat_id,
+            kind: MessageKind::Text,
+            body: Bytes::from_static(b"did this arrive?"),
+            attachments: vec![],
+        })
+    };
+    let mut raw = authenticated_raw(&server, "alice").await;
+    raw.write_frame(send(2)).await;
+    let first = next_message(&mut bob_events).await;
+    raw.conn.close(0u32.into(), b"network gone");
+    drop(raw);
+
+    // Reconnected, Alice resends with the same client message id.
+    let (alice, _) = server.connect("alice", 1).await;
+    let again = match alice.request(send).await.unwrap() {
+        Frame::SendOk(ok) => ok,
+        other => panic!("expected SendOk, got {other:?}"),
+    };
+    assert!(again.duplicate, "the retry is recognised");
+    assert_eq!(again.seq, first.seq, "with the original seq");
+    alice.send(chat.chat_id, Bytes::from_static(b"next")).await.unwrap();
+    let next = next_message(&mut bob_events).await;
+    assert_eq!((next.seq, next.body), (first.seq + 1, Bytes::from_static(b"next")), "bob saw one copy");
+    server.gateway.shutdown().await;
+}
