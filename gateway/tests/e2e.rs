@@ -376,8 +376,15 @@ async fn a_send_whose_ack_was_lost_is_retried_on_a_new_connection_without_a_seco
     };
     assert!(again.duplicate, "the retry is recognised");
     assert_eq!(again.seq, first.seq, "with the original seq");
-    alice.send(chat.chat_id, Bytes::from_static(b"next")).await.unwrap();
+    alice
+        .send(chat.chat_id, Bytes::from_static(b"next"))
+        .await
+        .unwrap();
     let next = next_message(&mut bob_events).await;
-    assert_eq!((next.seq, next.body), (first.seq + 1, Bytes::from_static(b"next")), "bob saw one copy");
+    assert_eq!(
+        (next.seq, next.body),
+        (first.seq + 1, Bytes::from_static(b"next")),
+        "bob saw one copy"
+    );
     server.gateway.shutdown().await;
 }
