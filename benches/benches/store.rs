@@ -28,6 +28,17 @@ fn request(chat: u64, sender: &str) -> AppendRequest {
     }
 }
 
+/// Queues every request (they share commits), then waits for all of them.
+async fn append_all(store: &Store, requests: impl Iterator<Item = AppendRequest>) {
+    let mut tickets = Vec::new();
+    for r in requests {
+        tickets.push(store.submit_append(r).await.unwrap());
+    }
+    for t in tickets {
+        t.wait().await.unwrap();
+    }
+}
+
 fn open(dir: &std::path::Path) -> Store {
     let mut cfg = StoreConfig::new(dir);
     cfg.sweep_interval = None;
@@ -65,15 +76,9 @@ fn append(c: &mut Criterion) {
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let mut tickets = Vec::with_capacity(batch);
-                        for i in 0..batch {
-                            let chat = chats[i % chats.len()];
-                            tickets
-                                .push(store.submit_append(request(chat, "sender")).await.unwrap());
-                        }
-                        for t in tickets {
-                            t.wait().await.unwrap();
-                        }
+                        let requests =
+                            (0..batch).map(|i| request(chats[i % chats.len()], "sender"));
+                        append_all(&store, requests).await;
                     }
                     start.elapsed()
                 })
@@ -97,13 +102,7 @@ fn sync(c: &mut Criterion) {
         for i in 0..100 {
             let peer = format!("peer{i}");
             let chat = store.create_direct("reader", &peer).await.unwrap().id;
-            let mut tickets = Vec::new();
-            for _ in 0..100 {
-                tickets.push(store.submit_append(request(chat, &peer)).await.unwrap());
-            }
-            for t in tickets {
-                t.wait().await.unwrap();
-            }
+            append_all(&store, (0..100).map(|_| request(chat, &peer))).await;
         }
     });
     let mut g = c.benchmark_group("store_sync");

@@ -283,6 +283,80 @@ async fn close_with(
     conn.close(u32::from(code.0).into(), reason.as_bytes());
 }
 
+/// Why a connection is refused before its session opens: the last frame to send (if the
+/// stream still works) and the close code.
+struct Refusal {
+    frame: Option<Bytes>,
+    code: ErrorCode,
+    reason: &'static str,
+}
+
+impl Refusal {
+    fn new(
+        request_id: u32,
+        code: ErrorCode,
+        message: impl Into<String>,
+        reason: &'static str,
+    ) -> Self {
+        Self {
+            frame: Some(error_frame(request_id, code, message)),
+            code,
+            reason,
+        }
+    }
+}
+
+/// Reads `Hello` and checks its version and token: the claims and the Hello's request id.
+async fn authenticate(
+    reader: &mut FrameReader,
+    deadline: tokio::time::Instant,
+    verifier: &TokenVerifier,
+) -> Result<(crate::auth::Claims, u32), Refusal> {
+    let hello = match tokio::time::timeout_at(deadline, reader.next()).await {
+        Ok(Ok(Some(Frame::Hello(h)))) => h,
+        Ok(Ok(Some(other))) => {
+            let id = other.request_id().unwrap_or(0);
+            return Err(Refusal::new(
+                id,
+                ErrorCode::UNAUTHENTICATED,
+                "send Hello first",
+                "no hello",
+            ));
+        }
+        Ok(Err(ReadError::Decode(e))) => {
+            return Err(Refusal::new(0, e.code(), e.to_string(), "bad frame"))
+        }
+        Ok(Ok(None) | Err(ReadError::Stream(_))) | Err(_) => {
+            return Err(Refusal {
+                frame: None,
+                code: ErrorCode::UNAUTHENTICATED,
+                reason: "no hello",
+            });
+        }
+    };
+    if hello.version != PROTOCOL_VERSION {
+        let msg = format!(
+            "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+            hello.version
+        );
+        return Err(Refusal::new(
+            hello.request_id,
+            ErrorCode::UNSUPPORTED_VERSION,
+            msg,
+            "version",
+        ));
+    }
+    match verifier.verify(&hello.token, now_ms() / 1000) {
+        Ok(claims) => Ok((claims, hello.request_id)),
+        Err(e) => Err(Refusal::new(
+            hello.request_id,
+            ErrorCode::UNAUTHENTICATED,
+            e.to_string(),
+            "unauthenticated",
+        )),
+    }
+}
+
 async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
     let conn = tokio::time::timeout_at(deadline, incoming)
@@ -294,75 +368,18 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
     let (out, writer) = spawn_writer_with_handle(send, shared.outbound_queue);
     let mut reader = FrameReader::new(recv, shared.limits.max_frame);
 
-    let hello = match tokio::time::timeout_at(deadline, reader.next()).await {
-        Ok(Ok(Some(Frame::Hello(h)))) => h,
-        Ok(Ok(Some(other))) => {
-            let frame = error_frame(
-                other.request_id().unwrap_or(0),
-                ErrorCode::UNAUTHENTICATED,
-                "send Hello first",
-            );
-            close_with(
-                &conn,
-                out,
-                writer,
-                Some(frame),
-                ErrorCode::UNAUTHENTICATED,
-                "no hello",
-            )
-            .await;
-            return Ok(());
-        }
-        Ok(Err(ReadError::Decode(e))) => {
-            close_with(
-                &conn,
-                out,
-                writer,
-                Some(error_frame(0, e.code(), e.to_string())),
-                e.code(),
-                "bad frame",
-            )
-            .await;
-            return Ok(());
-        }
-        Ok(Ok(None) | Err(ReadError::Stream(_))) | Err(_) => {
-            conn.close(u32::from(ErrorCode::UNAUTHENTICATED.0).into(), b"no hello");
-            return Ok(());
-        }
-    };
-    if hello.version != PROTOCOL_VERSION {
-        let msg = format!(
-            "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
-            hello.version
-        );
-        let frame = error_frame(hello.request_id, ErrorCode::UNSUPPORTED_VERSION, msg);
-        close_with(
-            &conn,
-            out,
-            writer,
-            Some(frame),
-            ErrorCode::UNSUPPORTED_VERSION,
-            "version",
-        )
-        .await;
-        return Ok(());
-    }
-    let claims = match shared.verifier.verify(&hello.token, now_ms() / 1000) {
-        Ok(c) => c,
-        Err(e) => {
-            let frame = error_frame(hello.request_id, ErrorCode::UNAUTHENTICATED, e.to_string());
-            close_with(
-                &conn,
-                out,
-                writer,
-                Some(frame),
-                ErrorCode::UNAUTHENTICATED,
-                "unauthenticated",
-            )
-            .await;
-            return Ok(());
-        }
-    };
+    let (claims, hello_request_id) =
+        match authenticate(&mut reader, deadline, &shared.verifier).await {
+            Ok(c) => c,
+            Err(Refusal {
+                frame,
+                code,
+                reason,
+            }) => {
+                close_with(&conn, out, writer, frame, code, reason).await;
+                return Ok(());
+            }
+        };
 
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let session = Session::new(
@@ -373,7 +390,7 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
         shared.limits,
     );
     let welcome = Frame::Welcome(Welcome {
-        request_id: hello.request_id,
+        request_id: hello_request_id,
         version: PROTOCOL_VERSION,
         user: claims.user.clone(),
         device: claims.device,

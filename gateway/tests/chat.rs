@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::{body, next_message, TestServer};
 use courier_client::{ClientError, Event, MemoryPositions, Messenger, MessengerConfig, Update};
 use courier_wire::frame::{
-    ChatPosition, Direction, Hello, MessageKind, Send, SystemEvent, SystemEventKind,
+    ChatPosition, Direction, MessageKind, Send, SystemEvent, SystemEventKind,
 };
 use courier_wire::{ErrorCode, Frame};
 
@@ -336,14 +336,8 @@ async fn in_flight_sends_and_connections_are_limited() {
     let (alice, _) = server.connect("alice", 1).await;
     let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
     // A raw client that ignores the announced limit: the excess is refused, nothing else breaks.
-    let mut raw = server.raw().await;
-    raw.write_frame(Frame::Hello(Hello {
-        request_id: 1,
-        version: 1,
-        token: Bytes::from(server.token("alice", 2)),
-    }))
-    .await;
-    assert!(matches!(raw.read_frame().await, Some(Frame::Welcome(w)) if w.max_inflight == 4));
+    let (mut raw, welcome) = server.raw_session("alice", 2).await;
+    assert_eq!(welcome.max_inflight, 4);
     let mut burst = Vec::new();
     for i in 0..40u32 {
         let f = Frame::Send(Send {
@@ -406,14 +400,7 @@ async fn a_slow_reader_is_disconnected_and_finds_its_messages_in_the_store() {
     let (alice, _) = server.connect("alice", 1).await;
     let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
     // Bob authenticates, then never reads.
-    let mut raw = server.raw().await;
-    raw.write_frame(Frame::Hello(Hello {
-        request_id: 1,
-        version: 1,
-        token: Bytes::from(server.token("bob", 1)),
-    }))
-    .await;
-    assert!(matches!(raw.read_frame().await, Some(Frame::Welcome(_))));
+    let (raw, _) = server.raw_session("bob", 1).await;
     let big = Bytes::from(vec![b'x'; 30_000]);
     let mut tasks = Vec::new();
     for _ in 0..120 {

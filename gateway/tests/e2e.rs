@@ -183,19 +183,6 @@ async fn bad_tokens_and_versions_are_refused_while_others_are_served() {
     server.gateway.shutdown().await;
 }
 
-async fn authenticated_raw(server: &TestServer, user: &str) -> common::RawConn {
-    let mut raw = server.raw().await;
-    let token = Bytes::from(server.token(user, 1));
-    raw.write_frame(Frame::Hello(Hello {
-        request_id: 1,
-        version: 1,
-        token,
-    }))
-    .await;
-    assert!(matches!(raw.read_frame().await, Some(Frame::Welcome(_))));
-    raw
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bytes_close_only_the_offending_connection() {
     let dir = tempfile::tempdir().unwrap();
@@ -205,7 +192,7 @@ async fn hostile_bytes_close_only_the_offending_connection() {
     let chat = bob.create_direct_chat("alice").await.unwrap();
 
     // An unknown frame kind is answered UNSUPPORTED with its request id, and the session goes on.
-    let mut raw = authenticated_raw(&server, "mallory").await;
+    let (mut raw, _) = server.raw_session("mallory", 1).await;
     raw.write(&Header::new(0x70, 6).to_bytes()).await;
     raw.write(&[0, 0, 0, 9, 1, 2]).await;
     match raw.read_frame().await {
@@ -234,7 +221,7 @@ async fn hostile_bytes_close_only_the_offending_connection() {
     assert_eq!(raw.close_code().await, u64::from(ErrorCode::BAD_FRAME.0));
 
     // A header declaring 1 GiB: TOO_LARGE straight from the header, then closed.
-    let mut raw = authenticated_raw(&server, "mallory").await;
+    let (mut raw, _) = server.raw_session("mallory", 1).await;
     raw.write(&Header::new(courier_wire::frame::kind::Send, 1 << 30).to_bytes())
         .await;
     match raw.read_frame().await {
@@ -362,7 +349,7 @@ async fn a_send_whose_ack_was_lost_is_retried_on_a_new_connection_without_a_seco
             attachments: vec![],
         })
     };
-    let mut raw = authenticated_raw(&server, "alice").await;
+    let (mut raw, _) = server.raw_session("alice", 1).await;
     raw.write_frame(send(2)).await;
     let first = next_message(&mut bob_events).await;
     raw.conn.close(0u32.into(), b"network gone");

@@ -12,6 +12,7 @@ use courier_client::{Client, ClientError, Event, Events, Trust};
 use courier_gateway::auth::{Claims, IssuerKey, TokenVerifier};
 use courier_gateway::tls::TlsIdentity;
 use courier_gateway::{Gateway, GatewayConfig};
+use courier_wire::frame::{Hello, Welcome};
 use courier_wire::{Frame, FrameDecoder};
 
 /// A running gateway and what a client needs to reach it.
@@ -85,6 +86,22 @@ impl TestServer {
 
     pub async fn try_connect(&self, token: &str) -> Result<(Client, Events), ClientError> {
         Client::connect(self.addr(), "localhost", &self.trust(), token).await
+    }
+
+    /// A bare QUIC connection on which `user`'s device has said Hello and got Welcome.
+    pub async fn raw_session(&self, user: &str, device: u32) -> (RawConn, Welcome) {
+        let mut raw = self.raw().await;
+        let token = Bytes::from(self.token(user, device));
+        raw.write_frame(Frame::Hello(Hello {
+            request_id: 1,
+            version: 1,
+            token,
+        }))
+        .await;
+        match raw.read_frame().await {
+            Some(Frame::Welcome(w)) => (raw, w),
+            other => panic!("expected Welcome, got {other:?}"),
+        }
     }
 
     /// A bare QUIC connection with its control stream open and nothing sent.
