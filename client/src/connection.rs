@@ -40,8 +40,7 @@ pub type Events = mpsc::Receiver<Event>;
 
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
 
-/// How many events may wait unread before the SDK stops reading from the server (which then
-/// stops sending: QUIC flow control carries the backpressure to the gateway).
+/// How many events may wait unread before the SDK gives up on the connection (see `read_loop`).
 const EVENT_QUEUE: usize = 8192;
 
 /// One authenticated connection. Cheap to clone; clones share the connection.
@@ -451,8 +450,16 @@ async fn read_loop(
                 None => Event::Frame(f),
             },
         };
-        if events.send(event).await.is_err() {
-            // Nobody listens for events; answers still matter, so keep reading.
+        // Never wait for the app here: answers to requests arrive on this same stream, and an
+        // app that waits for an answer before reading events would deadlock. An app that lets
+        // EVENT_QUEUE events pile up is cut off instead, like a slow reader on the server: the
+        // messages are in the store and come back with the next sync.
+        match events.try_send(event) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                conn.close(0x101u32.into(), b"client event queue full");
+                break "the app did not read events: event queue full".to_owned();
+            }
         }
     };
     // Fail whatever still waits for an answer.

@@ -206,14 +206,13 @@ async fn take(
     };
     let mut anchor = from - 1;
     while anchor < to {
-        let page = client
-            .history(
-                chat,
-                Direction::After,
-                anchor,
-                (to - anchor).min(500) as u32,
-            )
-            .await?;
+        let limit = (to - anchor).min(500) as u32;
+        let page = match client.history(chat, Direction::After, anchor, limit).await {
+            Ok(p) => p,
+            // Refused (e.g. no longer a member): what cannot be fetched is skipped below.
+            Err(ClientError::Server { .. }) => break,
+            Err(e) => return Err(e),
+        };
         let Some(first) = page.messages.first() else {
             break;
         };
