@@ -14,7 +14,7 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::RwLock;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Slice, Snapshot};
 
 use crate::kv::{Engine, KvError, Pairs, Txn};
 
@@ -107,7 +107,7 @@ struct EmbeddedTxn<'a> {
     snapshot: Snapshot,
     /// Pending writes: `Some` sets, `None` deletes. A hash map: the writer's hot path is point
     /// reads and writes; the rare scan sorts the entries in its range.
-    writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    writes: HashMap<Slice, Option<Slice>>,
     /// Pending range deletions, applied before `writes` (later writes in a range win).
     cleared: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -156,7 +156,7 @@ impl EmbeddedTxn<'_> {
 impl Txn for EmbeddedTxn<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         if let Some(w) = self.writes.get(key) {
-            return Ok(w.clone());
+            return Ok(w.as_ref().map(|v| v.to_vec()));
         }
         if self.is_cleared(key) {
             return Ok(None);
@@ -182,10 +182,10 @@ impl Txn for EmbeddedTxn<'_> {
             return Ok(Vec::new());
         }
         // Merge the snapshot's keys with this transaction's writes; writes win.
-        let mut mine: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+        let mut mine: Vec<(&Slice, &Option<Slice>)> = self
             .writes
             .iter()
-            .filter(|(k, _)| k.as_slice() >= start && k.as_slice() < end)
+            .filter(|(k, _)| &k[..] >= start && &k[..] < end)
             .collect();
         mine.sort_unstable_by(|a, b| if reverse { b.0.cmp(a.0) } else { a.0.cmp(b.0) });
         let mut mine = mine.into_iter().peekable();
@@ -205,7 +205,7 @@ impl Txn for EmbeddedTxn<'_> {
         while out.len() < limit {
             // Skip snapshot keys that this transaction deleted or overwrote.
             if let Some((k, _)) = &t {
-                if self.writes.contains_key(k) || self.is_cleared(k) {
+                if self.writes.contains_key(k.as_slice()) || self.is_cleared(k) {
                     t = next_theirs()?;
                     continue;
                 }
@@ -214,12 +214,12 @@ impl Txn for EmbeddedTxn<'_> {
                 (None, None) => break,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
-                (Some((mk, _)), Some((tk, _))) => (mk.as_slice() < tk.as_slice()) != reverse,
+                (Some((mk, _)), Some((tk, _))) => (&mk[..] < tk.as_slice()) != reverse,
             };
             if take_mine {
                 let (k, v) = mine.next().expect("peeked");
                 if let Some(v) = v {
-                    out.push((k.clone(), v.clone()));
+                    out.push((k.to_vec(), v.to_vec()));
                 }
             } else {
                 out.push(t.take().expect("matched Some"));
@@ -230,19 +230,20 @@ impl Txn for EmbeddedTxn<'_> {
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) {
-        self.writes.insert(key.to_vec(), Some(value.to_vec()));
+        // Copied once into the engine's own byte type: commit hands them over without copying.
+        self.writes
+            .insert(Slice::from(key), Some(Slice::from(value)));
     }
 
     fn clear(&mut self, key: &[u8]) {
-        self.writes.insert(key.to_vec(), None);
+        self.writes.insert(Slice::from(key), None);
     }
 
     fn clear_range(&mut self, start: &[u8], end: &[u8]) {
         if start >= end {
             return;
         }
-        self.writes
-            .retain(|k, _| k.as_slice() < start || k.as_slice() >= end);
+        self.writes.retain(|k, _| &k[..] < start || &k[..] >= end);
         self.cleared.push((start.to_vec(), end.to_vec()));
     }
 
