@@ -24,6 +24,8 @@ pub struct GatewayConfig {
     pub max_body: u32,
     /// Most unanswered `Send`s per connection; a further one is refused with `RATE_LIMITED`.
     pub max_inflight: u32,
+    /// Where to serve Prometheus metrics (`GET /metrics`); None: not served.
+    pub metrics: Option<SocketAddr>,
     /// Shards: threads, each with its own runtime and QUIC endpoint on the listen port.
     pub shards: usize,
     /// Most connections this node holds; further handshakes are refused.
@@ -57,6 +59,7 @@ impl GatewayConfig {
             max_frame: courier_wire::DEFAULT_MAX_FRAME,
             max_body: 32 * 1024,
             max_inflight: 64,
+            metrics: None,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_connections: 1_000_000,
             outbound_queue: 4096,

@@ -11,11 +11,13 @@ use courier_store::{CommitListener, Committed};
 use courier_wire::frame::{kind, Message};
 use courier_wire::{Codec, Header};
 
-use crate::registry::Registry;
+use crate::metrics::Metrics;
+use crate::registry::{Pushed, Registry};
 
 /// The store's commit listener for this gateway.
 pub(crate) struct Fanout {
     pub(crate) registry: Arc<Registry>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// A `Deliver` frame for `m`, encoded once and shared by every recipient.
@@ -28,7 +30,12 @@ fn deliver_frame(m: &Message) -> Bytes {
 }
 
 impl CommitListener for Fanout {
+    fn batch_committed(&self, operations: usize, elapsed: std::time::Duration) {
+        self.metrics.commit(operations, elapsed);
+    }
+
     fn committed(&self, batch: &[Committed]) {
+        self.metrics.messages_committed.inc_by(batch.len() as u64);
         for c in batch {
             let m = &c.message;
             let frame = deliver_frame(m);
@@ -36,7 +43,16 @@ impl CommitListener for Fanout {
                 let is_sender = *member == m.sender_user;
                 self.registry.for_each_device(member, |d| {
                     if !(is_sender && d.device == m.sender_device) {
-                        d.push(frame.clone());
+                        match d.push(frame.clone()) {
+                            Pushed::Queued => {
+                                self.metrics.deliveries.inc();
+                                self.metrics.frame_out(frame.len());
+                            }
+                            Pushed::SlowReader => {
+                                self.metrics.slow_readers.inc();
+                            }
+                            Pushed::Gone => {}
+                        }
                     }
                 });
             }

@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod config;
 mod fanout;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 mod session;

@@ -84,6 +84,9 @@ struct ServeArgs {
     /// Most connections held by this node.
     #[arg(long, default_value_t = 1_000_000)]
     max_connections: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Shards (threads with their own QUIC endpoint on the port); default: number of cores.
     #[arg(long)]
     shards: Option<usize>,
@@ -228,6 +231,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_body = args.max_body;
     config.max_inflight = args.max_inflight;
     config.max_connections = args.max_connections;
+    config.metrics = args.metrics;
     if let Some(n) = args.shards {
         if n == 0 {
             bail!("--shards must be at least 1");
@@ -235,6 +239,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.shards = n;
     }
     let gateway = Gateway::start(config).await?;
+    if let Some(m) = gateway.metrics_addr() {
+        println!("metrics on http://{m}/metrics");
+    }
     println!(
         "courier listening on {} (store {})",
         gateway.local_addr(),

@@ -7,6 +7,17 @@ use tokio::sync::mpsc;
 /// Application close code for a connection dropped because it did not read fast enough.
 pub const CLOSE_SLOW_READER: u32 = 0x100;
 
+/// What became of a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Queued for the device.
+    Queued,
+    /// The queue was full: the device was disconnected as a slow reader.
+    SlowReader,
+    /// The connection is already closing.
+    Gone,
+}
+
 /// One online device.
 #[derive(Clone)]
 pub(crate) struct Device {
@@ -19,15 +30,15 @@ pub(crate) struct Device {
 
 impl Device {
     /// Queues an encoded frame. A full queue marks a slow reader: it is disconnected and will
-    /// find its messages in the store when it syncs. Returns false when the frame was not queued.
-    pub(crate) fn push(&self, frame: Bytes) -> bool {
+    /// find its messages in the store when it syncs.
+    pub(crate) fn push(&self, frame: Bytes) -> Pushed {
         match self.out.try_send(frame) {
-            Ok(()) => true,
+            Ok(()) => Pushed::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.conn.close(CLOSE_SLOW_READER.into(), b"slow reader");
-                false
+                Pushed::SlowReader
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => Pushed::Gone,
         }
     }
 }

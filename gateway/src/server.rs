@@ -17,11 +17,13 @@ use tokio::task::JoinSet;
 use crate::auth::TokenVerifier;
 use crate::config::GatewayConfig;
 use crate::fanout::Fanout;
+use crate::metrics::Metrics;
 use crate::registry::{Device, Registry};
 use crate::session::{error_frame, Limits, Session};
 
 struct Shared {
     store: Store,
+    metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     verifier: TokenVerifier,
     limits: Limits,
@@ -45,6 +47,7 @@ pub struct Gateway {
     shards: Vec<std::thread::JoinHandle<()>>,
     store: Store,
     shared: Arc<Shared>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// Kernel socket buffer asked for on each shard's UDP socket, so that a burst of handshakes is
@@ -68,9 +71,11 @@ impl Gateway {
     pub async fn start(config: GatewayConfig) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
         let registry = Arc::new(Registry::default());
+        let metrics = Arc::new(Metrics::new());
         let mut store_cfg = StoreConfig::new(&config.store_dir);
         store_cfg.listener = Some(Arc::new(Fanout {
             registry: registry.clone(),
+            metrics: metrics.clone(),
         }));
         let store = Store::open(store_cfg)
             .with_context(|| format!("open store in {}", config.store_dir.display()))?;
@@ -103,6 +108,7 @@ impl Gateway {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             store: store.clone(),
+            metrics,
             registry,
             verifier: config.verifier,
             limits: Limits {
@@ -141,12 +147,24 @@ impl Gateway {
                 None => anyhow::bail!("a shard thread died while starting"),
             }
         }
+        let metrics_addr = match config.metrics {
+            Some(at) => {
+                let s = shared.clone();
+                let render = move || s.metrics.render(&shard_counts(&s), s.store.queue_depth());
+                let bound = crate::metrics::serve(at, render, shutdown_tx.subscribe())
+                    .await
+                    .with_context(|| format!("bind metrics on {at}"))?;
+                Some(bound)
+            }
+            None => None,
+        };
         Ok(Self {
             addr,
             shutdown: shutdown_tx,
             shards: threads,
             store,
             shared,
+            metrics_addr,
         })
     }
 
@@ -157,11 +175,12 @@ impl Gateway {
 
     /// Open connections on each shard.
     pub fn shard_connections(&self) -> Vec<usize> {
-        self.shared
-            .shard_connections
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect()
+        shard_counts(&self.shared)
+    }
+
+    /// Where metrics are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Graceful shutdown: stop accepting, let in-flight sends commit and be acknowledged (up to
@@ -177,6 +196,14 @@ impl Gateway {
         .await;
         self.store.close().await;
     }
+}
+
+fn shard_counts(shared: &Shared) -> Vec<usize> {
+    shared
+        .shard_connections
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .collect()
 }
 
 fn run_shard(
@@ -229,6 +256,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shard: usiz
                 let Some(incoming) = incoming else { break };
                 if shared.connections.fetch_add(1, Ordering::Relaxed) >= shared.max_connections {
                     shared.connections.fetch_sub(1, Ordering::Relaxed);
+                    shared.metrics.refused.inc();
                     incoming.refuse();
                     continue;
                 }
@@ -376,6 +404,7 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
                 code,
                 reason,
             }) => {
+                shared.metrics.refused.inc();
                 close_with(&conn, out, writer, frame, code, reason).await;
                 return Ok(());
             }
@@ -388,6 +417,7 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
         shared.store.clone(),
         out.clone(),
         shared.limits,
+        shared.metrics.clone(),
     );
     let welcome = Frame::Welcome(Welcome {
         request_id: hello_request_id,
@@ -401,6 +431,7 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
     });
     // Welcome goes out before registration makes the device visible to fanout, so it comes first.
     out.send(welcome.to_bytes()).await.ok();
+    shared.metrics.handshakes.inc();
     shared.registry.register(
         &claims.user,
         Device {
@@ -458,6 +489,8 @@ async fn serve(session: &Session, reader: &mut FrameReader, shared: &Shared) -> 
         tokio::select! {
             frame = reader.next() => match frame {
                 Ok(Some(f)) => {
+                    shared.metrics.frames_in.inc();
+                    shared.metrics.bytes_in.inc_by(f.encoded_len() as u64);
                     if session.handle(f).await.is_err() {
                         return Ended::Lost;
                     }

@@ -19,6 +19,8 @@ use courier_wire::frame::{
 use courier_wire::{Codec, ErrorCode, Frame, HEADER_LEN};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::metrics::Metrics;
+
 /// Most messages in one sync page.
 const MAX_SYNC_PAGE: u32 = 1000;
 
@@ -53,6 +55,7 @@ pub(crate) struct Session {
     out: mpsc::Sender<Bytes>,
     limits: Limits,
     inflight: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Session {
@@ -62,6 +65,7 @@ impl Session {
         store: Store,
         out: mpsc::Sender<Bytes>,
         limits: Limits,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let inflight = Arc::new(Semaphore::new(limits.max_inflight as usize));
         Self {
@@ -71,10 +75,12 @@ impl Session {
             out,
             limits,
             inflight,
+            metrics,
         }
     }
 
     async fn reply(&self, frame: Bytes) -> Result<(), Disconnected> {
+        self.metrics.frame_out(frame.len());
         self.out.send(frame).await.map_err(|_| Disconnected)
     }
 
@@ -216,7 +222,7 @@ impl Session {
             Ok(t) => t,
             Err(e) => return self.store_error(request_id, &e).await,
         };
-        let out = self.out.clone();
+        let (out, metrics) = (self.out.clone(), self.metrics.clone());
         let (user, client_msg_id) = (self.user.clone(), f.client_msg_id);
         tokio::spawn(async move {
             let frame = match ticket.wait().await {
@@ -236,6 +242,7 @@ impl Session {
                     error_frame(request_id, e.code(), e.to_string())
                 }
             };
+            metrics.frame_out(frame.len());
             let _ = out.send(frame).await;
             drop(permit);
         });
@@ -404,7 +411,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(StoreConfig::new(dir.path())).unwrap();
         let (tx, mut rx) = mpsc::channel(16);
-        let s = Session::new("alice".into(), 1, store.clone(), tx, limits());
+        let s = Session::new(
+            "alice".into(),
+            1,
+            store.clone(),
+            tx,
+            limits(),
+            Arc::default(),
+        );
 
         s.handle(Frame::CreateChat(CreateChat {
             request_id: 1,

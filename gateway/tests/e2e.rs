@@ -375,3 +375,65 @@ async fn a_send_whose_ack_was_lost_is_retried_on_a_new_connection_without_a_seco
     );
     server.gateway.shutdown().await;
 }
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The value of a sample line `name value` (labels included in `name`), if present.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_in_prometheus_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), |c| {
+        c.metrics = Some("127.0.0.1:0".parse().unwrap());
+        c.shards = 2;
+    })
+    .await;
+    let addr = server.gateway.metrics_addr().expect("metrics served");
+    let (alice, _) = server.connect("alice", 1).await;
+    let (_bob, mut bob_events) = server.connect("bob", 1).await;
+    let chat = alice.create_direct_chat("bob").await.unwrap();
+    for i in 0..10 {
+        alice.send(chat.chat_id, body(i)).await.unwrap();
+    }
+    for _ in 0..10 {
+        next_message(&mut bob_events).await;
+    }
+    assert!(server.try_connect("forged").await.is_err());
+
+    let response = http_get(addr, "/metrics").await;
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    let text = &response[response.find("\r\n\r\n").unwrap() + 4..];
+    let get = |name: &str| sample(text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+    assert_eq!(get("courier_messages_committed_total"), 10.0);
+    assert_eq!(get("courier_deliveries_total"), 10.0);
+    assert_eq!(get("courier_handshakes_total"), 2.0);
+    assert_eq!(get("courier_refused_total"), 1.0);
+    assert!(
+        get("courier_frames_in_total") >= 11.0,
+        "create and sends (Hello counts as a handshake)"
+    );
+    assert!(
+        get("courier_frames_out_total") >= 21.0,
+        "welcomes, chat info, acks, deliveries"
+    );
+    assert!(get("courier_commit_seconds_count") >= 1.0);
+    assert!(get("courier_resident_memory_bytes") > 1e6);
+    let open = get("courier_connections{shard=\"0\"}") + get("courier_connections{shard=\"1\"}");
+    assert_eq!(open, 2.0, "open connections by shard");
+    assert!(http_get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+    server.gateway.shutdown().await;
+}

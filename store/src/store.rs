@@ -53,6 +53,10 @@ pub struct Committed {
 pub trait CommitListener: Send + Sync + 'static {
     /// One committed batch.
     fn committed(&self, batch: &[Committed]);
+
+    /// Every successful commit: how many operations it held and how long the transaction took
+    /// (apply and durable commit). For metrics; the default does nothing.
+    fn batch_committed(&self, _operations: usize, _elapsed: Duration) {}
 }
 
 /// How to open a [`Store`].
@@ -317,6 +321,11 @@ impl Store {
                 return Ok(total);
             }
         }
+    }
+
+    /// Operations waiting in the writer's queue.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Whether this process is the engine's only writer.

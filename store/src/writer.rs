@@ -170,6 +170,7 @@ impl Writer {
         let shared = &*self.shared;
         let mut tries = 0;
         loop {
+            let (started, n) = (std::time::Instant::now(), ops.len());
             let now = shared.config.clock.now_ms();
             let result = shared.engine.begin().and_then(|t| {
                 let mut a = Attempt::new(t, shared, now);
@@ -196,8 +197,11 @@ impl Writer {
                     for (op, a) in ops.into_iter().zip(answers) {
                         answer(op, a);
                     }
-                    if let (Some(l), false) = (&shared.config.listener, committed.is_empty()) {
-                        l.committed(&committed);
+                    if let Some(l) = &shared.config.listener {
+                        l.batch_committed(n, started.elapsed());
+                        if !committed.is_empty() {
+                            l.committed(&committed);
+                        }
                     }
                     return;
                 }
