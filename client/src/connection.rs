@@ -75,17 +75,20 @@ impl Client {
         token: &str,
         version: u16,
     ) -> Result<(Self, Events), ClientError> {
-        let config = client_config(trust)?;
-        let bind: SocketAddr = if addr.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        }
-        .parse()
-        .expect("literal address");
-        let mut endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
-        endpoint.set_default_client_config(config);
+        let endpoint = client_endpoint(addr, trust)?;
+        Self::connect_via(&endpoint, addr, server_name, token, version).await
+    }
+
+    /// Connects through an existing endpoint (one UDP socket), so that many connections can
+    /// share a socket: a load generator holds 100K connections on a few sockets this way.
+    pub async fn connect_via(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        server_name: &str,
+        token: &str,
+        version: u16,
+    ) -> Result<(Self, Events), ClientError> {
+        let endpoint = endpoint.clone();
         let conn = endpoint
             .connect(addr, server_name)
             .map_err(|e| ClientError::Connect(e.to_string()))?
@@ -404,6 +407,21 @@ impl Client {
     pub fn close(&self) {
         self.conn.close(0u32.into(), b"bye");
     }
+}
+
+/// A client endpoint (one UDP socket) for servers of `addr`'s address family, trusting `trust`.
+pub fn client_endpoint(addr: SocketAddr, trust: &Trust) -> Result<quinn::Endpoint, ClientError> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("literal address");
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+    endpoint.set_default_client_config(client_config(trust)?);
+    Ok(endpoint)
 }
 
 /// A random 16-byte client message id.

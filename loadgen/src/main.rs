@@ -73,6 +73,74 @@ struct RunArgs {
     /// Prefix of user ids (runs with different prefixes do not share chats).
     #[arg(long, default_value = "lg")]
     prefix: String,
+    /// UDP sockets the users' connections are spread over.
+    #[arg(long, default_value_t = 16)]
+    sockets: usize,
+    /// Start `courier serve` on a temporary data dir for this run (ignores --server, --ca,
+    /// --issuer-key).
+    #[arg(long)]
+    spawn_gateway: bool,
+    /// The `courier` binary for --spawn-gateway (default: next to this one).
+    #[arg(long)]
+    courier: Option<PathBuf>,
+    /// Shards of the spawned gateway.
+    #[arg(long)]
+    gateway_shards: Option<usize>,
+    /// Also write the full report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// A gateway this run started, stopped (SIGTERM) when dropped.
+struct Spawned {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `courier serve` on 127.0.0.1 port 0 in a temporary data dir; points `args` at it.
+fn spawn_gateway(args: &mut RunArgs) -> anyhow::Result<Spawned> {
+    use std::io::BufRead;
+    let courier = match &args.courier {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("courier"),
+    };
+    let dir = tempfile::tempdir()?;
+    let mut cmd = std::process::Command::new(&courier);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path());
+    if let Some(n) = args.gateway_shards {
+        cmd.args(["--shards", &n.to_string()]);
+    }
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {}", courier.display()))?;
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            anyhow::bail!("{} exited before listening", courier.display());
+        };
+        if let Some(rest) = line?.strip_prefix("courier listening on ") {
+            break rest.split(' ').next().unwrap_or_default().parse()?;
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    args.server = addr;
+    args.ca = dir.path().join("tls/cert.pem");
+    args.issuer_key = dir.path().join("issuer.key");
+    args.insecure = false;
+    eprintln!("spawned {} on {addr}", courier.display());
+    Ok(Spawned { child, _dir: dir })
 }
 
 fn now_us() -> u64 {
@@ -118,7 +186,13 @@ async fn main() {
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn run(mut args: RunArgs) -> anyhow::Result<()> {
+    let _gateway = if args.spawn_gateway {
+        Some(spawn_gateway(&mut args)?)
+    } else {
+        None
+    };
+    anyhow::ensure!(args.sockets >= 1, "--sockets must be at least 1");
     anyhow::ensure!(
         args.users >= 2 && args.users.is_multiple_of(2),
         "--users must be an even number of at least 2"
@@ -217,7 +291,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for r in receivers {
         r.abort();
     }
-    report(&args, &stats);
+    report(&args, &stats)?;
     Ok(())
 }
 
@@ -305,7 +379,7 @@ async fn receive(mut events: Events, stats: Arc<Stats>) {
     }
 }
 
-fn report(args: &RunArgs, stats: &Stats) {
+fn report(args: &RunArgs, stats: &Stats) -> anyhow::Result<()> {
     let secs = args.duration as f64;
     let acked = stats.acked.load(Ordering::Relaxed);
     let delivered = stats.delivered.load(Ordering::Relaxed);
@@ -380,4 +454,33 @@ fn report(args: &RunArgs, stats: &Stats) {
         e2e.value_at_quantile(0.99),
         e2e.value_at_quantile(0.999),
     );
+    if let Some(path) = &args.json {
+        let hist = |h: &Histogram<u64>| {
+            format!(
+                "{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{},\"count\":{}}}",
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.9),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max(),
+                h.len()
+            )
+        };
+        let json = format!(
+            "{{\"mode\":\"run\",\"users\":{},\"chats\":{},\"window\":{},\"body_bytes\":{},\"warmup_s\":{},\"duration_s\":{},\"sockets\":{},\"acked\":{acked},\"delivered\":{delivered},\"acked_per_s\":{:.1},\"delivered_per_s\":{:.1},\"send_to_sendok_us\":{},\"send_to_deliver_us\":{},\"lost\":{lost},\"dup\":{dup},\"gaps\":{gaps},\"out_of_order\":{ooo},\"errors\":{errors}}}\n",
+            args.users,
+            args.users / 2,
+            args.window,
+            args.body,
+            args.warmup,
+            args.duration,
+            args.sockets,
+            acked as f64 / secs,
+            delivered as f64 / secs,
+            hist(&ack),
+            hist(&e2e),
+        );
+        std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
 }
