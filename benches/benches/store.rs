@@ -14,9 +14,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// A request with a UUIDv7 client message id, as the SDK makes them (time plus randomness;
+/// a hash of a counter stands in for the randomness).
 fn request(chat: u64, sender: &str) -> AppendRequest {
-    let mut id = [0u8; 16];
-    id[..4].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    let n = u64::from(NEXT.fetch_add(1, Ordering::Relaxed)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&n.to_be_bytes());
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let id = courier_wire::uuid_v7(ms, random);
     AppendRequest {
         sender_user: sender.to_owned(),
         sender_device: 1,

@@ -424,14 +424,18 @@ pub fn client_endpoint(addr: SocketAddr, trust: &Trust) -> Result<quinn::Endpoin
     Ok(endpoint)
 }
 
-/// A random 16-byte client message id.
+/// A fresh client message id: a UUIDv7 (time-ordered, 74 random bits), which the store can
+/// file as an append.
 pub fn new_client_msg_id() -> [u8; 16] {
     use ring::rand::SecureRandom;
-    let mut id = [0u8; 16];
+    let mut random = [0u8; 10];
     ring::rand::SystemRandom::new()
-        .fill(&mut id)
+        .fill(&mut random)
         .expect("system randomness");
-    id
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    courier_wire::uuid_v7(ms, random)
 }
 
 fn close_reason(conn: &quinn::Connection) -> String {

@@ -12,7 +12,7 @@ pub mod tag {
     pub const LAST_SEQ: u8 = b'S';
     /// `C chat` -> chat record.
     pub const CHAT: u8 = b'C';
-    /// `D user client_msg_id` -> dedupe record.
+    /// `D form client_msg_id user` -> dedupe record.
     pub const DEDUPE: u8 = b'D';
     /// `P user user` -> direct chat id of a user pair.
     pub const PAIR: u8 = b'P';
@@ -65,12 +65,19 @@ pub fn chat(chat: u64) -> Vec<u8> {
     k
 }
 
-/// `D user client_msg_id`.
+/// `D form client_msg_id user`: form 1 for time-ordered (UUIDv7) ids, 2 for any other id.
+/// Leading with the id makes a time-ordered id's record land at the end of the keyspace (an
+/// append, not a random insert); the form byte keeps other ids out of that range.
 pub fn dedupe(sender: &str, client_msg_id: &[u8; 16]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(18 + sender.len());
+    let mut k = Vec::with_capacity(19 + sender.len());
     k.push(tag::DEDUPE);
-    user(&mut k, sender);
+    k.push(if courier_wire::uuid_v7_millis(client_msg_id).is_some() {
+        1
+    } else {
+        2
+    });
     k.extend_from_slice(client_msg_id);
+    user(&mut k, sender);
     k
 }
 

@@ -16,6 +16,9 @@ use crate::record::{self, Chat, DedupeRecord};
 use crate::store::{AppendRequest, Appended, Committed, Shared};
 use crate::{keys, StoreError};
 
+/// How far ahead of the server's clock a UUIDv7 client message id may be.
+const MAX_ID_AHEAD_MS: u64 = 86_400_000;
+
 /// Longest group name, in bytes.
 pub const MAX_GROUP_NAME: usize = 128;
 
@@ -165,6 +168,12 @@ impl<'a> Attempt<'a> {
     }
 
     pub(crate) fn append(&mut self, req: &AppendRequest) -> OpResult<Appended> {
+        // A time-ordered id claiming a time far ahead would keep its dedupe record past retention.
+        if courier_wire::uuid_v7_millis(&req.client_msg_id)
+            .is_some_and(|ms| ms > self.now + MAX_ID_AHEAD_MS)
+        {
+            return invalid("client_msg_id is a UUIDv7 more than a day in the future");
+        }
         let Some(chat) = self.member_chat(&req.sender_user, req.chat_id)? else {
             return Ok(Err(StoreError::Forbidden));
         };

@@ -61,3 +61,38 @@ mod tests {
         assert!(!super::valid_user_id(&"x".repeat(65)));
     }
 }
+
+/// A time-ordered client message id (UUID version 7): 48-bit Unix milliseconds, version and
+/// variant bits, and 74 caller-supplied random bits. Clients should use these: the store keeps
+/// dedupe records in id order, so time-ordered ids make every send's record an append.
+pub fn uuid_v7(unix_ms: u64, random: [u8; 10]) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
+    id[6..].copy_from_slice(&random);
+    id[6] = 0x70 | (id[6] & 0x0f);
+    id[8] = 0x80 | (id[8] & 0x3f);
+    id
+}
+
+/// The Unix milliseconds of a version 7 id, or `None` for ids of another form.
+pub fn uuid_v7_millis(id: &[u8; 16]) -> Option<u64> {
+    if id[6] >> 4 != 7 || id[8] >> 6 != 0b10 {
+        return None;
+    }
+    let mut ms = [0u8; 8];
+    ms[2..].copy_from_slice(&id[..6]);
+    Some(u64::from_be_bytes(ms))
+}
+
+#[cfg(test)]
+mod uuid_tests {
+    #[test]
+    fn v7_round_trip_and_order() {
+        let a = super::uuid_v7(1_764_500_000_000, [0xff; 10]);
+        let b = super::uuid_v7(1_764_500_000_001, [0; 10]);
+        assert_eq!(super::uuid_v7_millis(&a), Some(1_764_500_000_000));
+        assert!(a < b, "ids sort by time");
+        assert_eq!(super::uuid_v7_millis(&[0; 16]), None);
+        assert_eq!(super::uuid_v7_millis(&[7; 16]), None);
+    }
+}
