@@ -184,9 +184,28 @@ pub async fn history_pages_both_ways_for_members_only(h: &dyn Harness) {
         store.create_direct("alice", "bad id").await,
         Err(StoreError::Invalid(_))
     ));
+    // A time-ordered id claiming to be from two days ahead is refused; one from now is fine.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut ahead = msg("alice", chat.id, 77);
+    ahead.client_msg_id = courier_wire::uuid_v7(now + 2 * 86_400_000, [1; 10]);
+    assert!(matches!(
+        store.append(ahead).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let mut fine = msg("alice", chat.id, 78);
+    fine.client_msg_id = courier_wire::uuid_v7(now, [2; 10]);
+    let first = store.append(fine.clone()).await.unwrap();
+    assert!(
+        store.append(fine).await.unwrap().duplicate,
+        "UUIDv7 ids deduplicate too"
+    );
+    assert_eq!(first.seq, 11);
     assert_eq!(
         store.last_seq(chat.id).unwrap(),
-        10,
+        11,
         "refused appends take no seq"
     );
     store.close().await;
