@@ -77,6 +77,8 @@ pub(crate) struct Attempt<'a> {
     /// Chats created or changed in this attempt (the cache learns them only after commit).
     pub(crate) changed: HashMap<u64, Arc<Chat>>,
     pub(crate) committed: Vec<Committed>,
+    /// The last seq of each chat appended to in this attempt; written once, by `finish`.
+    last_seqs: HashMap<u64, u64>,
 }
 
 fn invalid<T>(msg: impl Into<String>) -> OpResult<T> {
@@ -98,6 +100,25 @@ impl<'a> Attempt<'a> {
             now,
             changed: HashMap::new(),
             committed: Vec::new(),
+            last_seqs: HashMap::new(),
+        }
+    }
+
+    /// A chat's last seq, as of this attempt.
+    fn last_seq(&mut self, chat: u64) -> Result<u64, KvError> {
+        if let Some(&s) = self.last_seqs.get(&chat) {
+            return Ok(s);
+        }
+        Ok(get_u64(&mut *self.t, &keys::last_seq(chat))?.unwrap_or(0))
+    }
+
+    /// Writes each touched chat's last seq and this hour's retention entry, once per chat
+    /// rather than once per message. Call before committing.
+    pub(crate) fn finish(&mut self) {
+        let hour = keys::hour_of(self.now);
+        for (&chat, &seq) in &self.last_seqs {
+            self.t.set(&keys::last_seq(chat), &seq.to_be_bytes());
+            self.t.set(&keys::time(hour, chat), &seq.to_be_bytes());
         }
     }
 
@@ -128,8 +149,7 @@ impl<'a> Attempt<'a> {
         also_notify: Vec<String>,
     ) -> Result<Appended, KvError> {
         let id = chat.id;
-        let seq = get_u64(&mut *self.t, &keys::last_seq(id))?.unwrap_or(0) + 1;
-        let hour = keys::hour_of(self.now);
+        let seq = self.last_seq(id)? + 1;
         if dedupe {
             let d = DedupeRecord {
                 chat_id: id,
@@ -152,8 +172,7 @@ impl<'a> Attempt<'a> {
         };
         self.t
             .set(&keys::message(id, seq), &record::encode_message(&message));
-        self.t.set(&keys::last_seq(id), &seq.to_be_bytes());
-        self.t.set(&keys::time(hour, id), &seq.to_be_bytes());
+        self.last_seqs.insert(id, seq);
         self.committed.push(Committed {
             chat,
             message,
@@ -417,7 +436,7 @@ impl<'a> Attempt<'a> {
         if self.member_chat(user, chat_id)?.is_none() {
             return Ok(Err(StoreError::Forbidden));
         }
-        let last = get_u64(&mut *self.t, &keys::last_seq(chat_id))?.unwrap_or(0);
+        let last = self.last_seq(chat_id)?;
         let key = keys::position(user, device, chat_id);
         let current = get_u64(&mut *self.t, &key)?.unwrap_or(0);
         let seq = seq.min(last);

@@ -178,6 +178,7 @@ impl Writer {
                     .iter()
                     .map(|op| run_op(&mut a, op))
                     .collect::<Result<Vec<_>, _>>()?;
+                a.finish();
                 let Attempt {
                     t,
                     changed,
