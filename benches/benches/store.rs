@@ -47,20 +47,22 @@ async fn append_all(store: &Store, requests: impl Iterator<Item = AppendRequest>
     }
 }
 
-fn open(dir: &std::path::Path) -> Store {
-    let mut cfg = StoreConfig::new(dir);
-    cfg.sweep_interval = None;
-    Store::open(cfg).unwrap()
-}
-
-fn append(c: &mut Criterion) {
+/// A runtime and a store in a fresh directory (kept alive by the returned guard).
+fn setup() -> (tokio::runtime::Runtime, tempfile::TempDir, Store) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let mut cfg = StoreConfig::new(dir.path());
+    cfg.sweep_interval = None;
+    let store = Store::open(cfg).unwrap();
+    (rt, dir, store)
+}
+
+fn append(c: &mut Criterion) {
+    let (rt, _dir, store) = setup();
     // 64 chats, so a batch spreads over several chats as real traffic does.
     let chats: Vec<u64> = rt.block_on(async {
         let mut v = Vec::new();
@@ -98,13 +100,7 @@ fn append(c: &mut Criterion) {
 }
 
 fn sync(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let (rt, _dir, store) = setup();
     // A user in 100 chats with 100 messages each.
     rt.block_on(async {
         for i in 0..100 {
