@@ -1,0 +1,192 @@
+//! The gateway under test: where it is, how to trust it, how to mint tokens for it, and (with
+//! `--spawn-gateway`) starting one on a temporary data dir for the run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use courier_client::{Client, Events, Trust};
+use courier_gateway::auth::{Claims, IssuerKey};
+
+/// Where the gateway is and how to reach it.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct Target {
+    /// Gateway address.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    pub(crate) server: SocketAddr,
+    /// Certificate file to trust.
+    #[arg(long, default_value = "./courier-data/tls/cert.pem")]
+    pub(crate) ca: PathBuf,
+    /// Accept any certificate (insecure).
+    #[arg(long)]
+    pub(crate) insecure: bool,
+    /// Issuer private key used to mint the users' tokens.
+    #[arg(long, default_value = "./courier-data/issuer.key")]
+    pub(crate) issuer_key: PathBuf,
+    /// The gateway's metrics address (host:port), to read its memory use.
+    #[arg(long)]
+    pub(crate) metrics: Option<SocketAddr>,
+    /// UDP sockets the simulated users' connections are spread over.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) sockets: usize,
+    /// Prefix of user ids (runs with different prefixes do not share chats).
+    #[arg(long, default_value = "lg")]
+    pub(crate) prefix: String,
+    /// Start `courier serve` on a temporary data dir for this run (then --server, --ca,
+    /// --issuer-key and --metrics point at it).
+    #[arg(long)]
+    pub(crate) spawn_gateway: bool,
+    /// The `courier` binary for --spawn-gateway (default: next to this one).
+    #[arg(long)]
+    pub(crate) courier: Option<PathBuf>,
+    /// Shards of the spawned gateway.
+    #[arg(long)]
+    pub(crate) gateway_shards: Option<usize>,
+}
+
+/// A gateway this run started, stopped (SIGTERM) when dropped.
+pub(crate) struct Spawned {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connected users: one QUIC connection each, spread over a few UDP sockets.
+pub(crate) struct Users {
+    key: IssuerKey,
+    endpoints: Vec<quinn::Endpoint>,
+    server: SocketAddr,
+    prefix: String,
+    expires_at: u64,
+}
+
+impl Target {
+    /// Starts the gateway if asked to; the returned guard stops it.
+    pub(crate) fn prepare(&mut self) -> anyhow::Result<Option<Spawned>> {
+        anyhow::ensure!(self.sockets >= 1, "--sockets must be at least 1");
+        if !self.spawn_gateway {
+            return Ok(None);
+        }
+        self.spawn().map(Some)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<Spawned> {
+        use std::io::BufRead;
+        let courier = match &self.courier {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name("courier"),
+        };
+        let dir = tempfile::tempdir()?;
+        let mut cmd = std::process::Command::new(&courier);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path());
+        if let Some(n) = self.gateway_shards {
+            cmd.args(["--shards", &n.to_string()]);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", courier.display()))?;
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        let addr = loop {
+            let Some(line) = lines.next() else {
+                anyhow::bail!("{} exited before listening", courier.display());
+            };
+            let line = line?;
+            if let Some(rest) = line.strip_prefix("metrics on http://") {
+                self.metrics = Some(rest.trim_end_matches("/metrics").parse()?);
+            }
+            if let Some(rest) = line.strip_prefix("courier listening on ") {
+                break rest.split(' ').next().unwrap_or_default().parse()?;
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        self.server = addr;
+        self.ca = dir.path().join("tls/cert.pem");
+        self.issuer_key = dir.path().join("issuer.key");
+        self.insecure = false;
+        eprintln!("spawned {} on {addr}", courier.display());
+        Ok(Spawned { child, _dir: dir })
+    }
+
+    /// Ready to connect users.
+    pub(crate) fn users(&self) -> anyhow::Result<Users> {
+        let trust = if self.insecure {
+            Trust::InsecureAcceptAnyCertificate
+        } else {
+            Trust::File(self.ca.clone())
+        };
+        let endpoints = (0..self.sockets)
+            .map(|_| courier_client::connection::client_endpoint(self.server, &trust))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Users {
+            key: IssuerKey::read_file(&self.issuer_key)?,
+            endpoints,
+            server: self.server,
+            prefix: self.prefix.clone(),
+            expires_at: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600,
+        })
+    }
+
+    /// The gateway's resident memory, from its metrics.
+    pub(crate) async fn gateway_memory(&self) -> Option<u64> {
+        let text = scrape(self.metrics?).await.ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("courier_resident_memory_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    }
+}
+
+impl Users {
+    /// The id of user `i`.
+    pub(crate) fn name(&self, i: usize) -> String {
+        format!("{}{i}", self.prefix)
+    }
+
+    /// Connects user `i` (on socket `i % sockets`).
+    pub(crate) async fn connect(&self, i: usize) -> anyhow::Result<(Client, Events)> {
+        let token = self.key.mint(&Claims {
+            user: self.name(i),
+            device: 1,
+            expires_at: self.expires_at,
+        });
+        let endpoint = &self.endpoints[i % self.endpoints.len()];
+        Client::connect_via(
+            endpoint,
+            self.server,
+            "localhost",
+            &token,
+            courier_wire::PROTOCOL_VERSION,
+        )
+        .await
+        .with_context(|| format!("connect user {i}"))
+    }
+}
+
+async fn scrape(addr: SocketAddr) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
