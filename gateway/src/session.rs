@@ -254,16 +254,16 @@ impl Session {
         request_id: u32,
         chat: &courier_store::Chat,
     ) -> Result<(), Disconnected> {
+        let seen = match self.store.user_positions(&self.user) {
+            Ok(p) => p,
+            Err(e) => return self.store_error(request_id, &e).await,
+        };
         match self.store.last_seq(chat.id) {
             Ok(last) => {
-                self.reply(
-                    Frame::ChatInfo(ChatInfo {
-                        request_id,
-                        chat: chat.summary(last, 0),
-                    })
-                    .to_bytes(),
-                )
-                .await
+                let unread = last.saturating_sub(seen.get(&chat.id).copied().unwrap_or(0));
+                let chat = chat.summary(last, unread);
+                self.reply(Frame::ChatInfo(ChatInfo { request_id, chat }).to_bytes())
+                    .await
             }
             Err(e) => self.store_error(request_id, &e).await,
         }
@@ -281,11 +281,18 @@ impl Session {
             Ok(c) => c,
             Err(e) => return self.store_error(request_id, &e).await,
         };
+        let seen = match self.store.user_positions(&self.user) {
+            Ok(p) => p,
+            Err(e) => return self.store_error(request_id, &e).await,
+        };
         let more = chats.len() > limit;
         let chats: Vec<_> = chats
             .into_iter()
             .take(limit)
-            .map(|(c, last)| c.summary(last, 0))
+            .map(|(c, last)| {
+                let unread = last.saturating_sub(seen.get(&c.id).copied().unwrap_or(0));
+                c.summary(last, unread)
+            })
             .collect();
         let next_after = if more {
             chats.last().map(|c| c.chat_id)

@@ -169,9 +169,25 @@ async fn membership_changes_are_messages_and_removed_members_stop_receiving() {
     let list = bob.list_chats(0, 10).await.unwrap();
     assert_eq!(list.chats.len(), 1);
     assert_eq!(
-        (list.chats[0].name.as_str(), list.chats[0].last_seq),
-        ("road trip", 4)
+        (
+            list.chats[0].name.as_str(),
+            list.chats[0].last_seq,
+            list.chats[0].unread
+        ),
+        ("road trip", 4, 4)
     );
+    // Unread counts what none of the user's devices has acknowledged.
+    bob.ack(g.chat_id, 3).await.unwrap();
+    bob.ping().await.unwrap();
+    let mut unread = 0;
+    for _ in 0..50 {
+        unread = bob.get_chat(g.chat_id).await.unwrap().unread;
+        if unread == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(unread, 1);
     assert_eq!(
         dave.get_chat(g.chat_id).await.unwrap_err().code(),
         Some(ErrorCode::FORBIDDEN)

@@ -117,6 +117,14 @@ pub fn next_chat() -> Vec<u8> {
     vec![tag::NEXT_CHAT]
 }
 
+/// `A user`: the prefix of the positions of all of a user's devices.
+pub fn position_user_prefix(u: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + u.len());
+    k.push(tag::POSITION);
+    user(&mut k, u);
+    k
+}
+
 /// `A user device`: the prefix of one device's positions.
 pub fn position_prefix(u: &str, device: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(14 + u.len());

@@ -72,6 +72,24 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// Per chat, the furthest position any device of `user` acknowledged: what the user has
+    /// seen. (`unread` in chat summaries is the chat's last seq minus this.)
+    pub fn user_positions(&self, user: &str) -> Result<HashMap<u64, u64>, StoreError> {
+        let prefix = keys::position_user_prefix(user);
+        let pairs = self
+            .read_txn()?
+            .scan(&prefix, &keys::prefix_end(&prefix), MAX_MEMBERSHIPS, false)
+            .map_err(engine_err)?;
+        let mut out: HashMap<u64, u64> = HashMap::new();
+        for (k, v) in pairs {
+            if let (Some(chat), Ok(seq)) = (keys::member_chat(&k), record::decode_u64(&v)) {
+                let e = out.entry(chat).or_insert(0);
+                *e = (*e).max(seq);
+            }
+        }
+        Ok(out)
+    }
+
     /// The position a device acknowledged in a chat (0 when none).
     pub fn position(&self, user: &str, device: u32, chat: u64) -> Result<u64, StoreError> {
         let key = keys::position(user, device, chat);

@@ -395,6 +395,13 @@ pub async fn sync_resumes_from_positions_and_pages(h: &dyn Harness) {
     assert_eq!(store.ack("bob", 1, a.id, 3).await.unwrap(), 3);
     assert_eq!(store.ack("bob", 1, a.id, 2).await.unwrap(), 3);
     assert_eq!(store.ack("bob", 1, b.id, 99).await.unwrap(), 5);
+    assert_eq!(store.ack("bob", 9, a.id, 4).await.unwrap(), 4);
+    let seen = store.user_positions("bob").unwrap();
+    assert_eq!(
+        (seen[&a.id], seen[&b.id]),
+        (4, 5),
+        "the furthest of the user's devices"
+    );
     assert!(matches!(
         store.ack("mallory", 1, a.id, 1).await,
         Err(StoreError::Forbidden)
