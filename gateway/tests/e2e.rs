@@ -10,6 +10,7 @@ use bytes::Bytes;
 use common::{body, next_message, TestServer};
 use courier_client::Event;
 use courier_gateway::auth::{Claims, IssuerKey};
+use courier_gateway::metrics::{http_get, sample};
 use courier_wire::frame::{Direction, Hello, MessageKind, Ping, Send};
 use courier_wire::{ErrorCode, Frame, Header};
 use tokio::sync::Semaphore;
@@ -83,22 +84,10 @@ async fn two_hundred_messages_arrive_in_order_and_survive_a_restart() {
 
     let server = TestServer::start(dir.path()).await;
     let (bob, _) = server.connect("bob", 1).await;
-    let mut got = Vec::new();
-    let mut anchor = 0;
-    loop {
-        let page = bob
-            .history(chat.chat_id, Direction::After, anchor, 64)
-            .await
-            .unwrap();
-        got.extend(page.messages.iter().map(|m| (m.seq, m.body.clone())));
-        anchor = page.messages.last().map_or(anchor, |m| m.seq);
-        if !page.more {
-            break;
-        }
-    }
+    let got = common::all_history(&bob, chat.chat_id, 64).await;
     assert_eq!(got.len(), 200);
-    for (seq, b) in got {
-        assert_eq!(b, body_of_seq[&seq]);
+    for m in got {
+        assert_eq!(m.body, body_of_seq[&m.seq]);
     }
     let next = bob
         .send(chat.chat_id, Bytes::from_static(b"after restart"))
@@ -376,24 +365,6 @@ async fn a_send_whose_ack_was_lost_is_retried_on_a_new_connection_without_a_seco
     server.gateway.shutdown().await;
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
-/// The value of a sample line `name value` (labels included in `name`), if present.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_served_in_prometheus_text() {
     let dir = tempfile::tempdir().unwrap();
@@ -414,7 +385,7 @@ async fn metrics_are_served_in_prometheus_text() {
     }
     assert!(server.try_connect("forged").await.is_err());
 
-    let response = http_get(addr, "/metrics").await;
+    let response = http_get(addr, "/metrics").await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     let text = &response[response.find("\r\n\r\n").unwrap() + 4..];
     let get = |name: &str| sample(text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"));
@@ -434,6 +405,9 @@ async fn metrics_are_served_in_prometheus_text() {
     assert!(get("courier_resident_memory_bytes") > 1e6);
     let open = get("courier_connections{shard=\"0\"}") + get("courier_connections{shard=\"1\"}");
     assert_eq!(open, 2.0, "open connections by shard");
-    assert!(http_get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+    assert!(http_get(addr, "/other")
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 404"));
     server.gateway.shutdown().await;
 }

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use courier_client::{Client, Events, Trust};
 use courier_gateway::auth::{Claims, IssuerKey};
+use courier_gateway::metrics::{http_get, sample};
 
 /// Where the gateway is and how to reach it.
 #[derive(clap::Args, Clone, Debug)]
@@ -147,11 +148,8 @@ impl Target {
 
     /// The gateway's resident memory, from its metrics.
     pub(crate) async fn gateway_memory(&self) -> Option<u64> {
-        let text = scrape(self.metrics?).await.ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("courier_resident_memory_bytes "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|v| v as u64)
+        let text = http_get(self.metrics?, "/metrics").await.ok()?;
+        sample(&text, "courier_resident_memory_bytes").map(|v| v as u64)
     }
 }
 
@@ -179,14 +177,4 @@ impl Users {
         .await
         .with_context(|| format!("connect user {i}"))
     }
-}
-
-async fn scrape(addr: SocketAddr) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
 }

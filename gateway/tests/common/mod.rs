@@ -188,6 +188,26 @@ pub async fn next_message(events: &mut Events) -> courier_wire::frame::Message {
     }
 }
 
+/// Every message of a chat, paging History forward `page` at a time.
+pub async fn all_history(
+    client: &Client,
+    chat: u64,
+    page: u32,
+) -> Vec<courier_wire::frame::Message> {
+    let mut out: Vec<courier_wire::frame::Message> = Vec::new();
+    loop {
+        let anchor = out.last().map_or(0, |m| m.seq);
+        let p = client
+            .history(chat, courier_wire::frame::Direction::After, anchor, page)
+            .await
+            .unwrap();
+        out.extend(p.messages);
+        if !p.more {
+            return out;
+        }
+    }
+}
+
 pub fn body(i: usize) -> Bytes {
     Bytes::from(format!("message number {i}"))
 }
