@@ -1,5 +1,6 @@
-//! Message-log throughput on the embedded engine: durable appends at batch sizes 1, 64 and 1024
-//! (each append complete: message, dedupe record, retention index, chat metadata), and sync reads.
+//! Message-log throughput on the embedded engine: durable appends in batches of 1, 64 and 1024
+//! (each append complete: message, dedupe record, retention index, chat metadata), 1024 single
+//! appends queued at once (group commit), and sync reads.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -8,11 +9,15 @@ use bytes::Bytes;
 use courier_store::{AppendRequest, Store, StoreConfig};
 use courier_wire::frame::MessageKind;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use futures::StreamExt;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Batches queued at a time in the batched append benches.
+const IN_FLIGHT: usize = 3;
 
 /// A request with a UUIDv7 client message id, as the SDK makes them (time plus randomness;
 /// a hash of a counter stands in for the randomness).
@@ -47,8 +52,9 @@ async fn append_all(store: &Store, requests: impl Iterator<Item = AppendRequest>
     }
 }
 
-/// A runtime and a store in a fresh directory (kept alive by the returned guard).
-fn setup() -> (tokio::runtime::Runtime, tempfile::TempDir, Store) {
+/// A runtime and a store in a fresh directory (kept alive by the returned guard), whose writer
+/// puts at most `max_batch` appends in one transaction.
+fn setup(max_batch: usize) -> (tokio::runtime::Runtime, tempfile::TempDir, Store) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -57,50 +63,98 @@ fn setup() -> (tokio::runtime::Runtime, tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = StoreConfig::new(dir.path());
     cfg.sweep_interval = None;
+    cfg.max_batch = max_batch;
     let store = Store::open(cfg).unwrap();
     (rt, dir, store)
 }
 
-fn append(c: &mut Criterion) {
-    let (rt, _dir, store) = setup();
-    // 64 chats, so a batch spreads over several chats as real traffic does.
-    let chats: Vec<u64> = rt.block_on(async {
+/// 64 direct chats of one sender, so a batch spreads over several chats as real traffic does.
+fn chats(rt: &tokio::runtime::Runtime, store: &Store) -> Vec<u64> {
+    rt.block_on(async {
         let mut v = Vec::new();
         for i in 0..64 {
-            v.push(
-                store
-                    .create_direct("sender", &format!("peer{i}"))
-                    .await
-                    .unwrap()
-                    .id,
-            );
+            let chat = store.create_direct("sender", &format!("peer{i}")).await;
+            v.push(chat.unwrap().id);
         }
         v
-    });
+    })
+}
+
+fn append(c: &mut Criterion) {
     let mut g = c.benchmark_group("store_append");
     g.measurement_time(Duration::from_secs(8));
-    for batch in [1usize, 64, 1024] {
-        g.throughput(Throughput::Elements(batch as u64));
+
+    // A lone append, waited for: the latency of one transaction and its fsync.
+    let (rt, _dir, store) = setup(4096);
+    let chat = chats(&rt, &store)[0];
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("batch_1", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    store.append(request(chat, "sender")).await.unwrap();
+                }
+                start.elapsed()
+            })
+        })
+    });
+    rt.block_on(store.close());
+
+    // A steady stream of transactions of exactly `batch` appends (`append_batch` calls, with
+    // IN_FLIGHT of them queued at a time as concurrent sessions queue them, so the writer builds
+    // one while the previous one commits). Each iteration streams 8 transactions.
+    for batch in [64usize, 1024] {
+        let (rt, _dir, store) = setup(batch);
+        let chats = chats(&rt, &store);
+        g.throughput(Throughput::Elements(8 * batch as u64));
         g.bench_function(format!("batch_{batch}"), |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        let requests =
-                            (0..batch).map(|i| request(chats[i % chats.len()], "sender"));
-                        append_all(&store, requests).await;
+                        let calls = (0..8).map(|_| {
+                            let requests = (0..batch)
+                                .map(|i| request(chats[i % chats.len()], "sender"))
+                                .collect();
+                            store.append_batch(requests)
+                        });
+                        let mut answers = futures::stream::iter(calls).buffer_unordered(IN_FLIGHT);
+                        while let Some(answer) = answers.next().await {
+                            answer.unwrap().into_iter().for_each(|a| {
+                                a.unwrap();
+                            });
+                        }
                     }
                     start.elapsed()
                 })
             })
         });
+        rt.block_on(store.close());
     }
+
+    // 1024 single sends queued at once, as sessions queue them: group commit batches them.
+    let (rt, _dir, store) = setup(4096);
+    let chats = chats(&rt, &store);
+    g.throughput(Throughput::Elements(1024));
+    g.bench_function("queued_1024", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let requests = (0..1024).map(|i| request(chats[i % chats.len()], "sender"));
+                    append_all(&store, requests).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
     g.finish();
     rt.block_on(store.close());
 }
 
 fn sync(c: &mut Criterion) {
-    let (rt, _dir, store) = setup();
+    let (rt, _dir, store) = setup(4096);
     // A user in 100 chats with 100 messages each.
     rt.block_on(async {
         for i in 0..100 {

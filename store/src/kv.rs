@@ -70,14 +70,47 @@ pub trait Txn {
     fn clear_range(&mut self, start: &[u8], end: &[u8]);
     /// Makes every write durable and visible, atomically.
     fn commit(self: Box<Self>) -> Result<(), KvError>;
+    /// Starts the commit and hands back the durable rest of it, to be finished on another
+    /// thread, so the next transaction can be built meanwhile. From this call on, transactions
+    /// begun on the engine read these writes as if committed; the engine must not be given a
+    /// second pipelined commit before this one is [finished](PendingCommit::finish).
+    ///
+    /// An engine that cannot split its commit commits here, and the handle has nothing left to
+    /// do (the default).
+    fn commit_pipelined(self: Box<Self>) -> Result<Box<dyn PendingCommit>, KvError> {
+        self.commit()?;
+        Ok(Box::new(Committed))
+    }
+}
+
+/// The durable rest of a [`Txn::commit_pipelined`].
+pub trait PendingCommit: Send {
+    /// Waits until the writes are durable. An error means they are not, and that transactions
+    /// that read them (begun since [`Txn::commit_pipelined`]) must not commit either: the engine
+    /// refuses them.
+    fn finish(self: Box<Self>) -> Result<(), KvError>;
+}
+
+/// A commit that already happened.
+struct Committed;
+
+impl PendingCommit for Committed {
+    fn finish(self: Box<Self>) -> Result<(), KvError> {
+        Ok(())
+    }
 }
 
 /// A storage engine: a source of transactions.
 pub trait Engine: Send + Sync + 'static {
     /// A short name for logs ("embedded", "fdb").
     fn name(&self) -> &'static str;
-    /// Starts a transaction.
+    /// Starts a transaction that reads only durable data (the readers' transaction).
     fn begin(&self) -> Result<Box<dyn Txn + '_>, KvError>;
+    /// Starts the writer's transaction: it also reads the writes of a pipelined commit still in
+    /// flight ([`Txn::commit_pipelined`]). The default is [`Engine::begin`].
+    fn begin_write(&self) -> Result<Box<dyn Txn + '_>, KvError> {
+        self.begin()
+    }
     /// True when this process is the engine's only writer, so caches of committed state stay
     /// true (the embedded engine); false when other processes write too (FoundationDB).
     fn exclusive(&self) -> bool;

@@ -246,6 +246,38 @@ impl Store {
         Ok(Ticket(rx))
     }
 
+    /// Appends several messages in one transaction (one commit, one fsync), in the order given;
+    /// returns once all are durable, with each one's own answer (an invalid or forbidden send
+    /// fails alone). A batch larger than the engine's transaction limit is split into
+    /// consecutive transactions.
+    pub async fn append_batch(
+        &self,
+        mut requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        let max = self
+            .shared
+            .engine
+            .max_batch()
+            .min(self.shared.config.max_batch)
+            .max(1);
+        let mut tickets = Vec::new();
+        while !requests.is_empty() {
+            let rest = requests.split_off(requests.len().min(max));
+            let chunk = std::mem::replace(&mut requests, rest);
+            let (reply, rx) = oneshot::channel();
+            self.tx
+                .send(Op::AppendBatch(chunk, reply))
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            tickets.push(Ticket(rx));
+        }
+        let mut out = Vec::new();
+        for t in tickets {
+            out.extend(t.wait().await?);
+        }
+        Ok(out)
+    }
+
     /// The direct chat of `a` and `b`, created if the pair has none.
     pub async fn create_direct(&self, a: &str, b: &str) -> Result<Arc<Chat>, StoreError> {
         let (a, b) = (a.to_owned(), b.to_owned());

@@ -13,13 +13,16 @@
 //!
 //! [`CommitListener`]: crate::CommitListener
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::kv::PendingCommit;
 use crate::ops::{Attempt, GroupChange, SweepStats};
 use crate::record::Chat;
-use crate::store::{AppendRequest, Appended, Shared};
+use crate::store::{AppendRequest, Appended, Committed, Shared};
 use crate::StoreError;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -27,6 +30,8 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// One queued write.
 pub(crate) enum Op {
     Append(AppendRequest, Reply<Appended>),
+    /// Several appends answered together; they share one transaction.
+    AppendBatch(Vec<AppendRequest>, Reply<Vec<Result<Appended, StoreError>>>),
     CreateDirect {
         a: String,
         b: String,
@@ -58,8 +63,24 @@ pub(crate) enum Op {
     Shutdown,
 }
 
+impl Op {
+    /// Appends only: these may be pipelined.
+    fn is_append(&self) -> bool {
+        matches!(self, Self::Append(..) | Self::AppendBatch(..))
+    }
+
+    /// How much of a batch this operation fills.
+    fn weight(&self) -> usize {
+        match self {
+            Self::AppendBatch(reqs, _) => reqs.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
 enum Answer {
     Appended(Result<Appended, StoreError>),
+    Batch(Vec<Result<Appended, StoreError>>),
     Chat(Result<Arc<Chat>, StoreError>),
     Seq(Result<u64, StoreError>),
     Sweep(Result<SweepStats, StoreError>),
@@ -69,6 +90,11 @@ enum Answer {
 fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, crate::kv::KvError> {
     Ok(match op {
         Op::Append(req, _) => Answer::Appended(a.append(req)?),
+        Op::AppendBatch(reqs, _) => Answer::Batch(
+            reqs.iter()
+                .map(|r| a.append(r))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
         Op::CreateDirect { a: x, b, .. } => Answer::Chat(a.create_direct(x, b)?),
         Op::CreateGroup {
             creator,
@@ -98,6 +124,7 @@ fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, crate::kv::KvError> {
 fn answer(op: Op, answer: Answer) {
     match (op, answer) {
         (Op::Append(_, tx), Answer::Appended(r)) => drop(tx.send(r)),
+        (Op::AppendBatch(_, tx), Answer::Batch(r)) => drop(tx.send(Ok(r))),
         (
             Op::CreateDirect { reply, .. }
             | Op::CreateGroup { reply, .. }
@@ -116,6 +143,7 @@ fn answer(op: Op, answer: Answer) {
 fn fail(op: Op, e: StoreError) {
     match op {
         Op::Append(_, tx) => drop(tx.send(Err(e))),
+        Op::AppendBatch(_, tx) => drop(tx.send(Err(e))),
         Op::CreateDirect { reply, .. }
         | Op::CreateGroup { reply, .. }
         | Op::UpdateGroup { reply, .. } => drop(reply.send(Err(e))),
@@ -129,50 +157,177 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
 }
 
+/// A batch whose transaction is built and whose commit is under way.
+struct Prepared {
+    ops: Vec<Op>,
+    answers: Vec<Answer>,
+    pending: Box<dyn PendingCommit>,
+    changed: HashMap<u64, Arc<Chat>>,
+    committed: Vec<Committed>,
+    started: Instant,
+}
+
+impl Prepared {
+    /// Waits for the commit to be durable, then answers the callers and tells the listener; or
+    /// fails every caller if it did not commit.
+    fn finish(self, shared: &Shared) {
+        let Self {
+            ops,
+            answers,
+            pending,
+            changed,
+            committed,
+            started,
+        } = self;
+        let n = ops.len();
+        if let Err(e) = pending.finish() {
+            tracing::error!("commit of a batch of {n} failed: {e}");
+            let err = StoreError::Engine(e.to_string());
+            for op in ops {
+                fail(op, err.clone());
+            }
+            return;
+        }
+        if shared.engine.exclusive() {
+            for (id, chat) in changed {
+                shared.chats.insert(id, chat);
+            }
+        }
+        for (op, a) in ops.into_iter().zip(answers) {
+            answer(op, a);
+        }
+        if let Some(l) = &shared.config.listener {
+            l.batch_committed(n, started.elapsed());
+            if !committed.is_empty() {
+                l.committed(&committed);
+            }
+        }
+    }
+}
+
+/// Where prepared batches go: a commit thread, so the next batch is built while this one is
+/// made durable (at most one in flight), or inline when no thread could be started.
+enum Committer {
+    Thread {
+        batches: std_mpsc::SyncSender<Prepared>,
+        done: std_mpsc::Receiver<()>,
+        outstanding: bool,
+    },
+    Inline,
+}
+
+impl Committer {
+    /// Waits until no commit is in flight.
+    fn idle(&mut self) {
+        if let Self::Thread {
+            done, outstanding, ..
+        } = self
+        {
+            if *outstanding {
+                // An error means the commit thread is gone; nothing is in flight then either.
+                let _ = done.recv();
+                *outstanding = false;
+            }
+        }
+    }
+
+    fn submit(&mut self, p: Prepared, shared: &Shared) {
+        match self {
+            Self::Thread {
+                batches,
+                outstanding,
+                ..
+            } => match batches.send(p) {
+                Ok(()) => *outstanding = true,
+                Err(std_mpsc::SendError(p)) => p.finish(shared),
+            },
+            Self::Inline => p.finish(shared),
+        }
+    }
+}
+
 impl Writer {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
 
     pub(crate) fn run(self, mut rx: mpsc::Receiver<Op>) {
-        let max_batch = self
-            .shared
+        let shared = &*self.shared;
+        let max_batch = shared
             .engine
             .max_batch()
-            .min(self.shared.config.max_batch)
+            .min(shared.config.max_batch)
             .max(1);
-        let mut ops = Vec::with_capacity(max_batch);
-        while let Some(first) = rx.blocking_recv() {
-            let mut shutdown = false;
-            for op in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-                if matches!(op, Op::Shutdown) {
-                    shutdown = true;
+        std::thread::scope(|scope| {
+            let (batches, incoming) = std_mpsc::sync_channel::<Prepared>(0);
+            let (done_tx, done) = std_mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("courier-store-commit".into())
+                .spawn_scoped(scope, move || {
+                    for p in incoming {
+                        p.finish(shared);
+                        if done_tx.send(()).is_err() {
+                            break;
+                        }
+                    }
+                });
+            let mut committer = match spawned {
+                Ok(_) => Committer::Thread {
+                    batches,
+                    done,
+                    outstanding: false,
+                },
+                Err(e) => {
+                    tracing::warn!("no commit thread ({e}); committing on the writer thread");
+                    Committer::Inline
+                }
+            };
+            let mut ops = Vec::with_capacity(max_batch);
+            while let Some(first) = rx.blocking_recv() {
+                let mut shutdown = false;
+                let mut weight = 0;
+                for op in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                    if matches!(op, Op::Shutdown) {
+                        shutdown = true;
+                        break;
+                    }
+                    weight += op.weight();
+                    ops.push(op);
+                    if weight >= max_batch {
+                        break;
+                    }
+                }
+                if !ops.is_empty() {
+                    self.apply(std::mem::take(&mut ops), &mut committer);
+                }
+                if shutdown {
                     break;
                 }
-                ops.push(op);
-                if ops.len() == max_batch {
-                    break;
-                }
             }
-            if !ops.is_empty() {
-                self.apply(std::mem::take(&mut ops));
-            }
-            if shutdown {
-                break;
-            }
-        }
-        if let Err(e) = self.shared.engine.sync() {
+            committer.idle();
+            // Dropping the committer closes its channel; the scope joins the thread.
+        });
+        if let Err(e) = shared.engine.sync() {
             tracing::error!("final sync failed: {e}");
         }
     }
 
-    fn apply(&self, ops: Vec<Op>) {
+    /// Builds one transaction from `ops` (retrying it on retryable engine errors) and hands it to
+    /// the committer. Batches of appends only are pipelined: the next one is built while this one
+    /// commits, reading its writes. Anything else (chat changes, acks, sweeps) waits for the
+    /// commit in flight before it begins and for its own commit before the next batch begins, so
+    /// the chat cache and range deletions never race a commit.
+    fn apply(&self, ops: Vec<Op>, committer: &mut Committer) {
         let shared = &*self.shared;
+        let barrier = ops.iter().any(|op| !op.is_append());
+        if barrier {
+            committer.idle();
+        }
         let mut tries = 0;
         loop {
-            let (started, n) = (std::time::Instant::now(), ops.len());
+            let started = Instant::now();
             let now = shared.config.clock.now_ms();
-            let result = shared.engine.begin().and_then(|t| {
+            let result = shared.engine.begin_write().and_then(|t| {
                 let mut a = Attempt::new(t, shared, now);
                 let answers = ops
                     .iter()
@@ -185,24 +340,23 @@ impl Writer {
                     committed,
                     ..
                 } = a;
-                t.commit()?;
-                Ok((answers, changed, committed))
+                committer.idle();
+                let pending = t.commit_pipelined()?;
+                Ok((answers, pending, changed, committed))
             });
             match result {
-                Ok((answers, changed, committed)) => {
-                    if shared.engine.exclusive() {
-                        for (id, chat) in changed {
-                            shared.chats.insert(id, chat);
-                        }
-                    }
-                    for (op, a) in ops.into_iter().zip(answers) {
-                        answer(op, a);
-                    }
-                    if let Some(l) = &shared.config.listener {
-                        l.batch_committed(n, started.elapsed());
-                        if !committed.is_empty() {
-                            l.committed(&committed);
-                        }
+                Ok((answers, pending, changed, committed)) => {
+                    let p = Prepared {
+                        ops,
+                        answers,
+                        pending,
+                        changed,
+                        committed,
+                        started,
+                    };
+                    committer.submit(p, shared);
+                    if barrier {
+                        committer.idle();
                     }
                     return;
                 }

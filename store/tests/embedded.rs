@@ -37,4 +37,5 @@ conformance!(
     sync_resumes_from_positions_and_pages,
     sync_reads_only_chats_with_news,
     retention_expires_messages_and_dedupe_and_says_so,
+    batches_keep_every_guarantee,
 );

@@ -12,19 +12,30 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Slice, Snapshot};
+use fjall::{
+    Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch as WriteBatch, PersistMode,
+    Readable, Slice, Snapshot,
+};
 
-use crate::kv::{Engine, KvError, Pairs, Txn};
+use crate::kv::{Engine, KvError, Pairs, PendingCommit, Txn};
 
 type Pair = (Vec<u8>, Vec<u8>);
+
+/// A transaction's pending writes: `Some` sets, `None` deletes.
+type Writes = HashMap<Slice, Option<Slice>>;
+
+/// The writes of the pipelined commit in flight, if any: the writer's next transaction reads
+/// them as committed. Set by [`Txn::commit_pipelined`], cleared when its batch is applied.
+type InFlight = Arc<Mutex<Option<Arc<Writes>>>>;
 
 /// fjall in a directory.
 pub struct Embedded {
     db: Database,
     /// The keyspace of each first key byte, created on first write.
     spaces: RwLock<Vec<Option<Keyspace>>>,
+    in_flight: InFlight,
 }
 
 fn space_name(tag: u8) -> String {
@@ -51,6 +62,7 @@ impl Embedded {
         Ok(Self {
             db,
             spaces: RwLock::new(spaces),
+            in_flight: InFlight::default(),
         })
     }
 
@@ -82,6 +94,20 @@ impl Engine for Embedded {
         Ok(Box::new(EmbeddedTxn {
             engine: self,
             snapshot: self.db.snapshot(),
+            in_flight: None,
+            writes: HashMap::new(),
+            cleared: Vec::new(),
+        }))
+    }
+
+    fn begin_write(&self) -> Result<Box<dyn Txn + '_>, KvError> {
+        // The in-flight writes first, then the snapshot: a batch that lands in between is then
+        // in both (same values), never in neither.
+        let in_flight = self.in_flight.lock().expect("in-flight lock").clone();
+        Ok(Box::new(EmbeddedTxn {
+            engine: self,
+            snapshot: self.db.snapshot(),
+            in_flight,
             writes: HashMap::new(),
             cleared: Vec::new(),
         }))
@@ -105,9 +131,12 @@ impl Engine for Embedded {
 struct EmbeddedTxn<'a> {
     engine: &'a Embedded,
     snapshot: Snapshot,
-    /// Pending writes: `Some` sets, `None` deletes. A hash map: the writer's hot path is point
-    /// reads and writes; the rare scan sorts the entries in its range.
-    writes: HashMap<Slice, Option<Slice>>,
+    /// The writes of the pipelined commit that was in flight when this transaction began: read
+    /// as committed, under this transaction's own writes.
+    in_flight: Option<Arc<Writes>>,
+    /// Pending writes. A hash map: the writer's hot path is point reads and writes; the rare
+    /// scan sorts the entries in its range.
+    writes: Writes,
     /// Pending range deletions, applied before `writes` (later writes in a range win).
     cleared: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -161,6 +190,9 @@ impl Txn for EmbeddedTxn<'_> {
         if self.is_cleared(key) {
             return Ok(None);
         }
+        if let Some(w) = self.in_flight.as_ref().and_then(|f| f.get(key)) {
+            return Ok(w.as_ref().map(|v| v.to_vec()));
+        }
         let Some(ks) = key.first().and_then(|&t| self.engine.space(t)) else {
             return Ok(None);
         };
@@ -181,12 +213,16 @@ impl Txn for EmbeddedTxn<'_> {
         if start >= end || limit == 0 {
             return Ok(Vec::new());
         }
-        // Merge the snapshot's keys with this transaction's writes; writes win.
-        let mut mine: Vec<(&Slice, &Option<Slice>)> = self
-            .writes
-            .iter()
-            .filter(|(k, _)| &k[..] >= start && &k[..] < end)
-            .collect();
+        // Merge the snapshot's keys with the in-flight writes and this transaction's own;
+        // own writes win over in-flight ones, both over the snapshot.
+        let in_range = |k: &Slice| &k[..] >= start && &k[..] < end;
+        let mut mine: Vec<(&Slice, &Option<Slice>)> =
+            self.writes.iter().filter(|(k, _)| in_range(k)).collect();
+        if let Some(f) = &self.in_flight {
+            mine.extend(f.iter().filter(|(k, _)| {
+                in_range(k) && !self.writes.contains_key(*k) && !self.is_cleared(k)
+            }));
+        }
         mine.sort_unstable_by(|a, b| if reverse { b.0.cmp(a.0) } else { a.0.cmp(b.0) });
         let mut mine = mine.into_iter().peekable();
         let mut theirs = self.snapshot_range(start, end, reverse);
@@ -205,7 +241,11 @@ impl Txn for EmbeddedTxn<'_> {
         while out.len() < limit {
             // Skip snapshot keys that this transaction deleted or overwrote.
             if let Some((k, _)) = &t {
-                if self.writes.contains_key(k.as_slice()) || self.is_cleared(k) {
+                let in_flight = self
+                    .in_flight
+                    .as_ref()
+                    .is_some_and(|f| f.contains_key(k.as_slice()));
+                if in_flight || self.writes.contains_key(k.as_slice()) || self.is_cleared(k) {
                     t = next_theirs()?;
                     continue;
                 }
@@ -248,13 +288,55 @@ impl Txn for EmbeddedTxn<'_> {
     }
 
     fn commit(self: Box<Self>) -> Result<(), KvError> {
+        let mut batch = self.batch()?;
+        let mut spaces = Spaces::new(self.engine);
+        for (k, v) in self.writes {
+            let ks = spaces.of(&k)?;
+            match v {
+                Some(v) => batch.insert(ks, k, v),
+                None => batch.remove(ks, k),
+            }
+        }
+        batch.commit().map_err(KvError::fatal)
+    }
+
+    fn commit_pipelined(self: Box<Self>) -> Result<Box<dyn PendingCommit>, KvError> {
+        let mut batch = self.batch()?;
+        let mut spaces = Spaces::new(self.engine);
+        // The slices are shared, not copied: the batch and the in-flight map hold the same bytes.
+        for (k, v) in &self.writes {
+            let ks = spaces.of(k)?;
+            match v {
+                Some(v) => batch.insert(ks, k.clone(), v.clone()),
+                None => batch.remove(ks, k.clone()),
+            }
+        }
+        let writes = Arc::new(self.writes);
+        let mut slot = self.engine.in_flight.lock().expect("in-flight lock");
+        if slot.is_some() {
+            return Err(KvError::fatal(
+                "a pipelined commit is still in flight (writer bug)",
+            ));
+        }
+        *slot = Some(writes.clone());
+        Ok(Box::new(EmbeddedPending {
+            batch,
+            writes,
+            in_flight: self.engine.in_flight.clone(),
+        }))
+    }
+}
+
+impl EmbeddedTxn<'_> {
+    /// A durable batch holding this transaction's range deletions (fjall has no atomic range
+    /// delete: the keys in a cleared range are deleted one by one, inside the same atomic
+    /// batch; callers keep ranges bounded).
+    fn batch(&self) -> Result<WriteBatch, KvError> {
         let mut batch = self
             .engine
             .db
             .batch()
             .durability(Some(PersistMode::SyncAll));
-        // fjall has no atomic range delete: the keys in a cleared range are deleted one by one,
-        // inside the same atomic batch. Callers keep ranges bounded.
         for (start, end) in &self.cleared {
             for g in self.snapshot_range(start, end, false) {
                 let key = g.key().map_err(KvError::fatal)?;
@@ -264,20 +346,51 @@ impl Txn for EmbeddedTxn<'_> {
                 }
             }
         }
-        let mut spaces: Vec<Option<Keyspace>> = vec![None; 256];
-        for (k, v) in self.writes {
-            let tag = k.first().copied().unwrap_or(0);
-            let slot = &mut spaces[tag as usize];
-            if slot.is_none() {
-                *slot = Some(self.engine.space_or_create(tag)?);
-            }
-            let ks = slot.as_ref().expect("filled above");
-            match v {
-                Some(v) => batch.insert(ks, k, v),
-                None => batch.remove(ks, k),
-            }
+        Ok(batch)
+    }
+}
+
+/// The keyspace of each tag, looked up once per commit.
+struct Spaces<'a> {
+    engine: &'a Embedded,
+    spaces: Vec<Option<Keyspace>>,
+}
+
+impl<'a> Spaces<'a> {
+    fn new(engine: &'a Embedded) -> Self {
+        Self {
+            engine,
+            spaces: vec![None; 256],
         }
-        batch.commit().map_err(KvError::fatal)
+    }
+
+    fn of(&mut self, key: &[u8]) -> Result<&Keyspace, KvError> {
+        let tag = key.first().copied().unwrap_or(0);
+        let slot = &mut self.spaces[tag as usize];
+        if slot.is_none() {
+            *slot = Some(self.engine.space_or_create(tag)?);
+        }
+        Ok(slot.as_ref().expect("filled above"))
+    }
+}
+
+/// A pipelined commit: the batch to make durable, and the in-flight writes to retire after.
+struct EmbeddedPending {
+    batch: WriteBatch,
+    writes: Arc<Writes>,
+    in_flight: InFlight,
+}
+
+impl PendingCommit for EmbeddedPending {
+    fn finish(self: Box<Self>) -> Result<(), KvError> {
+        let result = self.batch.commit().map_err(KvError::fatal);
+        // Landed (or failed: fjall then refuses every later batch, so nothing committed after
+        // can depend on these writes).
+        let mut slot = self.in_flight.lock().expect("in-flight lock");
+        if slot.as_ref().is_some_and(|w| Arc::ptr_eq(w, &self.writes)) {
+            *slot = None;
+        }
+        result
     }
 }
 
@@ -327,6 +440,57 @@ mod tests {
             keys(&t.scan(b"", b"\xff", 10, false).unwrap()),
             vec![&b"a0"[..], b"a5", b"b1"]
         );
+    }
+
+    #[test]
+    fn pipelined_commits_are_read_by_the_writer_only_until_they_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Embedded::open(dir.path()).unwrap();
+        let mut t = e.begin_write().unwrap();
+        t.set(b"a1", b"old");
+        t.set(b"a2", b"old");
+        t.commit().unwrap();
+
+        let mut t = e.begin_write().unwrap();
+        t.set(b"a2", b"new");
+        t.clear(b"a1");
+        t.set(b"a3", b"new");
+        let pending = t.commit_pipelined().unwrap();
+
+        // The next writer transaction reads the in-flight writes, under its own.
+        let mut w = e.begin_write().unwrap();
+        assert_eq!(w.get(b"a2").unwrap().as_deref(), Some(&b"new"[..]));
+        assert_eq!(w.get(b"a1").unwrap(), None);
+        w.set(b"a4", b"mine");
+        w.set(b"a3", b"mine");
+        let all = w.scan(b"a", b"b", 10, false).unwrap();
+        assert_eq!(keys(&all), vec![&b"a2"[..], b"a3", b"a4"]);
+        assert_eq!(all[1].1, b"mine");
+        assert_eq!(
+            keys(&w.scan(b"a", b"b", 2, true).unwrap()),
+            vec![&b"a4"[..], b"a3"]
+        );
+        // Readers see only what is durable; and only one commit may be in flight.
+        assert_eq!(
+            e.begin().unwrap().get(b"a2").unwrap().as_deref(),
+            Some(&b"old"[..])
+        );
+        let mut x = e.begin_write().unwrap();
+        x.set(b"z", b"z");
+        assert!(x.commit_pipelined().is_err());
+
+        pending.finish().unwrap();
+        assert_eq!(
+            e.begin().unwrap().get(b"a2").unwrap().as_deref(),
+            Some(&b"new"[..])
+        );
+        w.commit_pipelined().unwrap().finish().unwrap();
+        let mut r = e.begin().unwrap();
+        assert_eq!(
+            keys(&r.scan(b"", b"\xff", 10, false).unwrap()),
+            vec![&b"a2"[..], b"a3", b"a4"]
+        );
+        assert!(e.in_flight.lock().unwrap().is_none());
     }
 
     #[test]

@@ -661,6 +661,96 @@ pub async fn two_writers_stay_dense(h: &dyn Harness) {
     second.close().await;
 }
 
+/// Batched appends: one transaction per batch, each send answered on its own, retries across
+/// batches that commit back to back (the second built while the first is still committing)
+/// answered with the originals, and chat changes between batches taking effect in order.
+pub async fn batches_keep_every_guarantee(h: &dyn Harness) {
+    let recorder = Arc::new(Recorder::default());
+    let mut cfg = config();
+    cfg.listener = Some(recorder.clone());
+    cfg.max_batch = 100;
+    let store = open(h, "batches", cfg);
+    let group = store
+        .create_group("alice", "team", vec!["bob".into(), "carol".into()])
+        .await
+        .unwrap();
+    let direct = store.create_direct("alice", "bob").await.unwrap();
+
+    // Batch A, its retry B (queued before A is answered), and a batch mixing new sends with
+    // retries and with sends that must fail alone.
+    let a: Vec<AppendRequest> = (0..100).map(|n| msg("alice", group.id, n)).collect();
+    let b = a.clone();
+    let mut c: Vec<AppendRequest> = (100..150).map(|n| msg("bob", direct.id, n)).collect();
+    c.push(msg("alice", group.id, 7)); // a retry of a message in A
+    c.push(msg("mallory", group.id, 1)); // not a member
+    let mut bad = msg("alice", direct.id, 9000);
+    bad.client_msg_id = courier_wire::uuid_v7(u64::MAX >> 16, [0; 10]); // far in the future
+    c.push(bad);
+    let (ra, rb, rc) = tokio::join!(
+        store.append_batch(a),
+        store.append_batch(b),
+        store.append_batch(c)
+    );
+    let (ra, rb, rc) = (ra.unwrap(), rb.unwrap(), rc.unwrap());
+    let first_seq = store.last_seq(group.id).unwrap() - 99;
+    for (i, (x, y)) in ra.iter().zip(&rb).enumerate() {
+        let (x, y) = (x.as_ref().unwrap(), y.as_ref().unwrap());
+        assert!(!x.duplicate);
+        assert_eq!(x.seq, first_seq + i as u64, "a batch keeps its order");
+        assert!(y.duplicate, "the retry batch returns the originals");
+        assert_eq!((y.seq, y.server_ts), (x.seq, x.server_ts));
+    }
+    assert_eq!(rc.len(), 53);
+    for (i, r) in rc[..50].iter().enumerate() {
+        assert_eq!(r.as_ref().unwrap().seq, i as u64 + 1);
+    }
+    let retry = rc[50].as_ref().unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.seq, ra[7].as_ref().unwrap().seq);
+    assert!(matches!(rc[51], Err(StoreError::Forbidden)));
+    assert!(matches!(rc[52], Err(StoreError::Invalid(_))));
+
+    // A removal between two queued batches: the second batch's sends by the removed member fail.
+    let before: Vec<AppendRequest> = (200..300).map(|n| msg("carol", group.id, n)).collect();
+    let after: Vec<AppendRequest> = (300..400).map(|n| msg("carol", group.id, n)).collect();
+    let removal = GroupChange {
+        remove: vec!["carol".into()],
+        ..Default::default()
+    };
+    let (r1, r2, r3) = tokio::join!(
+        store.append_batch(before),
+        store.update_group("alice", group.id, removal),
+        store.append_batch(after)
+    );
+    assert!(r1.unwrap().iter().all(|r| r.is_ok()));
+    r2.unwrap();
+    assert!(r3
+        .unwrap()
+        .iter()
+        .all(|r| matches!(r, Err(StoreError::Forbidden))));
+
+    // Dense, and the listener heard every message once, in commit order.
+    let last = store.last_seq(group.id).unwrap();
+    let (page, _) = store
+        .history("alice", group.id, Direction::After, 0, 1000)
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>()
+    );
+    let heard: Vec<u64> = recorder
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|&&(chat, _)| chat == group.id)
+        .map(|&(_, s)| s)
+        .collect();
+    assert_eq!(heard, (1..=last).collect::<Vec<_>>());
+    assert!(store.append_batch(Vec::new()).await.unwrap().is_empty());
+    store.close().await;
+}
+
 /// Runs the whole suite.
 pub async fn run_all(h: &dyn Harness) {
     let t = Duration::from_secs(120);
@@ -689,6 +779,7 @@ pub async fn run_all(h: &dyn Harness) {
             Box::pin(retention_expires_messages_and_dedupe_and_says_so(h)),
         ),
         ("two-writers", Box::pin(two_writers_stay_dense(h))),
+        ("batches", Box::pin(batches_keep_every_guarantee(h))),
     ] {
         tokio::time::timeout(t, fut)
             .await
