@@ -1,0 +1,541 @@
+//! The traffic: users in 1:1 pairs, each with its own connection, sending to its partner in a
+//! closed loop (a window of unacknowledged sends) or an open loop (a fixed schedule), and what
+//! they record.
+//!
+//! A run is one or more phases (`loadgen peak` runs one per rate step) over the same fleet.
+//! Each phase has a [`Meter`]: rates and latency histograms of the messages *intended* inside
+//! its measured window. Latency is measured from the intended send time, so a sender that falls
+//! behind its schedule, or waits for a window slot, counts the wait (no coordinated omission).
+//! The [`Ledger`] spans the whole run and checks correctness: every acknowledged message
+//! delivered exactly once, each chat's seqs dense and delivered in order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use courier_client::{Client, Event, Events};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::target::{Target, Users};
+
+/// How senders pace themselves.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Pace {
+    /// Each user keeps `window` unacknowledged sends outstanding.
+    Closed { window: usize },
+    /// `rate` messages per second in total, spread evenly over the users; each user has at most
+    /// `max_outstanding` unacknowledged sends (beyond that it waits, and the wait is counted).
+    Open { rate: f64, max_outstanding: usize },
+}
+
+/// Wall-clock microseconds anchored to one monotonic instant, so that intended send times can
+/// travel in message bodies and be compared with arrival times in the same process.
+#[derive(Clone, Copy)]
+struct Clock {
+    base: Instant,
+    base_us: u64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let base_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        Self {
+            base: Instant::now(),
+            base_us,
+        }
+    }
+
+    fn us(&self, at: Instant) -> u64 {
+        self.base_us + at.saturating_duration_since(self.base).as_micros() as u64
+    }
+
+    fn instant(&self, us: u64) -> Instant {
+        self.base + Duration::from_micros(us.saturating_sub(self.base_us))
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+/// What one phase measured.
+pub(crate) struct Meter {
+    phase: u32,
+    from: Instant,
+    until: Instant,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    delivered: AtomicU64,
+    errors: AtomicU64,
+    ack: Mutex<Histogram<u64>>,
+    e2e: Mutex<Histogram<u64>>,
+}
+
+impl Meter {
+    fn new(phase: u32, from: Instant, until: Instant) -> Self {
+        Self {
+            phase,
+            from,
+            until,
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            ack: Mutex::new(histogram()),
+            e2e: Mutex::new(histogram()),
+        }
+    }
+
+    fn measuring(&self, intended: Instant) -> bool {
+        intended >= self.from && intended < self.until
+    }
+
+    /// Counters so far: (sent, acked, delivered, errors) of messages intended in the window.
+    pub(crate) fn counts(&self) -> (u64, u64, u64, u64) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.acked.load(Ordering::Relaxed),
+            self.delivered.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether the measured window has begun, and how far into it we are.
+    pub(crate) fn progress(&self) -> Option<Duration> {
+        Instant::now().checked_duration_since(self.from)
+    }
+
+    /// The p99 of send->Deliver so far, in microseconds.
+    pub(crate) fn e2e_p99(&self) -> u64 {
+        self.e2e
+            .lock()
+            .expect("histogram lock")
+            .value_at_quantile(0.99)
+    }
+
+    /// The phase's figures.
+    pub(crate) fn result(&self, label: String, pace: Pace) -> PhaseResult {
+        let secs = self.until.duration_since(self.from).as_secs_f64().max(1e-9);
+        let (sent, acked, delivered, errors) = self.counts();
+        let (window, target_rate) = match pace {
+            Pace::Closed { window } => (Some(window), None),
+            Pace::Open { rate, .. } => (None, Some(rate)),
+        };
+        PhaseResult {
+            label,
+            window,
+            target_rate,
+            seconds: secs,
+            sent,
+            acked,
+            delivered,
+            errors,
+            sent_per_s: sent as f64 / secs,
+            acked_per_s: acked as f64 / secs,
+            delivered_per_s: delivered as f64 / secs,
+            send_to_sendok_us: Percentiles::of(&self.ack.lock().expect("histogram lock")),
+            send_to_deliver_us: Percentiles::of(&self.e2e.lock().expect("histogram lock")),
+        }
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Percentiles {
+    pub(crate) p50: u64,
+    pub(crate) p90: u64,
+    pub(crate) p99: u64,
+    pub(crate) p999: u64,
+    pub(crate) max: u64,
+    pub(crate) count: u64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            count: h.len(),
+        }
+    }
+}
+
+/// The figures of one phase.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PhaseResult {
+    pub(crate) label: String,
+    pub(crate) window: Option<usize>,
+    pub(crate) target_rate: Option<f64>,
+    pub(crate) seconds: f64,
+    pub(crate) sent: u64,
+    pub(crate) acked: u64,
+    pub(crate) delivered: u64,
+    pub(crate) errors: u64,
+    pub(crate) sent_per_s: f64,
+    pub(crate) acked_per_s: f64,
+    pub(crate) delivered_per_s: f64,
+    pub(crate) send_to_sendok_us: Percentiles,
+    pub(crate) send_to_deliver_us: Percentiles,
+}
+
+/// Correctness over the whole run.
+#[derive(Default)]
+struct Ledger {
+    /// Per chat: seqs acknowledged to senders.
+    acked: Mutex<HashMap<u64, Vec<u64>>>,
+    /// Per chat: seqs delivered to receivers.
+    delivered: Mutex<HashMap<u64, Vec<u64>>>,
+    acked_total: AtomicU64,
+    delivered_total: AtomicU64,
+    out_of_order: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// What the ledger found.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct Correctness {
+    /// Acknowledged messages never delivered.
+    pub(crate) lost: u64,
+    /// Messages delivered more than once.
+    pub(crate) dup: u64,
+    /// Chats whose acknowledged seqs are not exactly 1..=n.
+    pub(crate) gaps: u64,
+    /// Deliveries whose seq was not above the previous one of the chat.
+    pub(crate) out_of_order: u64,
+    /// Failed sends.
+    pub(crate) errors: u64,
+}
+
+impl Correctness {
+    pub(crate) fn clean(&self) -> bool {
+        self.lost == 0 && self.dup == 0 && self.gaps == 0 && self.out_of_order == 0
+    }
+}
+
+impl Ledger {
+    fn check(&self) -> Correctness {
+        let acked = self.acked.lock().expect("ledger lock");
+        let delivered = self.delivered.lock().expect("ledger lock");
+        let mut c = Correctness {
+            out_of_order: self.out_of_order.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            ..Correctness::default()
+        };
+        for (chat, acks) in acked.iter() {
+            let mut acks = acks.clone();
+            acks.sort_unstable();
+            if acks.iter().enumerate().any(|(i, &s)| s != i as u64 + 1) {
+                c.gaps += 1;
+            }
+            let mut got = delivered.get(chat).cloned().unwrap_or_default();
+            got.sort_unstable();
+            let before = got.len();
+            got.dedup();
+            c.dup += (before - got.len()) as u64;
+            c.lost += acks
+                .iter()
+                .filter(|s| got.binary_search(s).is_err())
+                .count() as u64;
+        }
+        c
+    }
+}
+
+struct Member {
+    client: Client,
+    chat: u64,
+}
+
+/// Connected users, their chats, and the receivers recording what arrives.
+pub(crate) struct Fleet {
+    members: Vec<Member>,
+    ledger: Arc<Ledger>,
+    current: Arc<RwLock<Arc<Meter>>>,
+    receivers: Vec<JoinHandle<()>>,
+    clock: Clock,
+    body: usize,
+    phases: u32,
+}
+
+impl Fleet {
+    /// Connects `count` users (an even number), pairs them into 1:1 chats, and starts receiving.
+    pub(crate) async fn connect(
+        target: &Target,
+        count: usize,
+        body: usize,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            count >= 2 && count.is_multiple_of(2),
+            "--users must be an even number of at least 2"
+        );
+        anyhow::ensure!(body >= 16, "--body must be at least 16 bytes");
+        let users: Users = target.users()?;
+        eprintln!("connecting {count} users to {} ...", target.server);
+        let t0 = Instant::now();
+        let mut connected = Vec::with_capacity(count);
+        for i in 0..count {
+            connected.push(users.connect(i).await?);
+        }
+        let clock = Clock::new();
+        let ledger = Arc::new(Ledger::default());
+        let idle = Arc::new(Meter::new(0, clock.base, clock.base));
+        let current = Arc::new(RwLock::new(idle));
+        let mut members = Vec::with_capacity(count);
+        let mut receivers = Vec::with_capacity(count);
+        for (i, (client, events)) in connected.into_iter().enumerate() {
+            let chat = client.create_direct_chat(&users.name(i ^ 1)).await?.chat_id;
+            members.push(Member { client, chat });
+            receivers.push(tokio::spawn(receive(
+                events,
+                ledger.clone(),
+                current.clone(),
+                clock,
+            )));
+        }
+        eprintln!(
+            "connected {count} users ({} chats) in {:.1} s",
+            count / 2,
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(Self {
+            members,
+            ledger,
+            current,
+            receivers,
+            clock,
+            body,
+            phases: 0,
+        })
+    }
+
+    /// Number of connected users.
+    pub(crate) fn users(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Starts a phase: `warmup` unmeasured, then `duration` measured. Returns its meter at once;
+    /// [`Phase::finish`] waits for its senders and then (up to `drain`) for its deliveries.
+    pub(crate) fn start(&mut self, pace: Pace, warmup: Duration, duration: Duration) -> Phase {
+        self.phases += 1;
+        let start = Instant::now();
+        let from = start + warmup;
+        let meter = Arc::new(Meter::new(self.phases, from, from + duration));
+        *self.current.write().expect("meter lock") = meter.clone();
+        let n = self.members.len();
+        let senders = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let s = Sender {
+                    client: m.client.clone(),
+                    chat: m.chat,
+                    meter: meter.clone(),
+                    ledger: self.ledger.clone(),
+                    clock: self.clock,
+                    body: self.body,
+                };
+                match pace {
+                    Pace::Closed { window } => tokio::spawn(s.closed(window)),
+                    Pace::Open {
+                        rate,
+                        max_outstanding,
+                    } => {
+                        let per_user = rate / n as f64;
+                        // Users start at evenly spread offsets within one interval.
+                        let offset = Duration::from_secs_f64(i as f64 / n as f64 / per_user);
+                        tokio::spawn(s.open(per_user, start + offset, max_outstanding))
+                    }
+                }
+            })
+            .collect();
+        Phase {
+            meter,
+            senders,
+            ledger: self.ledger.clone(),
+        }
+    }
+
+    /// Checks every chat after all phases; call after the last phase finished.
+    pub(crate) fn check(&self) -> Correctness {
+        self.ledger.check()
+    }
+
+    /// Closes every connection.
+    pub(crate) fn close(self) {
+        for m in &self.members {
+            m.client.close();
+        }
+        for r in self.receivers {
+            r.abort();
+        }
+    }
+}
+
+/// A running phase.
+pub(crate) struct Phase {
+    meter: Arc<Meter>,
+    senders: Vec<JoinHandle<()>>,
+    ledger: Arc<Ledger>,
+}
+
+impl Phase {
+    pub(crate) fn meter(&self) -> Arc<Meter> {
+        self.meter.clone()
+    }
+
+    /// Waits for the senders (and their outstanding sends), then up to `drain` for every
+    /// acknowledged message to be delivered.
+    pub(crate) async fn finish(self, drain: Duration) -> Arc<Meter> {
+        for s in self.senders {
+            let _ = s.await;
+        }
+        let until = Instant::now() + drain;
+        while Instant::now() < until
+            && self.ledger.delivered_total.load(Ordering::Relaxed)
+                < self.ledger.acked_total.load(Ordering::Relaxed)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.meter
+    }
+}
+
+/// One user's sending side in one phase.
+struct Sender {
+    client: Client,
+    chat: u64,
+    meter: Arc<Meter>,
+    ledger: Arc<Ledger>,
+    clock: Clock,
+    body: usize,
+}
+
+impl Sender {
+    /// Keeps `window` sends outstanding until the phase ends.
+    async fn closed(self, window: usize) {
+        let slots = Arc::new(Semaphore::new(window));
+        let mut buf = BytesMut::new();
+        loop {
+            let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+            let now = Instant::now();
+            if now >= self.meter.until {
+                break;
+            }
+            self.send(&mut buf, now, permit);
+        }
+        let _ = slots.acquire_many(window as u32).await;
+    }
+
+    /// Sends on a schedule of `per_user` messages per second from `first`, until the phase ends.
+    async fn open(self, per_user: f64, first: Instant, max_outstanding: usize) {
+        let interval = Duration::from_secs_f64(1.0 / per_user.max(1e-6));
+        let slots = Arc::new(Semaphore::new(max_outstanding));
+        let mut buf = BytesMut::new();
+        let mut next = first;
+        while next < self.meter.until {
+            tokio::time::sleep_until(next.into()).await;
+            let now = Instant::now();
+            // Everything due by now goes out, each stamped with its own intended time.
+            while next <= now && next < self.meter.until {
+                let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+                self.send(&mut buf, next, permit);
+                next += interval;
+            }
+        }
+        let _ = slots.acquire_many(max_outstanding as u32).await;
+    }
+
+    fn send(
+        &self,
+        buf: &mut BytesMut,
+        intended: Instant,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        buf.put_u64(self.clock.us(intended));
+        buf.put_u32(self.meter.phase);
+        buf.put_bytes(b'x', self.body - 12);
+        let payload: Bytes = buf.split().freeze();
+        let measured = self.meter.measuring(intended);
+        if measured {
+            self.meter.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        let (client, chat) = (self.client.clone(), self.chat);
+        let (meter, ledger) = (self.meter.clone(), self.ledger.clone());
+        tokio::spawn(async move {
+            match client.send(chat, payload).await {
+                Ok(ok) => {
+                    let us = Instant::now().duration_since(intended).as_micros() as u64;
+                    ledger
+                        .acked
+                        .lock()
+                        .expect("ledger lock")
+                        .entry(ok.chat_id)
+                        .or_default()
+                        .push(ok.seq);
+                    ledger.acked_total.fetch_add(1, Ordering::Relaxed);
+                    if measured {
+                        meter.acked.fetch_add(1, Ordering::Relaxed);
+                        let _ = meter.ack.lock().expect("histogram lock").record(us.max(1));
+                    }
+                }
+                Err(e) => {
+                    if ledger.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("send error: {e}");
+                    }
+                    if measured {
+                        meter.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// One user's receiving side, for the whole run.
+async fn receive(
+    mut events: Events,
+    ledger: Arc<Ledger>,
+    current: Arc<RwLock<Arc<Meter>>>,
+    clock: Clock,
+) {
+    let mut last: HashMap<u64, u64> = HashMap::new();
+    while let Some(ev) = events.recv().await {
+        let Event::Message(m) = ev else { continue };
+        let now = Instant::now();
+        let prev = last.insert(m.chat_id, m.seq).unwrap_or(0);
+        if m.seq <= prev {
+            ledger.out_of_order.fetch_add(1, Ordering::Relaxed);
+        }
+        ledger
+            .delivered
+            .lock()
+            .expect("ledger lock")
+            .entry(m.chat_id)
+            .or_default()
+            .push(m.seq);
+        ledger.delivered_total.fetch_add(1, Ordering::Relaxed);
+        if m.body.len() < 12 {
+            continue;
+        }
+        let intended_us = u64::from_be_bytes(m.body[..8].try_into().expect("8 bytes"));
+        let phase = u32::from_be_bytes(m.body[8..12].try_into().expect("4 bytes"));
+        let meter = current.read().expect("meter lock").clone();
+        if phase == meter.phase && meter.measuring(clock.instant(intended_us)) {
+            meter.delivered.fetch_add(1, Ordering::Relaxed);
+            let us = clock.us(now).saturating_sub(intended_us).max(1);
+            let _ = meter.e2e.lock().expect("histogram lock").record(us);
+        }
+    }
+}
