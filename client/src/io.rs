@@ -6,7 +6,6 @@
 
 use bytes::{Bytes, BytesMut};
 use courier_wire::{DecodeError, Frame, FrameDecoder};
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 /// Why reading a frame stopped.
@@ -21,6 +20,10 @@ pub enum ReadError {
 }
 
 /// Reads whole frames from a QUIC receive stream.
+///
+/// It takes the transport's own received chunks (no copy when a chunk holds whole frames) and
+/// keeps no buffer between frames: an idle connection holds no read memory. Only a frame split
+/// across chunks is gathered into a buffer of its own size.
 pub struct FrameReader {
     recv: quinn::RecvStream,
     buf: BytesMut,
@@ -32,7 +35,7 @@ impl FrameReader {
     pub fn new(recv: quinn::RecvStream, max_frame: u32) -> Self {
         Self {
             recv,
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::new(),
             decoder: FrameDecoder::new(max_frame),
         }
     }
@@ -43,13 +46,15 @@ impl FrameReader {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(4096);
+            if self.buf.is_empty() {
+                // Let go of the consumed chunk (and any capacity) before waiting.
+                self.buf = BytesMut::new();
             }
-            match self.recv.read_buf(&mut self.buf).await {
-                Ok(0) if self.buf.is_empty() => return Ok(None),
-                Ok(0) => return Err(ReadError::Decode(DecodeError::Truncated)),
-                Ok(_) => {}
+            match self.recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) if self.buf.is_empty() => self.buf = BytesMut::from(chunk.bytes),
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) if self.buf.is_empty() => return Ok(None),
+                Ok(None) => return Err(ReadError::Decode(DecodeError::Truncated)),
                 Err(e) => return Err(ReadError::Stream(e.to_string())),
             }
         }
@@ -73,7 +78,7 @@ pub fn spawn_writer_with_handle(
 ) -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(depth);
     let task = tokio::spawn(async move {
-        let mut chunks: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
+        let mut chunks: Vec<Bytes> = Vec::new();
         while rx.recv_many(&mut chunks, WRITE_BATCH).await > 0 {
             if send.write_all_chunks(&mut chunks).await.is_err() {
                 return;

@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::{body, next_message, TestServer};
@@ -409,5 +410,63 @@ async fn metrics_are_served_in_prometheus_text() {
         .await
         .unwrap()
         .starts_with("HTTP/1.1 404"));
+    server.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_read_whole_however_the_stream_cuts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (mut raw, _) = server.raw_session("alice", 1).await;
+
+    // Three frames in one write: three answers.
+    let mut three = Vec::new();
+    for id in 1..=3u32 {
+        three.extend_from_slice(
+            &Frame::Ping(Ping {
+                request_id: id,
+                nonce: u64::from(id) * 7,
+            })
+            .to_bytes(),
+        );
+    }
+    raw.write(&three).await;
+    for id in 1..=3u32 {
+        assert!(
+            matches!(raw.read_frame().await, Some(Frame::Pong(p)) if p.request_id == id && p.nonce == u64::from(id) * 7)
+        );
+    }
+
+    // A 30 KB frame trickled in 997-byte pieces, each its own packet: read as one frame (the
+    // chat does not exist, so the answer is FORBIDDEN for that request id).
+    let big = Frame::Send(Send {
+        request_id: 4,
+        client_msg_id: courier_wire::uuid_v7(1, [4; 10]),
+        chat_id: 424_242,
+        kind: MessageKind::Text,
+        body: Bytes::from(vec![b'y'; 30_000]),
+        attachments: vec![],
+    })
+    .to_bytes();
+    for piece in big.chunks(997) {
+        raw.write(piece).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // And a frame split in the middle of its header.
+    let ping = Frame::Ping(Ping {
+        request_id: 5,
+        nonce: 1,
+    })
+    .to_bytes();
+    raw.write(&ping[..3]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    raw.write(&ping[3..]).await;
+    match raw.read_frame().await {
+        Some(Frame::ErrorFrame(e)) => {
+            assert_eq!((e.request_id, e.code), (4, ErrorCode::FORBIDDEN))
+        }
+        other => panic!("expected FORBIDDEN for the big frame, got {other:?}"),
+    }
+    assert!(matches!(raw.read_frame().await, Some(Frame::Pong(p)) if p.request_id == 5));
     server.gateway.shutdown().await;
 }
