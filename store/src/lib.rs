@@ -18,6 +18,7 @@
 //! - [`record`] — values stored under those keys, and the [`Chat`] type.
 //! - [`ops`] — write operations (append, chats, groups, positions, retention sweep).
 //! - `reads` — history, chat lists and sync.
+//! - `media` — media records, attachment checks and who may download.
 //! - [`writer`] — the group-commit writer thread.
 //! - [`error`] — [`StoreError`].
 
@@ -27,6 +28,7 @@ pub mod engine;
 pub mod error;
 pub mod keys;
 pub mod kv;
+mod media;
 pub mod ops;
 mod reads;
 pub mod record;
@@ -34,9 +36,10 @@ mod store;
 pub mod writer;
 
 pub use error::StoreError;
+pub use media::MAX_ATTACHMENTS;
 pub use ops::{GroupChange, SweepStats, MAX_GROUP_NAME};
 pub use reads::SyncPage;
-pub use record::Chat;
+pub use record::{Chat, Media};
 pub use store::{
     AppendRequest, Appended, Clock, CommitListener, Committed, Store, StoreConfig, SystemClock,
     Ticket,

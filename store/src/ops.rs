@@ -209,6 +209,16 @@ impl<'a> Attempt<'a> {
                 duplicate: true,
             }));
         }
+        // Attachments are described by the server's records, never by the client's claims.
+        let attachments = if req.attachments.is_empty() {
+            Vec::new()
+        } else {
+            let seq = self.last_seq(chat.id)? + 1;
+            match self.attach(&req.sender_user, chat.id, seq, &req.attachments)? {
+                Ok(a) => a,
+                Err(e) => return Ok(Err(e)),
+            }
+        };
         let r = self.append_message(
             chat,
             req.sender_user.clone(),
@@ -217,7 +227,7 @@ impl<'a> Attempt<'a> {
             true,
             req.kind,
             req.body.clone(),
-            req.attachments.clone(),
+            attachments,
             Vec::new(),
         )?;
         Ok(Ok(r))

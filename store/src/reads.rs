@@ -31,7 +31,7 @@ pub struct SyncPage {
 /// Most memberships one user may have that sync considers.
 const MAX_MEMBERSHIPS: usize = 1_000_000;
 
-fn engine_err(e: KvError) -> StoreError {
+pub(crate) fn engine_err(e: KvError) -> StoreError {
     StoreError::Engine(e.to_string())
 }
 

@@ -1,7 +1,7 @@
 //! Values stored under the keys of [`crate::keys`], encoded with the wire codec's field rules.
 
 use bytes::{Buf, BufMut, Bytes};
-use courier_wire::frame::{ChatKind, ChatSummary, Message};
+use courier_wire::frame::{Attachment, ChatKind, ChatSummary, Message};
 use courier_wire::{Codec, DecodeError};
 
 /// A chat as stored.
@@ -127,9 +127,71 @@ pub(crate) fn decode_u64(b: &[u8]) -> Result<u64, DecodeError> {
     Ok(v)
 }
 
+/// Stored media: an upload, or the thumbnail made from one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media {
+    /// What a message attaches: id, detected type, size, SHA-256, thumbnail id, dimensions.
+    pub info: Attachment,
+    /// The uploader.
+    pub owner: String,
+    /// When it was stored, milliseconds since the Unix epoch.
+    pub created_ts: u64,
+    /// For a thumbnail: the media it was made from (access follows that media).
+    pub thumbnail_of: Option<[u8; 16]>,
+}
+
+impl Media {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            self.info.encoded_len()
+                + self.owner.encoded_len()
+                + 8
+                + self.thumbnail_of.encoded_len(),
+        );
+        self.info.encode(&mut out);
+        self.owner.encode(&mut out);
+        self.created_ts.encode(&mut out);
+        self.thumbnail_of.encode(&mut out);
+        out
+    }
+
+    pub(crate) fn decode(mut b: &[u8]) -> Result<Self, DecodeError> {
+        let media = Self {
+            info: Attachment::decode(&mut b)?,
+            owner: String::decode(&mut b)?,
+            created_ts: u64::decode(&mut b)?,
+            thumbnail_of: Option::<[u8; 16]>::decode(&mut b)?,
+        };
+        if b.has_remaining() {
+            return Err(DecodeError::TrailingBytes);
+        }
+        Ok(media)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_round_trip() {
+        let m = Media {
+            info: Attachment {
+                media_id: [7; 16],
+                content_type: "image/png".into(),
+                size: 1234,
+                sha256: [9; 32],
+                thumbnail_id: Some([8; 16]),
+                width: 10,
+                height: 20,
+            },
+            owner: "alice".into(),
+            created_ts: 42,
+            thumbnail_of: None,
+        };
+        assert_eq!(Media::decode(&m.encode()).unwrap(), m);
+        assert!(Media::decode(&m.encode()[1..]).is_err());
+    }
 
     #[test]
     fn chat_round_trip() {

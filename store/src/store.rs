@@ -221,7 +221,7 @@ impl Store {
         })
     }
 
-    async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+    pub(crate) async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(op(reply))

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::kv::PendingCommit;
 use crate::ops::{Attempt, GroupChange, SweepStats};
-use crate::record::Chat;
+use crate::record::{Chat, Media};
 use crate::store::{AppendRequest, Appended, Committed, Shared};
 use crate::StoreError;
 
@@ -60,6 +60,7 @@ pub(crate) enum Op {
         limit: usize,
         reply: Reply<SweepStats>,
     },
+    PutMedia(Vec<Media>, Reply<()>),
     Shutdown,
 }
 
@@ -84,6 +85,7 @@ enum Answer {
     Chat(Result<Arc<Chat>, StoreError>),
     Seq(Result<u64, StoreError>),
     Sweep(Result<SweepStats, StoreError>),
+    Unit(Result<(), StoreError>),
     None,
 }
 
@@ -116,6 +118,7 @@ fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, crate::kv::KvError> {
             ..
         } => Answer::Seq(a.ack(user, *device, *chat_id, *seq)?),
         Op::Sweep { limit, .. } => Answer::Sweep(a.sweep(*limit)?),
+        Op::PutMedia(records, _) => Answer::Unit(a.put_media(records)?),
         Op::Shutdown => Answer::None,
     })
 }
@@ -135,6 +138,7 @@ fn answer(op: Op, answer: Answer) {
         }
         (Op::Ack { reply, .. }, Answer::Seq(r)) => drop(reply.send(r)),
         (Op::Sweep { reply, .. }, Answer::Sweep(r)) => drop(reply.send(r)),
+        (Op::PutMedia(_, reply), Answer::Unit(r)) => drop(reply.send(r)),
         (Op::Shutdown, Answer::None) => {}
         _ => unreachable!("answers are built from their own operation"),
     }
@@ -149,6 +153,7 @@ fn fail(op: Op, e: StoreError) {
         | Op::UpdateGroup { reply, .. } => drop(reply.send(Err(e))),
         Op::Ack { reply, .. } => drop(reply.send(Err(e))),
         Op::Sweep { reply, .. } => drop(reply.send(Err(e))),
+        Op::PutMedia(_, reply) => drop(reply.send(Err(e))),
         Op::Shutdown => {}
     }
 }

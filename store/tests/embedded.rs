@@ -38,4 +38,5 @@ conformance!(
     sync_reads_only_chats_with_news,
     retention_expires_messages_and_dedupe_and_says_so,
     batches_keep_every_guarantee,
+    media_attachments_and_access,
 );

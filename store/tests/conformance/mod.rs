@@ -751,6 +751,108 @@ pub async fn batches_keep_every_guarantee(h: &dyn Harness) {
     store.close().await;
 }
 
+fn media(id: u8, owner: &str, thumbnail_of: Option<[u8; 16]>) -> courier_store::Media {
+    courier_store::Media {
+        info: courier_wire::frame::Attachment {
+            media_id: [id; 16],
+            content_type: "image/png".into(),
+            size: 1000 + u64::from(id),
+            sha256: [id; 32],
+            thumbnail_id: None,
+            width: 64,
+            height: 32,
+        },
+        owner: owner.into(),
+        created_ts: 1,
+        thumbnail_of,
+    }
+}
+
+/// Media: only the uploader attaches its upload; the message carries the server's description,
+/// not the client's claims; members of a chat with such a message (and the uploader) may read
+/// it, a thumbnail follows its media, and a refused send leaves no access behind.
+pub async fn media_attachments_and_access(h: &dyn Harness) {
+    let store = open(h, "media", config());
+    let mut photo = media(1, "alice", None);
+    photo.info.thumbnail_id = Some([2; 16]);
+    store
+        .put_media(vec![photo.clone(), media(2, "alice", Some([1; 16]))])
+        .await
+        .unwrap();
+    store.put_media(vec![media(3, "bob", None)]).await.unwrap();
+    let chat = store.create_direct("alice", "bob").await.unwrap();
+
+    // Before any message: only the uploader.
+    assert_eq!(store.media_for("alice", &[1; 16]).unwrap(), photo);
+    assert!(matches!(
+        store.media_for("bob", &[1; 16]),
+        Err(StoreError::Forbidden)
+    ));
+    assert!(matches!(
+        store.media_for("alice", &[9; 16]),
+        Err(StoreError::Forbidden)
+    ));
+
+    let claim = |id: u8| courier_wire::frame::Attachment {
+        media_id: [id; 16],
+        content_type: "text/lies".into(),
+        size: 1,
+        sha256: [0; 32],
+        thumbnail_id: None,
+        width: 1,
+        height: 1,
+    };
+    let mut req = msg("alice", chat.id, 1);
+    req.attachments = vec![claim(1), claim(3)]; // bob's upload: refused as a whole
+    assert!(matches!(
+        store.append(req).await,
+        Err(StoreError::Forbidden)
+    ));
+    assert!(
+        matches!(store.media_for("bob", &[1; 16]), Err(StoreError::Forbidden)),
+        "a refused send grants nothing"
+    );
+    let mut req = msg("alice", chat.id, 2);
+    req.attachments = vec![claim(2)];
+    assert!(matches!(
+        store.append(req).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let mut req = msg("alice", chat.id, 3);
+    req.attachments = vec![claim(9)];
+    assert!(matches!(
+        store.append(req).await,
+        Err(StoreError::Forbidden)
+    ));
+
+    let mut req = msg("alice", chat.id, 4);
+    req.attachments = vec![claim(1)];
+    let ok = store.append(req).await.unwrap();
+    let (page, _) = store
+        .history("bob", chat.id, Direction::After, ok.seq - 1, 1)
+        .unwrap();
+    assert_eq!(
+        page[0].attachments,
+        vec![photo.info.clone()],
+        "the server's description"
+    );
+    assert_eq!(store.media_for("bob", &[1; 16]).unwrap(), photo);
+    assert_eq!(
+        store.media_for("bob", &[2; 16]).unwrap().thumbnail_of,
+        Some([1; 16]),
+        "the thumbnail follows its media"
+    );
+    assert!(matches!(
+        store.media_for("carol", &[1; 16]),
+        Err(StoreError::Forbidden)
+    ));
+    assert!(matches!(
+        store.media_for("alice", &[3; 16]),
+        Err(StoreError::Forbidden)
+    ));
+    store.close().await;
+}
+
 /// Runs the whole suite.
 pub async fn run_all(h: &dyn Harness) {
     let t = Duration::from_secs(120);
@@ -780,6 +882,7 @@ pub async fn run_all(h: &dyn Harness) {
         ),
         ("two-writers", Box::pin(two_writers_stay_dense(h))),
         ("batches", Box::pin(batches_keep_every_guarantee(h))),
+        ("media", Box::pin(media_attachments_and_access(h))),
     ] {
         tokio::time::timeout(t, fut)
             .await

@@ -10,6 +10,7 @@ use crate::codec::Codec;
 use crate::{DecodeError, Header, HEADER_LEN};
 
 pub mod chat;
+pub mod media;
 pub mod message;
 pub mod session;
 pub mod signal;
@@ -19,6 +20,7 @@ pub mod system;
 pub use chat::{
     ChatInfo, ChatKind, ChatList, ChatSpec, ChatSummary, CreateChat, GetChat, ListChats, UpdateChat,
 };
+pub use media::{Download, DownloadStart, MediaInfo, Upload, UploadProgress};
 pub use message::{Ack, Attachment, Deliver, Message, MessageKind, Send, SendOk};
 pub use session::{Done, ErrorFrame, GoAway, Hello, Ping, Pong, Welcome};
 pub use signal::{
@@ -129,6 +131,10 @@ frames! {
     RegisterPush = 0x0d,
     /// Client: liveness probe.
     Ping = 0x0e,
+    /// Client: an upload, first frame of its own stream.
+    Upload = 0x0f,
+    /// Client: a download, first frame of its own stream.
+    Download = 0x10,
     /// Server: session open.
     Welcome = 0x81,
     /// Server: message durable.
@@ -157,6 +163,12 @@ frames! {
     PresenceEvent = 0x8d,
     /// Server: generic success.
     Done = 0x8e,
+    /// Server: bytes of an upload stored so far.
+    UploadProgress = 0x8f,
+    /// Server: an upload is complete.
+    MediaInfo = 0x90,
+    /// Server: a download's bytes follow.
+    DownloadStart = 0x91,
 }
 
 impl Frame {
@@ -196,6 +208,8 @@ impl Frame {
             Self::PresenceSubscribe(f) => f.request_id,
             Self::RegisterPush(f) => f.request_id,
             Self::Ping(f) => f.request_id,
+            Self::Upload(f) => f.request_id,
+            Self::Download(f) => f.request_id,
             Self::Unknown { body, .. } if body.len() >= 4 => {
                 u32::from_be_bytes([body[0], body[1], body[2], body[3]])
             }
