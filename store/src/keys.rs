@@ -196,6 +196,35 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; 32]
 }
 
+/// `B media`.
+pub fn media(id: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(tag::MEDIA);
+    k.extend_from_slice(id);
+    k
+}
+
+/// `R media chat`.
+pub fn media_ref(id: &[u8; 16], chat: u64) -> Vec<u8> {
+    let mut k = media_refs(id);
+    k.extend_from_slice(&chat.to_be_bytes());
+    k
+}
+
+/// `R media`: the prefix of every reference to the media.
+pub fn media_refs(id: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(25);
+    k.push(tag::MEDIA_REF);
+    k.extend_from_slice(id);
+    k
+}
+
+/// The chat id in a media reference key.
+pub fn media_ref_chat(key: &[u8]) -> Option<u64> {
+    key.get(17..25)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,33 +271,4 @@ mod tests {
         assert_eq!(pair("bob", "alice"), pair("alice", "bob"));
         assert_ne!(pair("ab", "c"), pair("a", "bc"));
     }
-}
-
-/// `B media`.
-pub fn media(id: &[u8; 16]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
-    k.push(tag::MEDIA);
-    k.extend_from_slice(id);
-    k
-}
-
-/// `R media chat`.
-pub fn media_ref(id: &[u8; 16], chat: u64) -> Vec<u8> {
-    let mut k = media_refs(id);
-    k.extend_from_slice(&chat.to_be_bytes());
-    k
-}
-
-/// `R media`: the prefix of every reference to the media.
-pub fn media_refs(id: &[u8; 16]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(25);
-    k.push(tag::MEDIA_REF);
-    k.extend_from_slice(id);
-    k
-}
-
-/// The chat id in a media reference key.
-pub fn media_ref_chat(key: &[u8]) -> Option<u64> {
-    key.get(17..25)
-        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
 }
