@@ -46,7 +46,7 @@ const EVENT_QUEUE: usize = 8192;
 /// One authenticated connection. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Client {
-    conn: quinn::Connection,
+    pub(crate) conn: quinn::Connection,
     out: mpsc::Sender<Bytes>,
     pending: Pending,
     next_id: Arc<AtomicU32>,

@@ -40,6 +40,12 @@ impl FrameReader {
         }
     }
 
+    /// The stream and whatever bytes after the last frame were already received (the start of
+    /// raw data that follows a frame, as on media streams).
+    pub fn into_parts(self) -> (quinn::RecvStream, BytesMut) {
+        (self.recv, self.buf)
+    }
+
     /// The next frame, or `Ok(None)` when the peer finished the stream cleanly between frames.
     pub async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
         loop {

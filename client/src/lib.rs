@@ -11,6 +11,7 @@
 //! # Layout
 //! - [`tls`] — which server certificates to trust ([`Trust`]) and the QUIC client configuration.
 //! - [`connection`] — [`Client`], [`Events`] and the tasks that read and write the control stream.
+//! - [`media`] — uploads and downloads on streams of their own.
 //! - [`io`] — framed reading and coalesced writing on a QUIC stream (shared with the gateway).
 //! - [`inbox`] — per-chat positions, duplicate removal, gap detection; [`PositionStore`].
 //! - [`messenger`] — [`Messenger`]: reconnects, syncs, fills gaps, retries sends.
@@ -22,11 +23,13 @@ pub mod connection;
 pub mod error;
 pub mod inbox;
 pub mod io;
+pub mod media;
 pub mod messenger;
 pub mod tls;
 
 pub use connection::{Client, Event, Events};
 pub use error::ClientError;
 pub use inbox::{Inbox, MemoryPositions, Offer, PositionStore};
+pub use media::{UploadOptions, UploadState};
 pub use messenger::{Messenger, MessengerConfig, Update};
 pub use tls::Trust;

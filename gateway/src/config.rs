@@ -41,6 +41,8 @@ pub struct GatewayConfig {
     pub idle_timeout: Duration,
     /// On shutdown, how long in-flight sends may take to commit and be acknowledged.
     pub shutdown_grace: Duration,
+    /// Uploads, downloads, blobs and thumbnails.
+    pub media: crate::media::MediaConfig,
 }
 
 impl GatewayConfig {
@@ -67,6 +69,7 @@ impl GatewayConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            media: crate::media::MediaConfig::default(),
         }
     }
 
@@ -78,6 +81,9 @@ impl GatewayConfig {
                 "max body ({}) must be at least 1024 bytes below max frame ({})",
                 self.max_body, self.max_frame
             ));
+        }
+        if self.media.max_upload == 0 || self.media.max_pixels == 0 {
+            return Err("max upload and max pixels must be positive".into());
         }
         if self.max_inflight == 0 || self.outbound_queue == 0 || self.max_history_page == 0 {
             return Err("max inflight, outbound queue and history page must be positive".into());

@@ -11,6 +11,7 @@
 //! - [`auth`] — issuer keys and tokens.
 //! - [`tls`] — the TLS identity (self-signed or from PEM files).
 //! - [`server`] — the endpoint, handshakes, the control-stream loop and graceful shutdown.
+//! - [`media`] — uploads and downloads on streams of their own, blobs, thumbnails.
 //! - `session`: what each frame does (no sockets; unit-tested with channels).
 //! - `registry`: online devices; `fanout`: committed messages to them.
 
@@ -19,6 +20,7 @@
 pub mod auth;
 pub mod config;
 mod fanout;
+pub mod media;
 pub mod metrics;
 pub mod registry;
 pub mod server;

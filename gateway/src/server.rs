@@ -17,12 +17,14 @@ use tokio::task::JoinSet;
 use crate::auth::TokenVerifier;
 use crate::config::GatewayConfig;
 use crate::fanout::Fanout;
+use crate::media::MediaService;
 use crate::metrics::Metrics;
 use crate::registry::{Device, Registry};
 use crate::session::{error_frame, Limits, Session};
 
 struct Shared {
     store: Store,
+    media: Arc<MediaService>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     verifier: TokenVerifier,
@@ -89,8 +91,8 @@ impl Gateway {
             .max_idle_timeout(Some(
                 config.idle_timeout.try_into().context("idle timeout")?,
             ))
-            // One control stream now; media streams (docs/PROTOCOL.md) will raise this.
-            .max_concurrent_bidi_streams(4u32.into())
+            // The control stream, and media streams (docs/PROTOCOL.md, Media).
+            .max_concurrent_bidi_streams((1 + config.media.max_streams).into())
             .max_concurrent_uni_streams(0u32.into());
         server.transport_config(Arc::new(transport));
 
@@ -105,9 +107,19 @@ impl Gateway {
             );
         }
 
+        let media_dir = config.media.dir.clone().unwrap_or_else(|| {
+            config
+                .store_dir
+                .parent()
+                .unwrap_or(&config.store_dir)
+                .join("media")
+        });
+        let media = MediaService::open(store.clone(), media_dir.clone(), config.media.clone())
+            .with_context(|| format!("open media in {}", media_dir.display()))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             store: store.clone(),
+            media: Arc::new(media),
             metrics,
             registry,
             verifier: config.verifier,
@@ -442,8 +454,23 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
         },
     );
     tracing::debug!(user = %claims.user, device = claims.device, "session open");
+    // Media streams: every further stream the client opens is an upload or a download.
+    let media_streams = {
+        let (conn, user, media) = (conn.clone(), claims.user.clone(), shared.media.clone());
+        tokio::spawn(async move {
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(crate::media::serve_stream(
+                    send,
+                    recv,
+                    user.clone(),
+                    media.clone(),
+                ));
+            }
+        })
+    };
 
     let result = serve(&session, &mut reader, shared).await;
+    media_streams.abort();
     shared.registry.unregister(&claims.user, conn_id);
     match result {
         Ended::Finished => {

@@ -195,12 +195,12 @@ impl Session {
                 )
                 .await;
         }
-        if !f.attachments.is_empty() || f.kind == MessageKind::Media {
+        if f.attachments.is_empty() && f.kind == MessageKind::Media {
             return self
                 .fail(
                     request_id,
-                    ErrorCode::UNSUPPORTED,
-                    "media is not supported by this server version",
+                    ErrorCode::INVALID,
+                    "a media message needs an attachment (upload it first)",
                 )
                 .await;
         }

@@ -1,0 +1,138 @@
+//! Media: uploads and downloads, each on a QUIC stream of its own (docs/PROTOCOL.md, Media).
+//!
+//! - [`upload`] receives the bytes into a resumable part file, enforcing the size limit as they
+//!   arrive and hashing them, then detects the type ([`detect`]), makes a thumbnail of images off
+//!   the async threads ([`thumbnail`]), stores the blob content-addressed ([`blob`]) and the record
+//!   in the store (`courier_store::Media`).
+//! - [`download`] checks access in the store and streams a byte range of the blob.
+
+pub mod blob;
+pub mod detect;
+pub mod download;
+pub mod thumbnail;
+pub mod upload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use courier_client::io::FrameReader;
+use courier_store::Store;
+use courier_wire::frame::ErrorFrame;
+use courier_wire::{ErrorCode, Frame};
+use tokio::sync::Semaphore;
+
+use blob::Blobs;
+
+/// Largest frame accepted on a media stream (its first frame).
+const MAX_MEDIA_FRAME: u32 = 4096;
+
+/// How long a new stream may take to send its first frame.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Media settings.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// Local directory for blobs (`blobs/`) and partial uploads (`uploads/`); None: a `media`
+    /// directory beside the store's.
+    pub dir: Option<PathBuf>,
+    /// Largest upload, in bytes.
+    pub max_upload: u64,
+    /// Largest image (width x height) that is decoded for dimensions and a thumbnail.
+    pub max_pixels: u64,
+    /// How long an interrupted upload can be resumed.
+    pub resume_window: Duration,
+    /// Thumbnails made at once (each on a blocking thread).
+    pub thumbnail_workers: usize,
+    /// Media streams one connection may have open at once.
+    pub max_streams: u32,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_upload: 100 << 20,
+            max_pixels: 50_000_000,
+            resume_window: Duration::from_secs(3600),
+            thumbnail_workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_streams: 8,
+        }
+    }
+}
+
+/// What the media streams share.
+pub struct MediaService {
+    pub(crate) store: Store,
+    pub(crate) blobs: Blobs,
+    pub(crate) uploads: PathBuf,
+    pub(crate) config: MediaConfig,
+    pub(crate) thumbnails: Semaphore,
+}
+
+impl MediaService {
+    /// Media in `dir` (blobs and partial uploads) for `store`.
+    pub fn open(store: Store, dir: PathBuf, config: MediaConfig) -> anyhow::Result<Self> {
+        let uploads = dir.join("uploads");
+        std::fs::create_dir_all(&uploads)?;
+        Ok(Self {
+            store,
+            blobs: Blobs::local(&dir.join("blobs"))?,
+            uploads,
+            thumbnails: Semaphore::new(config.thumbnail_workers.max(1)),
+            config,
+        })
+    }
+}
+
+/// The error frame for a request on a media stream.
+pub(crate) fn error(request_id: u32, code: ErrorCode, message: impl Into<String>) -> Bytes {
+    Frame::ErrorFrame(ErrorFrame {
+        request_id,
+        code,
+        message: message.into(),
+    })
+    .to_bytes()
+}
+
+/// Serves one media stream opened by `user`: reads its first frame and runs the upload or the
+/// download it asks for. Anything else is refused with `UNSUPPORTED` on the stream.
+pub async fn serve_stream(
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    user: String,
+    svc: Arc<MediaService>,
+) {
+    let mut reader = FrameReader::new(recv, MAX_MEDIA_FRAME);
+    let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, reader.next()).await {
+        Ok(Ok(Some(f))) => f,
+        Ok(Err(courier_client::io::ReadError::Decode(e))) => {
+            let _ = send.write_all(&error(0, e.code(), e.to_string())).await;
+            let _ = send.finish();
+            return;
+        }
+        _ => {
+            let _ = send.reset(ErrorCode::INVALID.0.into());
+            return;
+        }
+    };
+    match first {
+        Frame::Upload(u) => {
+            let (recv, leftover) = reader.into_parts();
+            upload::serve(u, leftover, recv, send, &user, &svc).await;
+        }
+        Frame::Download(d) => download::serve(d, send, &user, &svc).await,
+        other => {
+            let id = other.request_id().unwrap_or(0);
+            let msg = format!(
+                "frame kind {:#04x} cannot open a media stream",
+                other.kind()
+            );
+            let _ = send
+                .write_all(&error(id, ErrorCode::UNSUPPORTED, msg))
+                .await;
+            let _ = send.finish();
+        }
+    }
+}
