@@ -43,6 +43,10 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// Uploads, downloads, blobs and thumbnails.
     pub media: crate::media::MediaConfig,
+    /// How long messages are kept (and media their messages attach).
+    pub retention: Duration,
+    /// The store's clock (timestamps, retention); tests move a manual one.
+    pub clock: std::sync::Arc<dyn courier_store::Clock>,
 }
 
 impl GatewayConfig {
@@ -70,6 +74,8 @@ impl GatewayConfig {
             idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             media: crate::media::MediaConfig::default(),
+            retention: Duration::from_secs(30 * 86_400),
+            clock: std::sync::Arc::new(courier_store::SystemClock),
         }
     }
 

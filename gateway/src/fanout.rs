@@ -18,6 +18,8 @@ use crate::registry::{Pushed, Registry};
 pub(crate) struct Fanout {
     pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Blobs the retention sweep released, to the media janitor.
+    pub(crate) released: tokio::sync::mpsc::UnboundedSender<[u8; 32]>,
 }
 
 /// A `Deliver` frame for `m`, encoded once and shared by every recipient.
@@ -32,6 +34,13 @@ fn deliver_frame(m: &Message) -> Bytes {
 impl CommitListener for Fanout {
     fn batch_committed(&self, operations: usize, elapsed: std::time::Duration) {
         self.metrics.commit(operations, elapsed);
+    }
+
+    fn blobs_released(&self, sha256: &[[u8; 32]]) {
+        for s in sha256 {
+            // The janitor is gone only when the gateway is: the blob is then left for a later run.
+            let _ = self.released.send(*s);
+        }
     }
 
     fn committed(&self, batch: &[Committed]) {

@@ -75,9 +75,13 @@ impl Gateway {
         let registry = Arc::new(Registry::default());
         let metrics = Arc::new(Metrics::new());
         let mut store_cfg = StoreConfig::new(&config.store_dir);
+        store_cfg.retention = config.retention;
+        store_cfg.clock = config.clock.clone();
+        let (released_tx, released_rx) = tokio::sync::mpsc::unbounded_channel();
         store_cfg.listener = Some(Arc::new(Fanout {
             registry: registry.clone(),
             metrics: metrics.clone(),
+            released: released_tx,
         }));
         let store = Store::open(store_cfg)
             .with_context(|| format!("open store in {}", config.store_dir.display()))?;
@@ -116,10 +120,16 @@ impl Gateway {
         });
         let media = MediaService::open(store.clone(), media_dir.clone(), config.media.clone())
             .with_context(|| format!("open media in {}", media_dir.display()))?;
+        let media = Arc::new(media);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        tokio::spawn(crate::media::janitor(
+            media.clone(),
+            released_rx,
+            shutdown_rx.clone(),
+        ));
         let shared = Arc::new(Shared {
             store: store.clone(),
-            media: Arc::new(media),
+            media,
             metrics,
             registry,
             verifier: config.verifier,
@@ -178,6 +188,11 @@ impl Gateway {
             shared,
             metrics_addr,
         })
+    }
+
+    /// The gateway's store (for operators' tools and tests).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The bound UDP address.

@@ -384,3 +384,71 @@ async fn chat_keeps_flowing_during_a_fifty_mib_upload_on_the_same_connection() {
     );
     server.gateway.shutdown().await;
 }
+
+/// A clock the test moves by hand.
+#[derive(Debug)]
+struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl courier_store::Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_an_unattached_upload_and_its_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let clock = std::sync::Arc::new(ManualClock(start.into()));
+    let server = {
+        let clock = clock.clone();
+        TestServer::start_with(dir.path(), move |c| c.clock = clock).await
+    };
+    let (alice, _ev) = server.connect("alice", 1).await;
+    let kept = alice
+        .upload(data(100_000, 8), options(""), &mut UploadState::default())
+        .await
+        .unwrap();
+    let stray = alice
+        .upload(
+            png(400, 300).into(),
+            options(""),
+            &mut UploadState::default(),
+        )
+        .await
+        .unwrap();
+    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
+    alice
+        .send_message(
+            chat,
+            new_client_msg_id(),
+            MessageKind::Media,
+            Bytes::new(),
+            vec![kept.clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(blob_count(&server), 3, "two uploads and a thumbnail");
+
+    clock
+        .0
+        .store(start + 25 * 3_600_000, std::sync::atomic::Ordering::SeqCst);
+    let swept = server.gateway.store().sweep().await.unwrap();
+    assert_eq!(swept.media, 2, "the stray image and its thumbnail");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while blob_count(&server) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the janitor deletes released blobs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = alice.download(stray.media_id, 0, 0).await.unwrap_err();
+    assert_eq!(code(&err), Some(ErrorCode::FORBIDDEN));
+    let (_, back) = alice.download(kept.media_id, 0, 0).await.unwrap();
+    assert_eq!(sha256(&back), kept.sha256, "attached media stays");
+    server.gateway.shutdown().await;
+}

@@ -28,8 +28,12 @@ pub mod tag {
     pub const TIME: u8 = b'T';
     /// `B media` -> media record (an upload or a thumbnail).
     pub const MEDIA: u8 = b'B';
-    /// `R media chat` -> a message of the chat references the media (value: the first seq).
+    /// `R media chat` -> a message of the chat references the media (value: the last such seq).
     pub const MEDIA_REF: u8 = b'R';
+    /// `H sha256 media` -> the media's bytes are this blob (empty value): who uses a blob.
+    pub const BLOB_USER: u8 = b'H';
+    /// `O hour media` -> an upload made in that hour, expiring unless a message attaches it.
+    pub const UPLOAD_TIME: u8 = b'O';
 }
 
 fn user(out: &mut Vec<u8>, user: &str) {
@@ -217,6 +221,41 @@ pub fn media_refs(id: &[u8; 16]) -> Vec<u8> {
     k.push(tag::MEDIA_REF);
     k.extend_from_slice(id);
     k
+}
+
+/// `H sha256 media`.
+pub fn blob_user(sha256: &[u8; 32], media: &[u8; 16]) -> Vec<u8> {
+    let mut k = blob_users(sha256);
+    k.extend_from_slice(media);
+    k
+}
+
+/// `H sha256`: the prefix of every media whose bytes are this blob.
+pub fn blob_users(sha256: &[u8; 32]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(49);
+    k.push(tag::BLOB_USER);
+    k.extend_from_slice(sha256);
+    k
+}
+
+/// `O hour media`.
+pub fn upload_time(hour: u32, media: &[u8; 16]) -> Vec<u8> {
+    let mut k = upload_time_prefix(hour);
+    k.extend_from_slice(media);
+    k
+}
+
+/// `O hour`: uploads made before `hour` sort before this.
+pub fn upload_time_prefix(hour: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(21);
+    k.push(tag::UPLOAD_TIME);
+    k.extend_from_slice(&hour.to_be_bytes());
+    k
+}
+
+/// The media id in an upload time key.
+pub fn upload_time_media(key: &[u8]) -> Option<[u8; 16]> {
+    key.get(5..21).map(|b| b.try_into().expect("16 bytes"))
 }
 
 /// The chat id in a media reference key.

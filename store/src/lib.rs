@@ -36,7 +36,7 @@ mod store;
 pub mod writer;
 
 pub use error::StoreError;
-pub use media::MAX_ATTACHMENTS;
+pub use media::{MAX_ATTACHMENTS, UNATTACHED_UPLOAD_TTL_MS};
 pub use ops::{GroupChange, SweepStats, MAX_GROUP_NAME};
 pub use reads::SyncPage;
 pub use record::{Chat, Media};

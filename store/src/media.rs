@@ -5,11 +5,16 @@
 //! chat that references it one key (`R media chat`), written in the transaction of the message
 //! that attaches it. Access: the uploader, and members of any chat with such a message. A
 //! thumbnail follows the media it was made from.
+//!
+//! Retention: an upload no message attaches within a day (`O hour media`) is deleted by the
+//! sweeper, and so is media whose every attaching message expired (the sweeper reads each
+//! expiring message anyway, for its dedupe record). A blob is released — reported for deletion
+//! from the blob store — when no media record uses it any more (`H sha256 media`).
 
 use courier_wire::frame::Attachment;
 
 use crate::kv::{KvError, Txn};
-use crate::ops::{Attempt, OpResult};
+use crate::ops::{get_u64, Attempt, OpResult, SweepStats};
 use crate::reads::engine_err;
 use crate::record::Media;
 use crate::store::Store;
@@ -30,13 +35,113 @@ pub(crate) fn read_media(t: &mut dyn Txn, id: &[u8; 16]) -> Result<Option<Media>
     }
 }
 
+/// How long an upload may wait for a message to attach it.
+pub const UNATTACHED_UPLOAD_TTL_MS: u64 = 24 * 3_600_000;
+
 impl Attempt<'_> {
-    /// Stores media records (an upload and its thumbnail, together).
+    /// Stores media records (an upload and its thumbnail, together), who uses each blob, and
+    /// (for uploads) when they were made, for expiry unless attached.
     pub(crate) fn put_media(&mut self, records: &[Media]) -> OpResult<()> {
         for m in records {
-            self.t.set(&keys::media(&m.info.media_id), &m.encode());
+            let id = &m.info.media_id;
+            self.t.set(&keys::media(id), &m.encode());
+            self.t.set(&keys::blob_user(&m.info.sha256, id), &[]);
+            if m.thumbnail_of.is_none() {
+                self.t
+                    .set(&keys::upload_time(keys::hour_of(m.created_ts), id), &[]);
+            }
         }
         Ok(Ok(()))
+    }
+
+    /// A message of `chat` attaching `media` expired, and the chat's messages below `floor` are
+    /// gone. When no message of the chat before `floor` was the last to attach it, the chat no
+    /// longer references it; when no chat does, the media is deleted.
+    pub(crate) fn unreference(
+        &mut self,
+        media: &[u8; 16],
+        chat: u64,
+        floor: u64,
+        stats: &mut SweepStats,
+    ) -> Result<(), KvError> {
+        let key = keys::media_ref(media, chat);
+        let Some(last) = get_u64(&mut *self.t, &key)? else {
+            return Ok(());
+        };
+        if last >= floor {
+            return Ok(()); // a later, unexpired message of the chat still attaches it
+        }
+        self.t.clear(&key);
+        if !self.referenced(media)? {
+            self.drop_media(media, stats)?;
+        }
+        Ok(())
+    }
+
+    fn referenced(&mut self, media: &[u8; 16]) -> Result<bool, KvError> {
+        let prefix = keys::media_refs(media);
+        Ok(!self
+            .t
+            .scan(&prefix, &keys::prefix_end(&prefix), 1, false)?
+            .is_empty())
+    }
+
+    /// Deletes a media record and its thumbnail's; blobs nobody uses any more are reported.
+    fn drop_media(&mut self, id: &[u8; 16], stats: &mut SweepStats) -> Result<(), KvError> {
+        let Some(m) = read_media(&mut *self.t, id)? else {
+            return Ok(());
+        };
+        let mut doomed = vec![m];
+        if let Some(t) = doomed[0].info.thumbnail_id {
+            if let Some(thumb) = read_media(&mut *self.t, &t)? {
+                doomed.push(thumb);
+            }
+        }
+        for m in doomed {
+            let (id, sha) = (m.info.media_id, m.info.sha256);
+            self.t.clear(&keys::media(&id));
+            self.t.clear(&keys::blob_user(&sha, &id));
+            self.t
+                .clear(&keys::upload_time(keys::hour_of(m.created_ts), &id));
+            stats.media += 1;
+            let users = keys::blob_users(&sha);
+            let still_used = !self
+                .t
+                .scan(&users, &keys::prefix_end(&users), 1, false)?
+                .is_empty();
+            if !still_used && !stats.released_blobs.contains(&sha) {
+                stats.released_blobs.push(sha);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes uploads older than a day that no message attached (at most `budget`).
+    pub(crate) fn expire_unattached_uploads(
+        &mut self,
+        budget: usize,
+        stats: &mut SweepStats,
+    ) -> Result<(), KvError> {
+        let cutoff = keys::hour_of(self.now.saturating_sub(UNATTACHED_UPLOAD_TTL_MS));
+        let old = self.t.scan(
+            &keys::upload_time_prefix(0),
+            &keys::upload_time_prefix(cutoff),
+            budget,
+            false,
+        )?;
+        if old.len() == budget {
+            stats.more = true;
+        }
+        for (k, _) in old {
+            self.t.clear(&k);
+            let Some(id) = keys::upload_time_media(&k) else {
+                continue;
+            };
+            if !self.referenced(&id)? {
+                self.drop_media(&id, stats)?;
+            }
+        }
+        Ok(())
     }
 
     /// Checks the attachments a sender claims and returns the server's own description of each;
@@ -113,6 +218,16 @@ impl Store {
             }
         }
         Err(StoreError::Forbidden)
+    }
+
+    /// Whether any media record's bytes are this blob.
+    pub fn blob_in_use(&self, sha256: &[u8; 32]) -> Result<bool, StoreError> {
+        let mut t = self.shared.engine.begin().map_err(engine_err)?;
+        let users = keys::blob_users(sha256);
+        Ok(!t
+            .scan(&users, &keys::prefix_end(&users), 1, false)
+            .map_err(engine_err)?
+            .is_empty())
     }
 
     /// The media record `id`, whoever asks (for the gateway's own use).

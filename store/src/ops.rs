@@ -57,7 +57,7 @@ pub struct GroupChange {
 }
 
 /// What one sweep transaction deleted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepStats {
     /// (chat, hour) retention entries finished: each expired a run of a chat's messages.
     pub chat_hours: usize,
@@ -65,6 +65,11 @@ pub struct SweepStats {
     pub messages: usize,
     /// Dedupe records deleted (one per deleted message that a user sent).
     pub dedupe_records: usize,
+    /// Media records deleted: uploads no message attached within a day, and media whose
+    /// every attaching message expired (thumbnails count with their media).
+    pub media: usize,
+    /// Blobs that no media record uses any more: the gateway deletes them from the blob store.
+    pub released_blobs: Vec<[u8; 32]>,
     /// Whether expired entries remain (another sweep transaction is needed).
     pub more: bool,
 }
@@ -496,6 +501,9 @@ impl<'a> Attempt<'a> {
                             .clear(&keys::dedupe(&m.sender_user, &m.client_msg_id));
                         stats.dedupe_records += 1;
                     }
+                    for a in &m.attachments {
+                        self.unreference(&a.media_id, chat, next_floor, &mut stats)?;
+                    }
                 }
                 stats.messages += doomed.len();
                 self.t.clear_range(
@@ -518,6 +526,9 @@ impl<'a> Attempt<'a> {
         }
         if runs.len() == limit.max(1) {
             stats.more = true;
+        }
+        if budget > 0 && !stats.more {
+            self.expire_unattached_uploads(budget, &mut stats)?;
         }
         Ok(Ok(stats))
     }

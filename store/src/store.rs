@@ -18,7 +18,7 @@ use crate::writer::{Op, Reply, Writer};
 use crate::StoreError;
 
 /// A source of wall-clock time, injectable for tests.
-pub trait Clock: Send + Sync + 'static {
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
 }
@@ -57,6 +57,9 @@ pub trait CommitListener: Send + Sync + 'static {
     /// Every successful commit: how many operations it held and how long the transaction took
     /// (apply and durable commit). For metrics; the default does nothing.
     fn batch_committed(&self, _operations: usize, _elapsed: Duration) {}
+    /// Blobs that no media record uses any more, after the sweep that released them committed:
+    /// the owner of the blob store deletes them (checking again that nothing uses them).
+    fn blobs_released(&self, _sha256: &[[u8; 32]]) {}
 }
 
 /// How to open a [`Store`].
@@ -349,10 +352,17 @@ impl Store {
             total.chat_hours += s.chat_hours;
             total.messages += s.messages;
             total.dedupe_records += s.dedupe_records;
+            total.media += s.media;
+            total.released_blobs.extend(s.released_blobs);
             if !s.more {
                 return Ok(total);
             }
         }
+    }
+
+    /// The store's clock, milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.shared.config.clock.now_ms()
     }
 
     /// Operations waiting in the writer's queue.

@@ -198,6 +198,15 @@ impl Prepared {
                 shared.chats.insert(id, chat);
             }
         }
+        if let Some(l) = &shared.config.listener {
+            for a in &answers {
+                if let Answer::Sweep(Ok(s)) = a {
+                    if !s.released_blobs.is_empty() {
+                        l.blobs_released(&s.released_blobs);
+                    }
+                }
+            }
+        }
         for (op, a) in ops.into_iter().zip(answers) {
             answer(op, a);
         }

@@ -39,4 +39,5 @@ conformance!(
     retention_expires_messages_and_dedupe_and_says_so,
     batches_keep_every_guarantee,
     media_attachments_and_access,
+    media_expires_with_its_messages,
 );

@@ -12,6 +12,7 @@ pub mod download;
 pub mod thumbnail;
 pub mod upload;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +70,10 @@ pub struct MediaService {
     pub(crate) uploads: PathBuf,
     pub(crate) config: MediaConfig,
     pub(crate) thumbnails: Semaphore,
+    /// Blobs an upload is storing right now (it may have found the blob present and skipped
+    /// writing it): the janitor must not delete these. Held across the janitor's check and
+    /// delete, so an upload either registers first or finds the blob gone.
+    pub(crate) storing: tokio::sync::Mutex<HashMap<[u8; 32], usize>>,
 }
 
 impl MediaService {
@@ -82,7 +87,76 @@ impl MediaService {
             uploads,
             thumbnails: Semaphore::new(config.thumbnail_workers.max(1)),
             config,
+            storing: tokio::sync::Mutex::default(),
         })
+    }
+
+    /// Marks blobs as being stored by an upload until [`MediaService::stored`].
+    pub(crate) async fn storing(&self, blobs: &[[u8; 32]]) {
+        let mut s = self.storing.lock().await;
+        for b in blobs {
+            *s.entry(*b).or_default() += 1;
+        }
+    }
+
+    /// The upload that called [`MediaService::storing`] finished (its records are committed,
+    /// or it failed).
+    pub(crate) async fn stored(&self, blobs: &[[u8; 32]]) {
+        let mut s = self.storing.lock().await;
+        for b in blobs {
+            if let Some(n) = s.get_mut(b) {
+                *n -= 1;
+                if *n == 0 {
+                    s.remove(b);
+                }
+            }
+        }
+    }
+
+    /// Deletes a released blob unless an upload is storing it or a record uses it again.
+    async fn release(&self, sha256: [u8; 32]) {
+        let storing = self.storing.lock().await;
+        if storing.contains_key(&sha256) {
+            return;
+        }
+        match self.store.blob_in_use(&sha256) {
+            Ok(false) => {
+                if let Err(e) = self.blobs.delete(&sha256).await {
+                    tracing::warn!("deleting blob {} failed: {e}", blob::hex(&sha256));
+                }
+            }
+            Ok(true) => {}
+            Err(e) => tracing::warn!("blob check failed: {e}"),
+        }
+        drop(storing);
+    }
+}
+
+/// How often expired partial uploads are looked for.
+const PART_SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// Deletes blobs the retention sweep released, and partial uploads past the resume window,
+/// until the gateway shuts down.
+pub(crate) async fn janitor(
+    svc: Arc<MediaService>,
+    mut released: tokio::sync::mpsc::UnboundedReceiver<[u8; 32]>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut parts = tokio::time::interval(PART_SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            sha = released.recv() => match sha {
+                Some(sha) => svc.release(sha).await,
+                None => return,
+            },
+            _ = parts.tick() => {
+                let n = upload::expire_parts(&svc).await;
+                if n > 0 {
+                    tracing::info!("removed {n} expired partial upload files");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

@@ -324,7 +324,9 @@ async fn receive(
             "the bytes do not have the declared SHA-256",
         ));
     }
+    svc.storing(&[sha256]).await;
     let result = store(svc, id, user, req.size, sha256).await;
+    svc.stored(&[sha256]).await;
     remove(svc, id).await;
     result
 }
@@ -336,6 +338,21 @@ async fn store(
     user: &str,
     size: u64,
     sha256: [u8; 32],
+) -> Result<Attachment, Failure> {
+    let mut storing = Vec::new();
+    let result = store_marked(svc, id, user, size, sha256, &mut storing).await;
+    svc.stored(&storing).await;
+    result
+}
+
+/// [`store`], noting in `storing` the blobs it marked as being stored.
+async fn store_marked(
+    svc: &MediaService,
+    id: u64,
+    user: &str,
+    size: u64,
+    sha256: [u8; 32],
+    storing: &mut Vec<[u8; 32]>,
 ) -> Result<Attachment, Failure> {
     let (part, _) = paths(svc, id);
     let mut head = [0u8; SNIFF_LEN];
@@ -352,7 +369,7 @@ async fn store(
         n
     };
     let (content_type, image_kind) = detect::content_type(&head[..n]);
-    let now = now_ms();
+    let now = svc.store.now_ms();
     let media_id = courier_wire::uuid_v7(now, random_tail());
     let mut info = Attachment {
         media_id,
@@ -387,6 +404,8 @@ async fn store(
         let thumb_id = courier_wire::uuid_v7(now, random_tail());
         let thumb_size = t.thumbnail.len() as u64;
         let thumb_dims = image_dims(&t.thumbnail).unwrap_or((0, 0));
+        svc.storing(&[thumb_sha]).await;
+        storing.push(thumb_sha);
         svc.blobs
             .put_bytes(&thumb_sha, t.thumbnail.into())
             .await

@@ -23,7 +23,7 @@ pub trait Harness {
 }
 
 /// A clock the test moves by hand.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct ManualClock(pub AtomicU64);
 
 impl Clock for ManualClock {
@@ -853,6 +853,81 @@ pub async fn media_attachments_and_access(h: &dyn Harness) {
     store.close().await;
 }
 
+/// Media retention: an upload no message attaches within a day is deleted; attached media
+/// lives as long as a message attaches it; a blob is released only when no record uses it.
+pub async fn media_expires_with_its_messages(h: &dyn Harness) {
+    const DAY: u64 = 86_400_000;
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000 * DAY)));
+    let released = Arc::new(Mutex::new(Vec::new()));
+    struct Blobs(Arc<Mutex<Vec<[u8; 32]>>>);
+    impl CommitListener for Blobs {
+        fn committed(&self, _: &[Committed]) {}
+        fn blobs_released(&self, sha256: &[[u8; 32]]) {
+            self.0.lock().unwrap().extend_from_slice(sha256);
+        }
+    }
+    let mut cfg = config();
+    cfg.clock = clock.clone();
+    cfg.listener = Some(Arc::new(Blobs(released.clone())));
+    let store = open(h, "media-retention", cfg);
+    let at = |id: u8, owner: &str, ts: u64| {
+        let mut m = media(id, owner, None);
+        m.created_ts = ts;
+        m
+    };
+    // Photo 1 with thumbnail 2; stray upload 3; upload 4 with the same bytes as 1.
+    let mut photo = at(1, "alice", 1_000 * DAY);
+    photo.info.thumbnail_id = Some([2; 16]);
+    let mut thumb = at(2, "alice", 1_000 * DAY);
+    thumb.thumbnail_of = Some([1; 16]);
+    store.put_media(vec![photo, thumb]).await.unwrap();
+    store
+        .put_media(vec![at(3, "alice", 1_000 * DAY)])
+        .await
+        .unwrap();
+    let chat = store.create_direct("alice", "bob").await.unwrap();
+    let mut req = msg("alice", chat.id, 1);
+    req.attachments = vec![media(1, "alice", None).info];
+    store.append(req).await.unwrap();
+
+    // A day and a bit later: the stray upload goes, with its blob; the photo stays.
+    clock.0.store(1_001 * DAY + 3_600_000, Ordering::SeqCst);
+    let s = store.sweep().await.unwrap();
+    assert_eq!((s.media, s.released_blobs.clone()), (1, vec![[3; 32]]));
+    assert_eq!(
+        *released.lock().unwrap(),
+        vec![[3; 32]],
+        "the listener heard it"
+    );
+    assert!(store.media(&[3; 16]).unwrap().is_none());
+    assert!(store.media(&[1; 16]).unwrap().is_some());
+    assert!(store.blob_in_use(&[1; 32]).unwrap());
+    assert!(!store.blob_in_use(&[3; 32]).unwrap());
+
+    // Upload 4 shares photo 1's bytes, made just before the photo's message expires.
+    let mut same = at(4, "alice", 1_030 * DAY);
+    same.info.sha256 = [1; 32];
+    store.put_media(vec![same]).await.unwrap();
+    clock.0.store(1_031 * DAY, Ordering::SeqCst);
+    let s = store.sweep().await.unwrap();
+    assert_eq!(s.messages, 1);
+    assert_eq!(s.media, 2, "the photo and its thumbnail");
+    assert_eq!(
+        s.released_blobs,
+        vec![[2; 32]],
+        "the photo's bytes are still used by upload 4"
+    );
+    assert!(store.media(&[1; 16]).unwrap().is_none());
+    assert!(store.media(&[2; 16]).unwrap().is_none());
+    assert!(store.blob_in_use(&[1; 32]).unwrap());
+
+    // And upload 4, never attached, a day later.
+    clock.0.store(1_031 * DAY + DAY, Ordering::SeqCst);
+    let s = store.sweep().await.unwrap();
+    assert_eq!((s.media, s.released_blobs), (1, vec![[1; 32]]));
+    store.close().await;
+}
+
 /// Runs the whole suite.
 pub async fn run_all(h: &dyn Harness) {
     let t = Duration::from_secs(120);
@@ -883,6 +958,10 @@ pub async fn run_all(h: &dyn Harness) {
         ("two-writers", Box::pin(two_writers_stay_dense(h))),
         ("batches", Box::pin(batches_keep_every_guarantee(h))),
         ("media", Box::pin(media_attachments_and_access(h))),
+        (
+            "media-retention",
+            Box::pin(media_expires_with_its_messages(h)),
+        ),
     ] {
         tokio::time::timeout(t, fut)
             .await
