@@ -8,11 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use courier_client::{Client, Event, Trust};
+use courier_client::connection::new_client_msg_id;
+use courier_client::{Client, Event, Trust, UploadOptions, UploadState};
 use courier_gateway::auth::{Claims, IssuerKey, TokenVerifier};
+use courier_gateway::media::BlobStoreConfig;
 use courier_gateway::tls::TlsIdentity;
 use courier_gateway::{Gateway, GatewayConfig};
-use courier_wire::frame::{Direction, Message, MessageKind};
+use courier_wire::frame::{Attachment, Direction, Message, MessageKind};
 use tokio::io::AsyncBufReadExt;
 
 #[global_allocator]
@@ -90,6 +92,20 @@ struct ServeArgs {
     /// Shards (threads with their own QUIC endpoint on the port); default: number of cores.
     #[arg(long)]
     shards: Option<usize>,
+    /// Largest media upload, in bytes.
+    #[arg(long, default_value_t = 100 << 20)]
+    max_upload: u64,
+    /// Directory for partial uploads and (with the local blob store) blobs; default:
+    /// <data-dir>/media.
+    #[arg(long)]
+    media_dir: Option<PathBuf>,
+    /// Where media blobs live: `local` (in the media directory) or `s3://BUCKET` (needs a build
+    /// with `--features s3`; credentials and region from the AWS_* environment variables).
+    #[arg(long, default_value = "local")]
+    blob_store: String,
+    /// Endpoint of an S3-compatible service (e.g. http://127.0.0.1:9000), for `s3://` blob stores.
+    #[arg(long)]
+    s3_endpoint: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -232,6 +248,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_inflight = args.max_inflight;
     config.max_connections = args.max_connections;
     config.metrics = args.metrics;
+    config.media.max_upload = args.max_upload;
+    config.media.dir = Some(
+        args.media_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("media")),
+    );
+    config.media.blobs = BlobStoreConfig::parse(&args.blob_store, args.s3_endpoint.clone())
+        .map_err(anyhow::Error::msg)?;
     if let Some(n) = args.shards {
         if n == 0 {
             bail!("--shards must be at least 1");
@@ -259,6 +283,42 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A media id from its 32 hex digits.
+fn parse_media_id(text: &str) -> anyhow::Result<[u8; 16]> {
+    let text = text.trim();
+    if text.len() != 32 {
+        bail!("a media id is 32 hex digits, got {text:?}");
+    }
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+            .with_context(|| format!("{text:?} is not hex"))?;
+    }
+    Ok(id)
+}
+
+fn describe(a: &Attachment) -> String {
+    let dims = if a.width > 0 {
+        format!(" {}x{}", a.width, a.height)
+    } else {
+        String::new()
+    };
+    let thumb = a
+        .thumbnail_id
+        .map(|t| format!(" thumbnail={}", hex(&t)))
+        .unwrap_or_default();
+    format!(
+        "[file {} {} bytes{dims} id={}{thumb}]",
+        a.content_type,
+        a.size,
+        hex(&a.media_id)
+    )
+}
+
 fn print_message(m: &Message) {
     let text = String::from_utf8_lossy(&m.body);
     let kind = match m.kind {
@@ -266,10 +326,59 @@ fn print_message(m: &Message) {
         MessageKind::Media => "[media] ",
         MessageKind::System => "[system] ",
     };
+    let files: Vec<String> = m.attachments.iter().map(describe).collect();
     println!(
-        "[chat {} #{}] {}: {kind}{text}",
-        m.chat_id, m.seq, m.sender_user
+        "[chat {} #{}] {}: {kind}{text}{}{}",
+        m.chat_id,
+        m.seq,
+        m.sender_user,
+        if files.is_empty() { "" } else { " " },
+        files.join(" ")
     );
+}
+
+/// `/send-file PATH [caption]`: uploads the file and sends it as a media message.
+async fn send_file(client: &Client, chat: u64, rest: &str) -> anyhow::Result<()> {
+    let (path, caption) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+    if path.is_empty() {
+        bail!("usage: /send-file PATH [caption]");
+    }
+    let bytes = tokio::fs::read(path)
+        .await
+        .with_context(|| format!("read {path}"))?;
+    let mut state = UploadState::default();
+    let media = client
+        .upload(bytes.into(), UploadOptions::default(), &mut state)
+        .await?;
+    let ok = client
+        .send_message(
+            chat,
+            new_client_msg_id(),
+            MessageKind::Media,
+            caption.as_bytes().to_vec().into(),
+            vec![media.clone()],
+        )
+        .await?;
+    println!(
+        "[chat {} #{}] sent {path} {}",
+        ok.chat_id,
+        ok.seq,
+        describe(&media)
+    );
+    Ok(())
+}
+
+/// `/download ID [PATH]`: downloads media into PATH (default: the id, in this directory).
+async fn download(client: &Client, rest: &str) -> anyhow::Result<()> {
+    let mut words = rest.split_whitespace();
+    let id = parse_media_id(words.next().unwrap_or_default())?;
+    let path = words.next().map_or_else(|| hex(&id), str::to_owned);
+    let (media, bytes) = client.download(id, 0, 0).await?;
+    tokio::fs::write(&path, &bytes)
+        .await
+        .with_context(|| format!("write {path}"))?;
+    println!("saved {} to {path}", describe(&media));
+    Ok(())
 }
 
 async fn chat(args: ChatArgs) -> anyhow::Result<()> {
@@ -300,7 +409,7 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
     let me = client.welcome().user.clone();
     let chat = client.create_direct_chat(&args.to).await?;
     println!(
-        "connected as {me}; chat {} with {} (type a line and press enter; Ctrl-D quits)",
+        "connected as {me}; chat {} with {} (type a line and press enter; /send-file PATH [caption]; /download ID [PATH]; Ctrl-D quits)",
         chat.chat_id, args.to
     );
     let recent = client
@@ -315,6 +424,16 @@ async fn chat(args: ChatArgs) -> anyhow::Result<()> {
         tokio::select! {
             line = lines.next_line() => match line? {
                 Some(line) if line.trim().is_empty() => {}
+                Some(line) if line.starts_with("/send-file") => {
+                    if let Err(e) = send_file(&client, chat.chat_id, &line["/send-file".len()..]).await {
+                        eprintln!("send-file failed: {e:#}");
+                    }
+                }
+                Some(line) if line.starts_with("/download") => {
+                    if let Err(e) = download(&client, &line["/download".len()..]).await {
+                        eprintln!("download failed: {e:#}");
+                    }
+                }
                 Some(line) => match client.send(chat.chat_id, line.into_bytes()).await {
                     Ok(ok) => println!("[chat {} #{}] sent", ok.chat_id, ok.seq),
                     Err(e) => eprintln!("send failed: {e}"),

@@ -39,6 +39,25 @@ impl Blobs {
         Ok(Self::new(Arc::new(LocalFileSystem::new_with_prefix(dir)?)))
     }
 
+    /// Blobs in an S3 bucket (or an S3-compatible service at `endpoint`); credentials and
+    /// region from the `AWS_*` environment variables.
+    #[cfg(feature = "s3")]
+    pub fn s3(bucket: &str, endpoint: Option<&str>) -> anyhow::Result<Self> {
+        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(e) = endpoint {
+            b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+        }
+        Ok(Self::new(Arc::new(b.build()?)))
+    }
+
+    /// Without the `s3` feature: an error saying so.
+    #[cfg(not(feature = "s3"))]
+    pub fn s3(bucket: &str, _endpoint: Option<&str>) -> anyhow::Result<Self> {
+        anyhow::bail!(
+            "blob store s3://{bucket}: this courier was built without S3 support (cargo feature `s3`)"
+        )
+    }
+
     /// Blobs in any object store.
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
         Self { store }

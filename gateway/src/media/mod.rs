@@ -48,6 +48,45 @@ pub struct MediaConfig {
     pub thumbnail_workers: usize,
     /// Media streams one connection may have open at once.
     pub max_streams: u32,
+    /// Where blobs live.
+    pub blobs: BlobStoreConfig,
+}
+
+/// Where media blobs live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BlobStoreConfig {
+    /// `blobs/` in the media directory.
+    #[default]
+    Local,
+    /// An S3 bucket, or a bucket of an S3-compatible service at `endpoint`. Credentials and
+    /// region come from the `AWS_*` environment variables. Needs the `s3` cargo feature.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The service's URL, for S3-compatible services (http allowed).
+        endpoint: Option<String>,
+    },
+}
+
+impl BlobStoreConfig {
+    /// `local` or `s3://BUCKET` (with an optional endpoint for S3-compatible services).
+    pub fn parse(text: &str, endpoint: Option<String>) -> Result<Self, String> {
+        if text == "local" {
+            if endpoint.is_some() {
+                return Err("an S3 endpoint needs an s3:// blob store".into());
+            }
+            return Ok(Self::Local);
+        }
+        match text.strip_prefix("s3://") {
+            Some(bucket) if !bucket.is_empty() && !bucket.contains('/') => Ok(Self::S3 {
+                bucket: bucket.to_owned(),
+                endpoint,
+            }),
+            _ => Err(format!(
+                "blob store {text:?}: expected `local` or `s3://BUCKET`"
+            )),
+        }
+    }
 }
 
 impl Default for MediaConfig {
@@ -59,6 +98,7 @@ impl Default for MediaConfig {
             resume_window: Duration::from_secs(3600),
             thumbnail_workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_streams: 8,
+            blobs: BlobStoreConfig::Local,
         }
     }
 }
@@ -81,9 +121,13 @@ impl MediaService {
     pub fn open(store: Store, dir: PathBuf, config: MediaConfig) -> anyhow::Result<Self> {
         let uploads = dir.join("uploads");
         std::fs::create_dir_all(&uploads)?;
+        let blobs = match &config.blobs {
+            BlobStoreConfig::Local => Blobs::local(&dir.join("blobs"))?,
+            BlobStoreConfig::S3 { bucket, endpoint } => Blobs::s3(bucket, endpoint.as_deref())?,
+        };
         Ok(Self {
             store,
-            blobs: Blobs::local(&dir.join("blobs"))?,
+            blobs,
             uploads,
             thumbnails: Semaphore::new(config.thumbnail_workers.max(1)),
             config,
@@ -208,5 +252,29 @@ pub async fn serve_stream(
                 .await;
             let _ = send.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_store_settings_parse() {
+        assert_eq!(
+            BlobStoreConfig::parse("local", None),
+            Ok(BlobStoreConfig::Local)
+        );
+        assert_eq!(
+            BlobStoreConfig::parse("s3://media", Some("http://127.0.0.1:9000".into())),
+            Ok(BlobStoreConfig::S3 {
+                bucket: "media".into(),
+                endpoint: Some("http://127.0.0.1:9000".into())
+            })
+        );
+        for bad in ["s3://", "s3://a/b", "gs://x", ""] {
+            assert!(BlobStoreConfig::parse(bad, None).is_err(), "{bad}");
+        }
+        assert!(BlobStoreConfig::parse("local", Some("http://x".into())).is_err());
     }
 }
