@@ -121,6 +121,33 @@ mod tests {
     }
 
     #[test]
+    fn jpeg_gif_and_webp_are_thumbnailed_too() {
+        let img = image::RgbaImage::from_fn(640, 400, |x, y| {
+            image::Rgba([(x % 256) as u8, (y % 256) as u8, 9, 255])
+        });
+        for (format, kind) in [
+            (image::ImageFormat::Jpeg, ImageKind::Jpeg),
+            (image::ImageFormat::Gif, ImageKind::Gif),
+            (image::ImageFormat::WebP, ImageKind::WebP),
+        ] {
+            let mut out = Cursor::new(Vec::new());
+            let pixels = image::DynamicImage::ImageRgba8(img.clone());
+            let pixels = if format == image::ImageFormat::Jpeg {
+                image::DynamicImage::ImageRgb8(pixels.to_rgb8())
+            } else {
+                pixels
+            };
+            pixels.write_to(&mut out, format).unwrap();
+            let bytes = out.into_inner();
+            assert_eq!(super::super::detect::content_type(&bytes).1, Some(kind));
+            let t = thumbnail(&bytes, kind, 50_000_000).unwrap();
+            assert_eq!((t.width, t.height), (640, 400), "{format:?}");
+            let back = image::load_from_memory(&t.thumbnail).unwrap();
+            assert_eq!((back.width(), back.height()), (320, 200), "{format:?}");
+        }
+    }
+
+    #[test]
     fn the_pixel_budget_is_checked_before_decoding() {
         let err = thumbnail(&png(300, 300), ImageKind::Png, 10_000).unwrap_err();
         assert!(

@@ -382,9 +382,10 @@ async fn store_marked(
     };
     let mut records = Vec::with_capacity(2);
     if let Some(kind) = image_kind {
+        // A worker slot first: at most `thumbnail_workers` images are in memory at once.
+        let _worker = svc.thumbnails.acquire().await.map_err(|_| Failure::Cut)?;
         let bytes = tokio::fs::read(&part).await?;
         let max_pixels = svc.config.max_pixels;
-        let _worker = svc.thumbnails.acquire().await.map_err(|_| Failure::Cut)?;
         let made = tokio::task::spawn_blocking(move || img::thumbnail(&bytes, kind, max_pixels))
             .await
             .map_err(|e| Failure::Internal(e.to_string()))?;
