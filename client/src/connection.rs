@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use courier_wire::frame::{
     Ack, Attachment, ChatList, ChatPosition, ChatSpec, ChatSummary, CreateChat, Direction, GetChat,
-    Hello, History, HistoryPage, ListChats, Message, MessageKind, Ping, Send, SendOk, Sync,
-    SyncEnd, UpdateChat, Welcome,
+    Hello, History, HistoryPage, ListChats, Message, MessageKind, Ping, Receipt, ReceiptKind, Send,
+    SendOk, Sync, SyncEnd, Typing, UpdateChat, Welcome,
 };
 use courier_wire::{Frame, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -353,6 +353,44 @@ impl Client {
             request_id: 0,
             chat_id,
             seq,
+        }))
+        .await
+    }
+
+    /// Tells the server this user received (or read) the chat up to `seq`; answered once the
+    /// pointer is stored. The senders of the covered messages and this user's other devices get
+    /// a `ReceiptEvent` (as [`Event::Frame`]).
+    pub async fn receipt(
+        &self,
+        chat_id: u64,
+        kind: ReceiptKind,
+        seq: u64,
+    ) -> Result<(), ClientError> {
+        match self
+            .request(|request_id| {
+                Frame::Receipt(Receipt {
+                    request_id,
+                    chat_id,
+                    kind,
+                    seq,
+                })
+            })
+            .await?
+        {
+            Frame::Done(_) => Ok(()),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Shows (or stops showing) this user as typing in the chat to its online members. Not
+    /// answered unless refused (not a member, or rate-limited): the refusal arrives as
+    /// [`Event::Frame`] with an `ErrorFrame`.
+    pub async fn typing(&self, chat_id: u64, typing: bool) -> Result<(), ClientError> {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
+        self.post(Frame::Typing(Typing {
+            request_id,
+            chat_id,
+            typing,
         }))
         .await
     }

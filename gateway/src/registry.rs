@@ -1,5 +1,7 @@
 //! Who is online: user -> devices -> the connection's outbound queue.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::mpsc;
@@ -43,10 +45,15 @@ impl Device {
     }
 }
 
+/// Typing events one user may send per second (over all its devices).
+pub const TYPING_PER_SECOND: u32 = 5;
+
 /// The online devices of every connected user.
 #[derive(Default)]
 pub(crate) struct Registry {
     users: DashMap<String, Vec<Device>>,
+    /// Per online user: the second its typing events are counted in, and how many so far.
+    typing: DashMap<String, (Instant, u32)>,
 }
 
 impl Registry {
@@ -55,10 +62,43 @@ impl Registry {
     }
 
     pub(crate) fn unregister(&self, user: &str, conn_id: u64) {
-        self.users.remove_if_mut(user, |_, devices| {
-            devices.retain(|d| d.conn_id != conn_id);
-            devices.is_empty()
-        });
+        let gone = self
+            .users
+            .remove_if_mut(user, |_, devices| {
+                devices.retain(|d| d.conn_id != conn_id);
+                devices.is_empty()
+            })
+            .is_some();
+        if gone {
+            self.typing.remove(user);
+        }
+    }
+
+    /// Whether `user` may send another typing event now ([`TYPING_PER_SECOND`]).
+    pub(crate) fn allow_typing(&self, user: &str) -> bool {
+        let now = Instant::now();
+        let mut w = self.typing.entry(user.to_owned()).or_insert((now, 0));
+        if now.duration_since(w.0) >= Duration::from_secs(1) {
+            *w = (now, 0);
+        }
+        w.1 += 1;
+        w.1 <= TYPING_PER_SECOND
+    }
+
+    /// Pushes `frame` to every online device of `users`, except device `skip` of user `except`.
+    pub(crate) fn push_to<'u>(
+        &self,
+        users: impl IntoIterator<Item = &'u String>,
+        frame: &Bytes,
+        except: (&str, u32),
+    ) {
+        for u in users {
+            self.for_each_device(u, |d| {
+                if !(u == except.0 && d.device == except.1) {
+                    d.push(frame.clone());
+                }
+            });
+        }
     }
 
     /// Calls `f` for each online device of `user`.

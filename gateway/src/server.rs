@@ -445,6 +445,7 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
         out.clone(),
         shared.limits,
         shared.metrics.clone(),
+        shared.registry.clone(),
     );
     let welcome = Frame::Welcome(Welcome {
         request_id: hello_request_id,

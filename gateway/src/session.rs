@@ -13,13 +13,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use courier_store::{AppendRequest, GroupChange, Store, StoreError};
 use courier_wire::frame::{
-    ChatInfo, ChatList, ChatSpec, Deliver, ErrorFrame, HistoryPage, MessageKind, Pong, SendOk,
-    SyncEnd,
+    ChatInfo, ChatList, ChatSpec, Deliver, Done, ErrorFrame, HistoryPage, MessageKind, Pong,
+    Receipt, ReceiptEvent, SendOk, SyncEnd, Typing, TypingEvent,
 };
 use courier_wire::{Codec, ErrorCode, Frame, HEADER_LEN};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::metrics::Metrics;
+use crate::registry::{Registry, TYPING_PER_SECOND};
 
 /// Most messages in one sync page.
 const MAX_SYNC_PAGE: u32 = 1000;
@@ -56,6 +57,7 @@ pub(crate) struct Session {
     limits: Limits,
     inflight: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
 }
 
 impl Session {
@@ -66,6 +68,7 @@ impl Session {
         out: mpsc::Sender<Bytes>,
         limits: Limits,
         metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
     ) -> Self {
         let inflight = Arc::new(Semaphore::new(limits.max_inflight as usize));
         Self {
@@ -76,6 +79,7 @@ impl Session {
             limits,
             inflight,
             metrics,
+            registry,
         }
     }
 
@@ -153,10 +157,9 @@ impl Session {
                     Err(e) => self.store_error(request_id, &e).await,
                 }
             }
-            Frame::Receipt(_)
-            | Frame::Typing(_)
-            | Frame::PresenceSubscribe(_)
-            | Frame::RegisterPush(_) => {
+            Frame::Receipt(f) => self.receipt(f).await,
+            Frame::Typing(f) => self.typing(f).await,
+            Frame::PresenceSubscribe(_) | Frame::RegisterPush(_) => {
                 self.fail(
                     request_id,
                     ErrorCode::UNSUPPORTED,
@@ -249,18 +252,77 @@ impl Session {
         Ok(())
     }
 
+    /// Moves the user's delivered/read pointer; tells the senders of the newly covered
+    /// messages and the user's other devices (so they clear unread too); answers `Done`.
+    async fn receipt(&self, f: Receipt) -> Result<(), Disconnected> {
+        let outcome = match self
+            .store
+            .receipt(&self.user, f.chat_id, f.kind, f.seq)
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => return self.store_error(f.request_id, &e).await,
+        };
+        if outcome.advanced {
+            let event = Frame::ReceiptEvent(ReceiptEvent {
+                chat_id: outcome.chat_id,
+                user: self.user.clone(),
+                device: self.device,
+                kind: outcome.kind,
+                seq: outcome.seq,
+                count: outcome.count,
+            })
+            .to_bytes();
+            self.registry.push_to(
+                outcome.notify.iter().chain([&self.user]),
+                &event,
+                (&self.user, self.device),
+            );
+        }
+        self.reply(
+            Frame::Done(Done {
+                request_id: f.request_id,
+            })
+            .to_bytes(),
+        )
+        .await
+    }
+
+    /// Relays a typing indicator to the chat's online members; never stored, rate-limited per
+    /// user, answered only when refused.
+    async fn typing(&self, f: Typing) -> Result<(), Disconnected> {
+        if !self.registry.allow_typing(&self.user) {
+            let msg = format!("at most {TYPING_PER_SECOND} typing events per second");
+            return self.fail(f.request_id, ErrorCode::RATE_LIMITED, msg).await;
+        }
+        let chat = match self.store.chat_for(&self.user, f.chat_id) {
+            Ok(c) => c,
+            Err(e) => return self.store_error(f.request_id, &e).await,
+        };
+        let event = Frame::TypingEvent(TypingEvent {
+            chat_id: f.chat_id,
+            user: self.user.clone(),
+            device: self.device,
+            typing: f.typing,
+        })
+        .to_bytes();
+        self.registry
+            .push_to(&chat.members, &event, (&self.user, self.device));
+        Ok(())
+    }
+
     async fn chat_info(
         &self,
         request_id: u32,
         chat: &courier_store::Chat,
     ) -> Result<(), Disconnected> {
-        let seen = match self.store.user_positions(&self.user) {
+        let read = match self.store.receipt_pointers(&self.user) {
             Ok(p) => p,
             Err(e) => return self.store_error(request_id, &e).await,
         };
         match self.store.last_seq(chat.id) {
             Ok(last) => {
-                let unread = last.saturating_sub(seen.get(&chat.id).copied().unwrap_or(0));
+                let unread = last.saturating_sub(read.get(&chat.id).map_or(0, |p| p.read));
                 let chat = chat.summary(last, unread);
                 self.reply(Frame::ChatInfo(ChatInfo { request_id, chat }).to_bytes())
                     .await
@@ -281,7 +343,7 @@ impl Session {
             Ok(c) => c,
             Err(e) => return self.store_error(request_id, &e).await,
         };
-        let seen = match self.store.user_positions(&self.user) {
+        let read = match self.store.receipt_pointers(&self.user) {
             Ok(p) => p,
             Err(e) => return self.store_error(request_id, &e).await,
         };
@@ -290,7 +352,7 @@ impl Session {
             .into_iter()
             .take(limit)
             .map(|(c, last)| {
-                let unread = last.saturating_sub(seen.get(&c.id).copied().unwrap_or(0));
+                let unread = last.saturating_sub(read.get(&c.id).map_or(0, |p| p.read));
                 c.summary(last, unread)
             })
             .collect();
@@ -424,6 +486,7 @@ mod tests {
             store.clone(),
             tx,
             limits(),
+            Arc::default(),
             Arc::default(),
         );
 

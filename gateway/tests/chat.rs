@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::{body, next_message, TestServer};
 use courier_client::{ClientError, Event, MemoryPositions, Messenger, MessengerConfig, Update};
 use courier_wire::frame::{
-    ChatPosition, Direction, MessageKind, Send, SystemEvent, SystemEventKind,
+    ChatPosition, Direction, MessageKind, ReceiptKind, Send, SystemEvent, SystemEventKind,
 };
 use courier_wire::{ErrorCode, Frame};
 
@@ -176,18 +176,14 @@ async fn membership_changes_are_messages_and_removed_members_stop_receiving() {
         ),
         ("road trip", 4, 4)
     );
-    // Unread counts what none of the user's devices has acknowledged.
-    bob.ack(g.chat_id, 3).await.unwrap();
-    bob.ping().await.unwrap();
-    let mut unread = 0;
-    for _ in 0..50 {
-        unread = bob.get_chat(g.chat_id).await.unwrap().unread;
-        if unread == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(unread, 1);
+    // Unread counts what the user has not read (on any device); receiving is not reading.
+    bob.ack(g.chat_id, 4).await.unwrap();
+    bob.receipt(g.chat_id, ReceiptKind::Delivered, 4)
+        .await
+        .unwrap();
+    assert_eq!(bob.get_chat(g.chat_id).await.unwrap().unread, 4);
+    bob.receipt(g.chat_id, ReceiptKind::Read, 3).await.unwrap();
+    assert_eq!(bob.get_chat(g.chat_id).await.unwrap().unread, 1);
     assert_eq!(
         dave.get_chat(g.chat_id).await.unwrap_err().code(),
         Some(ErrorCode::FORBIDDEN)

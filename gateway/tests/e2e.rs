@@ -388,7 +388,10 @@ async fn metrics_are_served_in_prometheus_text() {
     // The refused connection's task may still be closing it: wait until only the two remain.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while server.gateway.shard_connections().iter().sum::<usize>() != 2 {
-        assert!(std::time::Instant::now() < deadline, "the refused connection is released");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused connection is released"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 

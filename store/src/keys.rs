@@ -34,6 +34,8 @@ pub mod tag {
     pub const BLOB_USER: u8 = b'H';
     /// `O hour media` -> an upload made in that hour, expiring unless a message attaches it.
     pub const UPLOAD_TIME: u8 = b'O';
+    /// `E user chat` -> how far the user has received and read the chat (two seqs).
+    pub const RECEIPT: u8 = b'E';
 }
 
 fn user(out: &mut Vec<u8>, user: &str) {
@@ -198,6 +200,21 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0xff; 32]
+}
+
+/// `E user chat`.
+pub fn receipt(u: &str, chat: u64) -> Vec<u8> {
+    let mut k = receipt_prefix(u);
+    k.extend_from_slice(&chat.to_be_bytes());
+    k
+}
+
+/// `E user`: the prefix of a user's receipt pointers.
+pub fn receipt_prefix(u: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + u.len());
+    k.push(tag::RECEIPT);
+    user(&mut k, u);
+    k
 }
 
 /// `B media`.

@@ -19,6 +19,7 @@
 //! - [`ops`] — write operations (append, chats, groups, positions, retention sweep).
 //! - `reads` — history, chat lists and sync.
 //! - `media` — media records, attachment checks and who may download.
+//! - `receipts` — delivered and read pointers, and whom a receipt tells.
 //! - [`writer`] — the group-commit writer thread.
 //! - [`error`] — [`StoreError`].
 
@@ -31,6 +32,7 @@ pub mod kv;
 mod media;
 pub mod ops;
 mod reads;
+mod receipts;
 pub mod record;
 mod store;
 pub mod writer;
@@ -39,6 +41,7 @@ pub use error::StoreError;
 pub use media::{MAX_ATTACHMENTS, UNATTACHED_UPLOAD_TTL_MS};
 pub use ops::{GroupChange, SweepStats, MAX_GROUP_NAME};
 pub use reads::SyncPage;
+pub use receipts::{Pointers, ReceiptOutcome, MAX_SENDERS_SCANNED};
 pub use record::{Chat, Media};
 pub use store::{
     AppendRequest, Appended, Clock, CommitListener, Committed, Store, StoreConfig, SystemClock,

@@ -138,6 +138,20 @@ impl<'a> Attempt<'a> {
         Ok(self.chat(id)?.filter(|c| c.is_member(user)))
     }
 
+    /// [`Attempt::member_chat`], for the other write modules.
+    pub(crate) fn member_chat_pub(
+        &mut self,
+        user: &str,
+        id: u64,
+    ) -> Result<Option<Arc<Chat>>, KvError> {
+        self.member_chat(user, id)
+    }
+
+    /// [`Attempt::last_seq`], for the other write modules.
+    pub(crate) fn last_seq_pub(&mut self, chat: u64) -> Result<u64, KvError> {
+        self.last_seq(chat)
+    }
+
     /// Appends one message with the chat's next seq. `dedupe` names the sender's client message
     /// id to remember (None for system messages).
     #[allow(clippy::too_many_arguments)]

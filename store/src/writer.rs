@@ -21,9 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::kv::PendingCommit;
 use crate::ops::{Attempt, GroupChange, SweepStats};
+use crate::receipts::ReceiptOutcome;
 use crate::record::{Chat, Media};
 use crate::store::{AppendRequest, Appended, Committed, Shared};
 use crate::StoreError;
+use courier_wire::frame::ReceiptKind;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -61,6 +63,13 @@ pub(crate) enum Op {
         reply: Reply<SweepStats>,
     },
     PutMedia(Vec<Media>, Reply<()>),
+    Receipt {
+        user: String,
+        chat_id: u64,
+        kind: ReceiptKind,
+        seq: u64,
+        reply: Reply<ReceiptOutcome>,
+    },
     Shutdown,
 }
 
@@ -86,6 +95,7 @@ enum Answer {
     Seq(Result<u64, StoreError>),
     Sweep(Result<SweepStats, StoreError>),
     Unit(Result<(), StoreError>),
+    Receipt(Result<ReceiptOutcome, StoreError>),
     None,
 }
 
@@ -119,6 +129,13 @@ fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, crate::kv::KvError> {
         } => Answer::Seq(a.ack(user, *device, *chat_id, *seq)?),
         Op::Sweep { limit, .. } => Answer::Sweep(a.sweep(*limit)?),
         Op::PutMedia(records, _) => Answer::Unit(a.put_media(records)?),
+        Op::Receipt {
+            user,
+            chat_id,
+            kind,
+            seq,
+            ..
+        } => Answer::Receipt(a.receipt(user, *chat_id, *kind, *seq)?),
         Op::Shutdown => Answer::None,
     })
 }
@@ -139,6 +156,7 @@ fn answer(op: Op, answer: Answer) {
         (Op::Ack { reply, .. }, Answer::Seq(r)) => drop(reply.send(r)),
         (Op::Sweep { reply, .. }, Answer::Sweep(r)) => drop(reply.send(r)),
         (Op::PutMedia(_, reply), Answer::Unit(r)) => drop(reply.send(r)),
+        (Op::Receipt { reply, .. }, Answer::Receipt(r)) => drop(reply.send(r)),
         (Op::Shutdown, Answer::None) => {}
         _ => unreachable!("answers are built from their own operation"),
     }
@@ -154,6 +172,7 @@ fn fail(op: Op, e: StoreError) {
         Op::Ack { reply, .. } => drop(reply.send(Err(e))),
         Op::Sweep { reply, .. } => drop(reply.send(Err(e))),
         Op::PutMedia(_, reply) => drop(reply.send(Err(e))),
+        Op::Receipt { reply, .. } => drop(reply.send(Err(e))),
         Op::Shutdown => {}
     }
 }

@@ -40,4 +40,5 @@ conformance!(
     batches_keep_every_guarantee,
     media_attachments_and_access,
     media_expires_with_its_messages,
+    receipts_move_forward_and_say_whom_to_tell,
 );

@@ -928,6 +928,63 @@ pub async fn media_expires_with_its_messages(h: &dyn Harness) {
     store.close().await;
 }
 
+/// Receipts: pointers move forward only and never past the chat's end; reading implies
+/// receiving; a receipt names the senders it newly covers and counts group members at or
+/// beyond it.
+pub async fn receipts_move_forward_and_say_whom_to_tell(h: &dyn Harness) {
+    use courier_wire::frame::ReceiptKind::{Delivered, Read};
+    let store = open(h, "receipts", config());
+    let g = store
+        .create_group("alice", "team", vec!["bob".into(), "carol".into()])
+        .await
+        .unwrap();
+    // seq 1 is the creation notice; alice sends 2..=4, bob sends 5.
+    for n in 0..3 {
+        store.append(msg("alice", g.id, n)).await.unwrap();
+    }
+    store.append(msg("bob", g.id, 9)).await.unwrap();
+
+    let r = store.receipt("bob", g.id, Read, 99).await.unwrap();
+    assert_eq!(
+        (r.seq, r.advanced, r.count),
+        (5, true, 1),
+        "clamped to the last seq"
+    );
+    assert_eq!(
+        r.notify,
+        vec!["alice".to_owned()],
+        "not bob himself, not the system"
+    );
+    let p = store.receipt_pointers("bob").unwrap()[&g.id];
+    assert_eq!((p.delivered, p.read), (5, 5), "reading implies receiving");
+
+    let r = store.receipt("carol", g.id, Delivered, 3).await.unwrap();
+    assert_eq!((r.seq, r.count), (3, 2), "bob and carol have received 3");
+    let r = store.receipt("carol", g.id, Read, 2).await.unwrap();
+    assert_eq!(
+        (r.seq, r.count, r.notify.clone()),
+        (2, 2, vec!["alice".to_owned()])
+    );
+    let r = store.receipt("carol", g.id, Read, 1).await.unwrap();
+    assert!(!r.advanced, "never backwards");
+    assert_eq!(r.seq, 2);
+    let r = store.receipt("alice", g.id, Read, 5).await.unwrap();
+    assert_eq!((r.count, r.notify.clone()), (2, vec!["bob".to_owned()]));
+    assert!(matches!(
+        store.receipt("dave", g.id, Read, 1).await,
+        Err(StoreError::Forbidden)
+    ));
+    store.close().await;
+    drop(store);
+    let store = open(h, "receipts", config());
+    assert_eq!(
+        store.receipt_pointers("carol").unwrap()[&g.id].read,
+        2,
+        "durable"
+    );
+    store.close().await;
+}
+
 /// Runs the whole suite.
 pub async fn run_all(h: &dyn Harness) {
     let t = Duration::from_secs(120);
