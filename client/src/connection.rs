@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use courier_wire::frame::{
     Ack, Attachment, ChatList, ChatPosition, ChatSpec, ChatSummary, CreateChat, Direction, GetChat,
-    Hello, History, HistoryPage, ListChats, Message, MessageKind, Ping, Receipt, ReceiptKind, Send,
-    SendOk, Sync, SyncEnd, Typing, UpdateChat, Welcome,
+    Hello, History, HistoryPage, ListChats, Message, MessageKind, Ping, PresenceSetting,
+    PresenceSubscribe, Receipt, ReceiptKind, Send, SendOk, Sync, SyncEnd, Typing, UpdateChat,
+    Welcome,
 };
 use courier_wire::{Frame, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -393,6 +394,36 @@ impl Client {
             typing,
         }))
         .await
+    }
+
+    /// Subscribes this connection to the presence of `users` (those that share a chat with
+    /// this user and show their presence); their current state and every change arrive as
+    /// `PresenceEvent`s ([`Event::Frame`]) until the connection ends.
+    pub async fn subscribe_presence(&self, users: &[&str]) -> Result<(), ClientError> {
+        let users = users.iter().map(|u| (*u).to_owned()).collect();
+        match self
+            .request(|request_id| Frame::PresenceSubscribe(PresenceSubscribe { request_id, users }))
+            .await?
+        {
+            Frame::Done(_) => Ok(()),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Shows (true, the default) or hides this user's presence from everyone.
+    pub async fn set_presence_visible(&self, visible: bool) -> Result<(), ClientError> {
+        match self
+            .request(|request_id| {
+                Frame::PresenceSetting(PresenceSetting {
+                    request_id,
+                    visible,
+                })
+            })
+            .await?
+        {
+            Frame::Done(_) => Ok(()),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
     }
 
     /// Renames a group and/or changes its members.

@@ -45,6 +45,9 @@ pub struct GatewayConfig {
     pub media: crate::media::MediaConfig,
     /// How long messages are kept (and media their messages attach).
     pub retention: Duration,
+    /// How long a user's last device may be gone before its watchers see it offline (a
+    /// reconnect within this shows nothing).
+    pub presence_grace: Duration,
     /// The store's clock (timestamps, retention); tests move a manual one.
     pub clock: std::sync::Arc<dyn courier_store::Clock>,
 }
@@ -75,6 +78,7 @@ impl GatewayConfig {
             shutdown_grace: Duration::from_secs(5),
             media: crate::media::MediaConfig::default(),
             retention: Duration::from_secs(30 * 86_400),
+            presence_grace: Duration::from_secs(5),
             clock: std::sync::Arc::new(courier_store::SystemClock),
         }
     }

@@ -13,7 +13,8 @@
 //! - [`server`] — the endpoint, handshakes, the control-stream loop and graceful shutdown.
 //! - [`media`] — uploads and downloads on streams of their own, blobs, thumbnails.
 //! - `session`: what each frame does (no sockets; unit-tested with channels).
-//! - `registry`: online devices; `fanout`: committed messages to them.
+//! - `registry`: online devices; `fanout`: committed messages to them; `presence`: online
+//!   and last seen, coalesced, to subscribers who may see it.
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod config;
 mod fanout;
 pub mod media;
 pub mod metrics;
+mod presence;
 pub mod registry;
 pub mod server;
 mod session;

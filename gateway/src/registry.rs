@@ -101,6 +101,16 @@ impl Registry {
         }
     }
 
+    /// Whether `user` has a connected device.
+    pub(crate) fn is_online(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// How many devices of `user` are connected.
+    pub(crate) fn device_count(&self, user: &str) -> usize {
+        self.users.get(user).map_or(0, |d| d.len())
+    }
+
     /// Calls `f` for each online device of `user`.
     pub(crate) fn for_each_device(&self, user: &str, mut f: impl FnMut(&Device)) {
         if let Some(devices) = self.users.get(user) {

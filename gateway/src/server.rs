@@ -19,12 +19,14 @@ use crate::config::GatewayConfig;
 use crate::fanout::Fanout;
 use crate::media::MediaService;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::registry::{Device, Registry};
-use crate::session::{error_frame, Limits, Session};
+use crate::session::{error_frame, Limits, PresenceLink, Session};
 
 struct Shared {
     store: Store,
     media: Arc<MediaService>,
+    presence: Arc<Presence>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     verifier: TokenVerifier,
@@ -127,9 +129,15 @@ impl Gateway {
             released_rx,
             shutdown_rx.clone(),
         ));
+        let presence = Arc::new(Presence::new(
+            registry.clone(),
+            store.clone(),
+            config.presence_grace,
+        ));
         let shared = Arc::new(Shared {
             store: store.clone(),
             media,
+            presence,
             metrics,
             registry,
             verifier: config.verifier,
@@ -438,6 +446,12 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
         };
 
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let device = Device {
+        conn_id,
+        device: claims.device,
+        out: out.clone(),
+        conn: conn.clone(),
+    };
     let session = Session::new(
         claims.user.clone(),
         claims.device,
@@ -446,7 +460,12 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
         shared.limits,
         shared.metrics.clone(),
         shared.registry.clone(),
-    );
+    )
+    .with_presence(PresenceLink {
+        hub: shared.presence.clone(),
+        conn_id,
+        device: device.clone(),
+    });
     let welcome = Frame::Welcome(Welcome {
         request_id: hello_request_id,
         version: PROTOCOL_VERSION,
@@ -460,15 +479,8 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
     // Welcome goes out before registration makes the device visible to fanout, so it comes first.
     out.send(welcome.to_bytes()).await.ok();
     shared.metrics.handshakes.inc();
-    shared.registry.register(
-        &claims.user,
-        Device {
-            conn_id,
-            device: claims.device,
-            out: out.clone(),
-            conn: conn.clone(),
-        },
-    );
+    shared.registry.register(&claims.user, device);
+    shared.presence.connected(&claims.user);
     tracing::debug!(user = %claims.user, device = claims.device, "session open");
     // Media streams: every further stream the client opens is an upload or a download.
     let media_streams = {
@@ -488,6 +500,7 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
     let result = serve(&session, &mut reader, shared).await;
     media_streams.abort();
     shared.registry.unregister(&claims.user, conn_id);
+    shared.presence.disconnected(&claims.user, conn_id);
     match result {
         Ended::Finished => {
             session.drain().await;

@@ -20,7 +20,8 @@ use courier_wire::{Codec, ErrorCode, Frame, HEADER_LEN};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::metrics::Metrics;
-use crate::registry::{Registry, TYPING_PER_SECOND};
+use crate::presence::Presence;
+use crate::registry::{Device, Registry, TYPING_PER_SECOND};
 
 /// Most messages in one sync page.
 const MAX_SYNC_PAGE: u32 = 1000;
@@ -58,6 +59,14 @@ pub(crate) struct Session {
     inflight: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    presence: Option<PresenceLink>,
+}
+
+/// What a session needs for presence: the hub, and its own connection's handle.
+pub(crate) struct PresenceLink {
+    pub(crate) hub: Arc<Presence>,
+    pub(crate) conn_id: u64,
+    pub(crate) device: Device,
 }
 
 impl Session {
@@ -80,7 +89,14 @@ impl Session {
             inflight,
             metrics,
             registry,
+            presence: None,
         }
+    }
+
+    /// Serves presence through `link` (without one, presence frames are `UNSUPPORTED`).
+    pub(crate) fn with_presence(mut self, link: PresenceLink) -> Self {
+        self.presence = Some(link);
+        self
     }
 
     async fn reply(&self, frame: Bytes) -> Result<(), Disconnected> {
@@ -95,6 +111,11 @@ impl Session {
         message: impl Into<String>,
     ) -> Result<(), Disconnected> {
         self.reply(error_frame(request_id, code, message)).await
+    }
+
+    async fn done(&self, request_id: u32) -> Result<(), Disconnected> {
+        self.reply(Frame::Done(Done { request_id }).to_bytes())
+            .await
     }
 
     async fn store_error(&self, request_id: u32, e: &StoreError) -> Result<(), Disconnected> {
@@ -159,7 +180,26 @@ impl Session {
             }
             Frame::Receipt(f) => self.receipt(f).await,
             Frame::Typing(f) => self.typing(f).await,
-            Frame::PresenceSubscribe(_) | Frame::RegisterPush(_) => {
+            Frame::PresenceSubscribe(f) => match &self.presence {
+                Some(p) => {
+                    p.hub.subscribe(&self.user, p.conn_id, &p.device, &f.users);
+                    self.done(f.request_id).await
+                }
+                None => {
+                    self.fail(request_id, ErrorCode::UNSUPPORTED, "no presence here")
+                        .await
+                }
+            },
+            Frame::PresenceSetting(f) => {
+                if let Err(e) = self.store.set_presence(&self.user, f.visible).await {
+                    return self.store_error(f.request_id, &e).await;
+                }
+                if let (Some(p), true) = (&self.presence, f.visible) {
+                    p.hub.announce(&self.user);
+                }
+                self.done(f.request_id).await
+            }
+            Frame::RegisterPush(_) => {
                 self.fail(
                     request_id,
                     ErrorCode::UNSUPPORTED,

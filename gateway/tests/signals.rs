@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{next_message, TestServer};
 use courier_client::{Event, Events};
-use courier_wire::frame::{Direction, ReceiptEvent, ReceiptKind, TypingEvent};
+use courier_wire::frame::{Direction, PresenceEvent, ReceiptEvent, ReceiptKind, TypingEvent};
 use courier_wire::{ErrorCode, Frame};
 
 /// The next receipt event, skipping messages and other frames.
@@ -184,5 +184,80 @@ async fn typing_reaches_online_members_only_is_not_stored_and_is_rate_limited() 
         seen += 1;
     }
     assert!(seen <= 5, "{seen} typing events passed in one second");
+    server.gateway.shutdown().await;
+}
+
+/// The next presence event within `wait`, skipping everything else.
+async fn next_presence(events: &mut Events, wait: Duration) -> Option<PresenceEvent> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => return None,
+            Ok(Some(Event::Frame(Frame::PresenceEvent(p)))) => return Some(p),
+            Ok(None) => panic!("events ended"),
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_coalesced_shown_to_chat_partners_only_and_can_be_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), |c| {
+        c.presence_grace = Duration::from_millis(300);
+    })
+    .await;
+    let (alice, _a) = server.connect("alice", 1).await;
+    let (bob, mut b) = server.connect("bob", 1).await;
+    let (carol, _c) = server.connect("carol", 1).await;
+    alice.create_direct_chat("bob").await.unwrap();
+
+    bob.subscribe_presence(&["alice", "carol"]).await.unwrap();
+    let p = next_presence(&mut b, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((p.user.as_str(), p.online), ("alice", true));
+    assert!(
+        next_presence(&mut b, Duration::from_millis(200))
+            .await
+            .is_none(),
+        "carol shares no chat with bob"
+    );
+
+    // Offline after the grace period, with a last-seen time.
+    alice.close();
+    let p = next_presence(&mut b, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((p.user.as_str(), p.online), ("alice", false));
+    assert!(p.last_seen_ms > 0);
+    let (alice, _a) = server.connect("alice", 1).await;
+    let p = next_presence(&mut b, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((p.user.as_str(), p.online), ("alice", true));
+
+    // A flap (gone and back within the grace period) shows nothing.
+    alice.close();
+    let (alice, _a) = server.connect("alice", 1).await;
+    assert!(
+        next_presence(&mut b, Duration::from_millis(800))
+            .await
+            .is_none(),
+        "a reconnect is not news"
+    );
+    carol.close();
+    assert!(next_presence(&mut b, Duration::from_millis(600))
+        .await
+        .is_none());
+
+    // Hidden: nothing more.
+    alice.set_presence_visible(false).await.unwrap();
+    alice.close();
+    assert!(
+        next_presence(&mut b, Duration::from_millis(800))
+            .await
+            .is_none(),
+        "hidden presence is not shown"
+    );
+    let (_dave, _d) = server.connect("dave", 1).await;
+    bob.subscribe_presence(&["alice"]).await.unwrap();
+    assert!(next_presence(&mut b, Duration::from_millis(300))
+        .await
+        .is_none());
     server.gateway.shutdown().await;
 }

@@ -36,6 +36,8 @@ pub mod tag {
     pub const UPLOAD_TIME: u8 = b'O';
     /// `E user chat` -> how far the user has received and read the chat (two seqs).
     pub const RECEIPT: u8 = b'E';
+    /// `V user` -> whether the user's presence is shown (one byte; absent: shown).
+    pub const PRESENCE: u8 = b'V';
 }
 
 fn user(out: &mut Vec<u8>, user: &str) {
@@ -200,6 +202,14 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0xff; 32]
+}
+
+/// `V user`.
+pub fn presence(u: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + u.len());
+    k.push(tag::PRESENCE);
+    user(&mut k, u);
+    k
 }
 
 /// `E user chat`.

@@ -20,6 +20,7 @@
 //! - `reads` — history, chat lists and sync.
 //! - `media` — media records, attachment checks and who may download.
 //! - `receipts` — delivered and read pointers, and whom a receipt tells.
+//! - `presence` — presence settings and who shares a chat with whom.
 //! - [`writer`] — the group-commit writer thread.
 //! - [`error`] — [`StoreError`].
 
@@ -31,6 +32,7 @@ pub mod keys;
 pub mod kv;
 mod media;
 pub mod ops;
+mod presence;
 mod reads;
 mod receipts;
 pub mod record;

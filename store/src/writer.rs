@@ -70,6 +70,11 @@ pub(crate) enum Op {
         seq: u64,
         reply: Reply<ReceiptOutcome>,
     },
+    SetPresence {
+        user: String,
+        visible: bool,
+        reply: Reply<()>,
+    },
     Shutdown,
 }
 
@@ -136,6 +141,7 @@ fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, crate::kv::KvError> {
             seq,
             ..
         } => Answer::Receipt(a.receipt(user, *chat_id, *kind, *seq)?),
+        Op::SetPresence { user, visible, .. } => Answer::Unit(a.set_presence(user, *visible)?),
         Op::Shutdown => Answer::None,
     })
 }
@@ -155,7 +161,9 @@ fn answer(op: Op, answer: Answer) {
         }
         (Op::Ack { reply, .. }, Answer::Seq(r)) => drop(reply.send(r)),
         (Op::Sweep { reply, .. }, Answer::Sweep(r)) => drop(reply.send(r)),
-        (Op::PutMedia(_, reply), Answer::Unit(r)) => drop(reply.send(r)),
+        (Op::PutMedia(_, reply) | Op::SetPresence { reply, .. }, Answer::Unit(r)) => {
+            drop(reply.send(r));
+        }
         (Op::Receipt { reply, .. }, Answer::Receipt(r)) => drop(reply.send(r)),
         (Op::Shutdown, Answer::None) => {}
         _ => unreachable!("answers are built from their own operation"),
@@ -171,7 +179,7 @@ fn fail(op: Op, e: StoreError) {
         | Op::UpdateGroup { reply, .. } => drop(reply.send(Err(e))),
         Op::Ack { reply, .. } => drop(reply.send(Err(e))),
         Op::Sweep { reply, .. } => drop(reply.send(Err(e))),
-        Op::PutMedia(_, reply) => drop(reply.send(Err(e))),
+        Op::PutMedia(_, reply) | Op::SetPresence { reply, .. } => drop(reply.send(Err(e))),
         Op::Receipt { reply, .. } => drop(reply.send(Err(e))),
         Op::Shutdown => {}
     }

@@ -24,8 +24,8 @@ pub use media::{Download, DownloadStart, MediaInfo, Upload, UploadProgress};
 pub use message::{Ack, Attachment, Deliver, Message, MessageKind, Send, SendOk};
 pub use session::{Done, ErrorFrame, GoAway, Hello, Ping, Pong, Welcome};
 pub use signal::{
-    PresenceEvent, PresenceSubscribe, PushProvider, Receipt, ReceiptEvent, ReceiptKind,
-    RegisterPush, Typing, TypingEvent,
+    PresenceEvent, PresenceSetting, PresenceSubscribe, PushProvider, Receipt, ReceiptEvent,
+    ReceiptKind, RegisterPush, Typing, TypingEvent,
 };
 pub use sync::{ChatPosition, Direction, History, HistoryPage, Sync, SyncEnd};
 pub use system::{SystemEvent, SystemEventKind};
@@ -135,6 +135,8 @@ frames! {
     Upload = 0x0f,
     /// Client: a download, first frame of its own stream.
     Download = 0x10,
+    /// Client: show or hide this user's presence.
+    PresenceSetting = 0x11,
     /// Server: session open.
     Welcome = 0x81,
     /// Server: message durable.
@@ -210,6 +212,7 @@ impl Frame {
             Self::Ping(f) => f.request_id,
             Self::Upload(f) => f.request_id,
             Self::Download(f) => f.request_id,
+            Self::PresenceSetting(f) => f.request_id,
             Self::Unknown { body, .. } if body.len() >= 4 => {
                 u32::from_be_bytes([body[0], body[1], body[2], body[3]])
             }

@@ -122,3 +122,14 @@ wire_struct! {
         pub token: Bytes,
     }
 }
+
+wire_struct! {
+    /// Client to server: whether this user's presence (online, last seen) is shown to the users
+    /// who share a chat with it. Stored; answered with `Done`. Visible by default.
+    pub struct PresenceSetting {
+        /// Echoed in the answer.
+        pub request_id: u32,
+        /// Show presence (true) or hide it (false).
+        pub visible: bool,
+    }
+}
