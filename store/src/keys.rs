@@ -38,6 +38,14 @@ pub mod tag {
     pub const RECEIPT: u8 = b'E';
     /// `V user` -> whether the user's presence is shown (one byte; absent: shown).
     pub const PRESENCE: u8 = b'V';
+    /// `K user device` -> the device's push registration (provider, token).
+    pub const PUSH_TOKEN: u8 = b'K';
+    /// `J user chat` -> the pending push job of a user and chat (coalesced messages).
+    pub const PUSH_JOB: u8 = b'J';
+    /// `W due_ms user chat` -> a push job is due then (the push worker's queue).
+    pub const PUSH_DUE: u8 = b'W';
+    /// `X user chat` -> a push job that failed for good (dead letter), with its last error.
+    pub const PUSH_DEAD: u8 = b'X';
 }
 
 fn user(out: &mut Vec<u8>, user: &str) {
@@ -202,6 +210,67 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0xff; 32]
+}
+
+/// `K user device`.
+pub fn push_token(u: &str, device: u32) -> Vec<u8> {
+    let mut k = push_tokens(u);
+    k.extend_from_slice(&device.to_be_bytes());
+    k
+}
+
+/// `K user`: the prefix of a user's push registrations.
+pub fn push_tokens(u: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(6 + u.len());
+    k.push(tag::PUSH_TOKEN);
+    user(&mut k, u);
+    k
+}
+
+/// `J user chat`.
+pub fn push_job(u: &str, chat: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + u.len());
+    k.push(tag::PUSH_JOB);
+    user(&mut k, u);
+    k.extend_from_slice(&chat.to_be_bytes());
+    k
+}
+
+/// `X user chat`.
+pub fn push_dead(u: &str, chat: u64) -> Vec<u8> {
+    let mut k = push_job(u, chat);
+    k[0] = tag::PUSH_DEAD;
+    k
+}
+
+/// `W due_ms user chat`.
+pub fn push_due(due_ms: u64, u: &str, chat: u64) -> Vec<u8> {
+    let mut k = push_due_prefix(due_ms);
+    user(&mut k, u);
+    k.extend_from_slice(&chat.to_be_bytes());
+    k
+}
+
+/// `W due_ms`: jobs due before `due_ms` sort before this.
+pub fn push_due_prefix(due_ms: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(82);
+    k.push(tag::PUSH_DUE);
+    k.extend_from_slice(&due_ms.to_be_bytes());
+    k
+}
+
+/// The user and chat of a `W` key.
+pub fn parse_push_due(key: &[u8]) -> Option<(String, u64)> {
+    let len = *key.get(9)? as usize;
+    let user = std::str::from_utf8(key.get(10..10 + len)?).ok()?.to_owned();
+    let chat = u64::from_be_bytes(key.get(10 + len..18 + len)?.try_into().ok()?);
+    Some((user, chat))
+}
+
+/// The device at the end of a `K` key.
+pub fn push_token_device(key: &[u8]) -> Option<u32> {
+    let tail = key.len().checked_sub(4)?;
+    Some(u32::from_be_bytes(key[tail..].try_into().ok()?))
 }
 
 /// `V user`.

@@ -21,6 +21,7 @@
 //! - `media` — media records, attachment checks and who may download.
 //! - `receipts` — delivered and read pointers, and whom a receipt tells.
 //! - `presence` — presence settings and who shares a chat with whom.
+//! - [`push`] — push registrations and the durable push outbox.
 //! - [`writer`] — the group-commit writer thread.
 //! - [`error`] — [`StoreError`].
 
@@ -33,6 +34,7 @@ pub mod kv;
 mod media;
 pub mod ops;
 mod presence;
+pub mod push;
 mod reads;
 mod receipts;
 pub mod record;
@@ -42,6 +44,7 @@ pub mod writer;
 pub use error::StoreError;
 pub use media::{MAX_ATTACHMENTS, UNATTACHED_UPLOAD_TTL_MS};
 pub use ops::{GroupChange, SweepStats, MAX_GROUP_NAME};
+pub use push::{OnlineUsers, PushJob, PushResult};
 pub use reads::SyncPage;
 pub use receipts::{Pointers, ReceiptOutcome, MAX_SENDERS_SCANNED};
 pub use record::{Chat, Media};

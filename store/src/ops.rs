@@ -191,6 +191,9 @@ impl<'a> Attempt<'a> {
         };
         self.t
             .set(&keys::message(id, seq), &record::encode_message(&message));
+        if message.kind != MessageKind::System {
+            self.queue_pushes(&chat.members, &message.sender_user, id, seq, &message.body)?;
+        }
         self.last_seqs.insert(id, seq);
         self.committed.push(Committed {
             chat,

@@ -85,6 +85,11 @@ pub struct StoreConfig {
     pub clock: Arc<dyn Clock>,
     /// Called with every committed batch.
     pub listener: Option<Arc<dyn CommitListener>>,
+    /// Who is online; with it (and `push_coalesce`) offline members get push jobs.
+    pub online: Option<Arc<dyn crate::push::OnlineUsers>>,
+    /// Messages of one chat for one offline user within this interval make one push (None:
+    /// no push jobs are written).
+    pub push_coalesce: Option<Duration>,
 }
 
 impl StoreConfig {
@@ -101,6 +106,8 @@ impl StoreConfig {
             sweep_limit: 512,
             clock: Arc::new(SystemClock),
             listener: None,
+            online: None,
+            push_coalesce: None,
         }
     }
 }

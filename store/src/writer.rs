@@ -21,10 +21,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::kv::PendingCommit;
 use crate::ops::{Attempt, GroupChange, SweepStats};
+use crate::push::{PushJob, PushResult};
 use crate::receipts::ReceiptOutcome;
 use crate::record::{Chat, Media};
 use crate::store::{AppendRequest, Appended, Committed, Shared};
 use crate::StoreError;
+use bytes::Bytes;
+use courier_wire::frame::PushProvider;
 use courier_wire::frame::ReceiptKind;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -73,6 +76,18 @@ pub(crate) enum Op {
     SetPresence {
         user: String,
         visible: bool,
+        reply: Reply<()>,
+    },
+    RegisterPush {
+        user: String,
+        device: u32,
+        provider: PushProvider,
+        token: Bytes,
+        reply: Reply<()>,
+    },
+    PushDone {
+        job: PushJob,
+        result: PushResult,
         reply: Reply<()>,
     },
     Shutdown,
@@ -142,6 +157,14 @@ fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, crate::kv::KvError> {
             ..
         } => Answer::Receipt(a.receipt(user, *chat_id, *kind, *seq)?),
         Op::SetPresence { user, visible, .. } => Answer::Unit(a.set_presence(user, *visible)?),
+        Op::RegisterPush {
+            user,
+            device,
+            provider,
+            token,
+            ..
+        } => Answer::Unit(a.register_push(user, *device, *provider, token)?),
+        Op::PushDone { job, result, .. } => Answer::Unit(a.push_done(job, result)?),
         Op::Shutdown => Answer::None,
     })
 }
@@ -161,7 +184,13 @@ fn answer(op: Op, answer: Answer) {
         }
         (Op::Ack { reply, .. }, Answer::Seq(r)) => drop(reply.send(r)),
         (Op::Sweep { reply, .. }, Answer::Sweep(r)) => drop(reply.send(r)),
-        (Op::PutMedia(_, reply) | Op::SetPresence { reply, .. }, Answer::Unit(r)) => {
+        (
+            Op::PutMedia(_, reply)
+            | Op::SetPresence { reply, .. }
+            | Op::RegisterPush { reply, .. }
+            | Op::PushDone { reply, .. },
+            Answer::Unit(r),
+        ) => {
             drop(reply.send(r));
         }
         (Op::Receipt { reply, .. }, Answer::Receipt(r)) => drop(reply.send(r)),
@@ -179,7 +208,10 @@ fn fail(op: Op, e: StoreError) {
         | Op::UpdateGroup { reply, .. } => drop(reply.send(Err(e))),
         Op::Ack { reply, .. } => drop(reply.send(Err(e))),
         Op::Sweep { reply, .. } => drop(reply.send(Err(e))),
-        Op::PutMedia(_, reply) | Op::SetPresence { reply, .. } => drop(reply.send(Err(e))),
+        Op::PutMedia(_, reply)
+        | Op::SetPresence { reply, .. }
+        | Op::RegisterPush { reply, .. }
+        | Op::PushDone { reply, .. } => drop(reply.send(Err(e))),
         Op::Receipt { reply, .. } => drop(reply.send(Err(e))),
         Op::Shutdown => {}
     }

@@ -41,4 +41,5 @@ conformance!(
     media_attachments_and_access,
     media_expires_with_its_messages,
     receipts_move_forward_and_say_whom_to_tell,
+    push_jobs_are_durable_coalesced_and_retried,
 );

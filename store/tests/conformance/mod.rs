@@ -985,6 +985,104 @@ pub async fn receipts_move_forward_and_say_whom_to_tell(h: &dyn Harness) {
     store.close().await;
 }
 
+/// The push outbox: offline members with a registration get one coalesced job per chat in the
+/// message's own transaction; jobs are retried, dead-lettered, and completed without losing
+/// messages merged meanwhile.
+pub async fn push_jobs_are_durable_coalesced_and_retried(h: &dyn Harness) {
+    use courier_store::{OnlineUsers, PushResult};
+    use courier_wire::frame::PushProvider;
+    struct Online(Mutex<Vec<String>>);
+    impl OnlineUsers for Online {
+        fn is_online(&self, user: &str) -> bool {
+            self.0.lock().unwrap().iter().any(|u| u == user)
+        }
+    }
+    let online = Arc::new(Online(Mutex::new(vec!["alice".into()])));
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
+    let mut cfg = config();
+    cfg.clock = clock.clone();
+    cfg.online = Some(online.clone());
+    cfg.push_coalesce = Some(Duration::from_millis(500));
+    let store = open(h, "push", cfg);
+    let chat = store.create_direct("alice", "bob").await.unwrap();
+    store
+        .register_push("bob", 1, PushProvider::Webhook, "tok-b".into())
+        .await
+        .unwrap();
+    store
+        .register_push("alice", 1, PushProvider::Webhook, "tok-a".into())
+        .await
+        .unwrap();
+    for n in 0..3 {
+        store.append(msg("alice", chat.id, n)).await.unwrap();
+    }
+    store.append(msg("bob", chat.id, 9)).await.unwrap(); // alice is online: no job for her
+    assert!(
+        store.due_pushes(1_000_000, 10).unwrap().is_empty(),
+        "not due yet"
+    );
+    let jobs = store.due_pushes(1_000_500, 10).unwrap();
+    assert_eq!(jobs.len(), 1, "one coalesced job: {jobs:?}");
+    let j = jobs[0].clone();
+    assert_eq!(
+        (j.user.as_str(), j.first_seq, j.last_seq, j.count),
+        ("bob", 1, 3, 3)
+    );
+    assert_eq!(j.idempotency_key(), format!("bob:{}:1-3", chat.id));
+
+    // A failure reschedules; the last allowed failure dead-letters.
+    let fail = |at: u64| PushResult::Failed {
+        error: "503".into(),
+        retry_at_ms: at,
+        max_attempts: 2,
+    };
+    store.push_done(j.clone(), fail(1_002_000)).await.unwrap();
+    assert!(store.due_pushes(1_001_000, 10).unwrap().is_empty());
+    let j = store.due_pushes(1_002_000, 10).unwrap().remove(0);
+    assert_eq!(j.attempts, 1);
+    store.push_done(j, fail(1_003_000)).await.unwrap();
+    assert!(store.due_pushes(u64::MAX - 1, 10).unwrap().is_empty());
+    let dead = store
+        .dead_push("bob", chat.id)
+        .unwrap()
+        .expect("dead letter");
+    assert_eq!(
+        (dead.attempts, dead.last_error.as_str(), dead.count),
+        (2, "503", 3)
+    );
+
+    // Messages merged while a job is being delivered are delivered next time.
+    clock.0.store(2_000_000, Ordering::SeqCst);
+    store.append(msg("alice", chat.id, 5)).await.unwrap();
+    let j = store.due_pushes(2_000_500, 10).unwrap().remove(0);
+    store.append(msg("alice", chat.id, 6)).await.unwrap();
+    store
+        .push_done(j.clone(), PushResult::Delivered)
+        .await
+        .unwrap();
+    let rest = store.due_pushes(2_000_500, 10).unwrap().remove(0);
+    assert_eq!(
+        (rest.first_seq, rest.last_seq),
+        (j.last_seq + 1, j.last_seq + 1)
+    );
+    store.push_done(rest, PushResult::Delivered).await.unwrap();
+    assert!(store.due_pushes(u64::MAX - 1, 10).unwrap().is_empty());
+
+    // Online, or unregistered: no job.
+    online.0.lock().unwrap().push("bob".into());
+    store.append(msg("alice", chat.id, 7)).await.unwrap();
+    online.0.lock().unwrap().clear();
+    store
+        .register_push("bob", 1, PushProvider::Webhook, bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert!(store.push_tokens("bob").unwrap().is_empty());
+    store.append(msg("alice", chat.id, 8)).await.unwrap();
+    assert!(store.due_pushes(u64::MAX - 1, 10).unwrap().is_empty());
+    assert_eq!(store.push_tokens("alice").unwrap().len(), 1);
+    store.close().await;
+}
+
 /// Runs the whole suite.
 pub async fn run_all(h: &dyn Harness) {
     let t = Duration::from_secs(120);
