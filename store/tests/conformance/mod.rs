@@ -1073,7 +1073,7 @@ pub async fn push_jobs_are_durable_coalesced_and_retried(h: &dyn Harness) {
     store.append(msg("alice", chat.id, 7)).await.unwrap();
     online.0.lock().unwrap().clear();
     store
-        .register_push("bob", 1, PushProvider::Webhook, bytes::Bytes::new())
+        .register_push("bob", 1, PushProvider::Webhook, Bytes::new())
         .await
         .unwrap();
     assert!(store.push_tokens("bob").unwrap().is_empty());
