@@ -13,8 +13,8 @@ use bytes::Bytes;
 use courier_wire::frame::{
     Ack, Attachment, ChatList, ChatPosition, ChatSpec, ChatSummary, CreateChat, Direction, GetChat,
     Hello, History, HistoryPage, ListChats, Message, MessageKind, Ping, PresenceSetting,
-    PresenceSubscribe, Receipt, ReceiptKind, Send, SendOk, Sync, SyncEnd, Typing, UpdateChat,
-    Welcome,
+    PresenceSubscribe, PushProvider, Receipt, ReceiptKind, RegisterPush, Send, SendOk, Sync,
+    SyncEnd, Typing, UpdateChat, Welcome,
 };
 use courier_wire::{Frame, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -417,6 +417,29 @@ impl Client {
                 Frame::PresenceSetting(PresenceSetting {
                     request_id,
                     visible,
+                })
+            })
+            .await?
+        {
+            Frame::Done(_) => Ok(()),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Registers this device for push notifications while it is offline (an empty token
+    /// removes the registration).
+    pub async fn register_push(
+        &self,
+        provider: PushProvider,
+        token: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        let token = token.into();
+        match self
+            .request(|request_id| {
+                Frame::RegisterPush(RegisterPush {
+                    request_id,
+                    provider,
+                    token,
                 })
             })
             .await?

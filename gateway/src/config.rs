@@ -48,6 +48,8 @@ pub struct GatewayConfig {
     /// How long a user's last device may be gone before its watchers see it offline (a
     /// reconnect within this shows nothing).
     pub presence_grace: Duration,
+    /// Push notifications to offline devices.
+    pub push: crate::push::PushConfig,
     /// The store's clock (timestamps, retention); tests move a manual one.
     pub clock: std::sync::Arc<dyn courier_store::Clock>,
 }
@@ -79,6 +81,7 @@ impl GatewayConfig {
             media: crate::media::MediaConfig::default(),
             retention: Duration::from_secs(30 * 86_400),
             presence_grace: Duration::from_secs(5),
+            push: crate::push::PushConfig::default(),
             clock: std::sync::Arc::new(courier_store::SystemClock),
         }
     }

@@ -12,6 +12,7 @@
 //! - [`tls`] — the TLS identity (self-signed or from PEM files).
 //! - [`server`] — the endpoint, handshakes, the control-stream loop and graceful shutdown.
 //! - [`media`] — uploads and downloads on streams of their own, blobs, thumbnails.
+//! - [`push`] — the push worker (webhook provider) over the store's durable outbox.
 //! - `session`: what each frame does (no sockets; unit-tested with channels).
 //! - `registry`: online devices; `fanout`: committed messages to them; `presence`: online
 //!   and last seen, coalesced, to subscribers who may see it.
@@ -24,6 +25,7 @@ mod fanout;
 pub mod media;
 pub mod metrics;
 mod presence;
+pub mod push;
 pub mod registry;
 pub mod server;
 mod session;

@@ -106,6 +106,24 @@ struct ServeArgs {
     /// Endpoint of an S3-compatible service (e.g. http://127.0.0.1:9000), for `s3://` blob stores.
     #[arg(long)]
     s3_endpoint: Option<String>,
+    /// Push to offline devices through this webhook (JSON POST, HMAC-signed).
+    #[arg(long)]
+    push_webhook_url: Option<String>,
+    /// File holding the webhook's HMAC-SHA256 secret.
+    #[arg(long, requires = "push_webhook_url")]
+    push_webhook_secret_file: Option<PathBuf>,
+    /// Messages of one chat within this many milliseconds make one push.
+    #[arg(long, default_value_t = 1000)]
+    push_coalesce_ms: u64,
+    /// First retry delay of a failed push, in milliseconds (doubling up to 10 minutes).
+    #[arg(long, default_value_t = 1000)]
+    push_retry_ms: u64,
+    /// Failed attempts after which a push goes to the dead letters.
+    #[arg(long, default_value_t = 10)]
+    push_max_attempts: u32,
+    /// Include the message text in pushes (off: only who, where and how many).
+    #[arg(long)]
+    push_include_content: bool,
 }
 
 #[derive(clap::Args)]
@@ -256,6 +274,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     config.media.blobs = BlobStoreConfig::parse(&args.blob_store, args.s3_endpoint.clone())
         .map_err(anyhow::Error::msg)?;
+    config.push.webhook_url = args.push_webhook_url.clone();
+    if let Some(path) = &args.push_webhook_secret_file {
+        config.push.webhook_secret = std::fs::read(path)
+            .with_context(|| format!("read {}", path.display()))?
+            .trim_ascii()
+            .to_vec();
+    }
+    if args.push_max_attempts == 0 {
+        bail!("--push-max-attempts must be at least 1");
+    }
+    config.push.coalesce = Duration::from_millis(args.push_coalesce_ms);
+    config.push.retry_base = Duration::from_millis(args.push_retry_ms.max(1));
+    config.push.max_attempts = args.push_max_attempts;
+    config.push.include_content = args.push_include_content;
     if let Some(n) = args.shards {
         if n == 0 {
             bail!("--shards must be at least 1");

@@ -25,6 +25,7 @@ use crate::session::{error_frame, Limits, PresenceLink, Session};
 
 struct Shared {
     store: Store,
+    push: crate::push::PushConfig,
     media: Arc<MediaService>,
     presence: Arc<Presence>,
     metrics: Arc<Metrics>,
@@ -79,6 +80,10 @@ impl Gateway {
         let mut store_cfg = StoreConfig::new(&config.store_dir);
         store_cfg.retention = config.retention;
         store_cfg.clock = config.clock.clone();
+        if config.push.enabled() {
+            store_cfg.online = Some(registry.clone());
+            store_cfg.push_coalesce = Some(config.push.coalesce);
+        }
         let (released_tx, released_rx) = tokio::sync::mpsc::unbounded_channel();
         store_cfg.listener = Some(Arc::new(Fanout {
             registry: registry.clone(),
@@ -124,6 +129,13 @@ impl Gateway {
             .with_context(|| format!("open media in {}", media_dir.display()))?;
         let media = Arc::new(media);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        if config.push.enabled() {
+            tokio::spawn(crate::push::worker(
+                store.clone(),
+                config.push.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         tokio::spawn(crate::media::janitor(
             media.clone(),
             released_rx,
@@ -136,6 +148,7 @@ impl Gateway {
         ));
         let shared = Arc::new(Shared {
             store: store.clone(),
+            push: config.push.clone(),
             media,
             presence,
             metrics,
@@ -461,6 +474,7 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
         shared.metrics.clone(),
         shared.registry.clone(),
     )
+    .with_push(shared.push.clone())
     .with_presence(PresenceLink {
         hub: shared.presence.clone(),
         conn_id,

@@ -60,6 +60,7 @@ pub(crate) struct Session {
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     presence: Option<PresenceLink>,
+    push: crate::push::PushConfig,
 }
 
 /// What a session needs for presence: the hub, and its own connection's handle.
@@ -90,7 +91,14 @@ impl Session {
             metrics,
             registry,
             presence: None,
+            push: crate::push::PushConfig::default(),
         }
+    }
+
+    /// Accepts push registrations for the providers `push` configures.
+    pub(crate) fn with_push(mut self, push: crate::push::PushConfig) -> Self {
+        self.push = push;
+        self
     }
 
     /// Serves presence through `link` (without one, presence frames are `UNSUPPORTED`).
@@ -199,13 +207,19 @@ impl Session {
                 }
                 self.done(f.request_id).await
             }
-            Frame::RegisterPush(_) => {
-                self.fail(
-                    request_id,
-                    ErrorCode::UNSUPPORTED,
-                    "not supported by this server version",
-                )
-                .await
+            Frame::RegisterPush(f) => {
+                if !self.push.supports(f.provider) {
+                    let msg = format!("push provider {:?} is not configured here", f.provider);
+                    return self.fail(f.request_id, ErrorCode::UNSUPPORTED, msg).await;
+                }
+                let r = self
+                    .store
+                    .register_push(&self.user, self.device, f.provider, f.token)
+                    .await;
+                match r {
+                    Ok(()) => self.done(f.request_id).await,
+                    Err(e) => self.store_error(f.request_id, &e).await,
+                }
             }
             other => {
                 let kind = other.kind();

@@ -1,0 +1,332 @@
+//! Push notifications to offline devices, delivered to a webhook on 127.0.0.1 that records what
+//! it gets: coalescing, signatures, retries with the same idempotency key, invalid tokens, and
+//! jobs surviving a SIGKILL of the gateway.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use courier_wire::frame::PushProvider;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One request the webhook got.
+#[derive(Debug, Clone)]
+struct Hit {
+    idempotency_key: String,
+    signature: String,
+    body: serde_json::Value,
+    raw: Vec<u8>,
+}
+
+/// A webhook on 127.0.0.1: answers each request with the next scripted status (200 when the
+/// script is used up) and records it.
+#[derive(Clone)]
+struct Webhook {
+    hits: Arc<Mutex<Vec<Hit>>>,
+    script: Arc<Mutex<Vec<u16>>>,
+}
+
+impl Webhook {
+    async fn start_on(listener: tokio::net::TcpListener, script: Vec<u16>) -> Self {
+        let hook = Self {
+            hits: Arc::default(),
+            script: Arc::new(Mutex::new(script)),
+        };
+        let h = hook.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let h = h.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 4096];
+                        let head_end = loop {
+                            let n = match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            buf.extend_from_slice(&chunk[..n]);
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                        let header = |name: &str| {
+                            head.lines()
+                                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                                .unwrap_or_default()
+                                .trim()
+                                .to_owned()
+                        };
+                        let len: usize = header("content-length").parse().unwrap_or(0);
+                        while buf.len() < head_end + len {
+                            let n = match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        let raw = buf[head_end..head_end + len].to_vec();
+                        h.hits.lock().unwrap().push(Hit {
+                            idempotency_key: header("idempotency-key"),
+                            signature: header("x-courier-signature"),
+                            body: serde_json::from_slice(&raw).unwrap_or_default(),
+                            raw,
+                        });
+                        let status = {
+                            let mut s = h.script.lock().unwrap();
+                            if s.is_empty() {
+                                200
+                            } else {
+                                s.remove(0)
+                            }
+                        };
+                        let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                        if s.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        hook
+    }
+
+    async fn start(script: Vec<u16>) -> (Self, String) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/push", l.local_addr().unwrap());
+        (Self::start_on(l, script).await, url)
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, n: usize, within: Duration) -> Vec<Hit> {
+        let deadline = Instant::now() + within;
+        loop {
+            let hits = self.hits();
+            if hits.len() >= n || Instant::now() > deadline {
+                return hits;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+const SECRET: &[u8] = b"webhook secret";
+
+async fn server_with(dir: &std::path::Path, url: &str) -> TestServer {
+    let url = url.to_owned();
+    TestServer::start_with(dir, move |c| {
+        c.push.webhook_url = Some(url);
+        c.push.webhook_secret = SECRET.to_vec();
+        c.push.coalesce = Duration::from_millis(300);
+        c.push.retry_base = Duration::from_millis(100);
+        c.push.max_attempts = 3;
+        c.push.poll = Duration::from_millis(20);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_devices_get_one_signed_push_per_chat_and_repeats_share_a_key() {
+    // The first delivery fails: the retry must carry the same idempotency key.
+    let (hook, url) = Webhook::start(vec![503]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(dir.path(), &url).await;
+    let (bob, _b) = server.connect("bob", 1).await;
+    bob.register_push(PushProvider::Webhook, "bob-device-token")
+        .await
+        .unwrap();
+    let err = bob
+        .register_push(PushProvider::Apns, "x")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(courier_wire::ErrorCode::UNSUPPORTED),
+        "not configured"
+    );
+    bob.close();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (alice, _a) = server.connect("alice", 1).await;
+    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
+    for i in 0..3 {
+        alice.send(chat, format!("secret text {i}")).await.unwrap();
+    }
+    let hits = hook.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(hits.len(), 2, "one failed delivery and its retry: {hits:?}");
+    assert_eq!(hits[0].idempotency_key, hits[1].idempotency_key);
+    let unique: HashSet<&str> = hits.iter().map(|h| h.idempotency_key.as_str()).collect();
+    assert_eq!(unique.len(), 1, "the receiver drops the repeat by its key");
+    let b = &hits[1].body;
+    assert_eq!(b["user"], "bob");
+    assert_eq!(b["chat_id"], chat);
+    assert_eq!(b["count"], 3, "three messages, one push");
+    assert_eq!(b["token"], "bob-device-token");
+    assert!(b.get("body").is_none(), "no content unless enabled");
+    assert!(!String::from_utf8_lossy(&hits[1].raw).contains("secret text"));
+    assert_eq!(
+        hits[1].signature,
+        courier_gateway::push::sign(SECRET, &hits[1].raw),
+        "signed with the shared secret"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hook.hits().len(), 2, "delivered, so no more");
+
+    // Online users get no push.
+    let (_bob, _b) = server.connect("bob", 1).await;
+    alice.send(chat, "while online").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(hook.hits().len(), 2);
+    server.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_tokens_are_removed_and_failing_jobs_end_as_dead_letters() {
+    let (hook, url) = Webhook::start(vec![410]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(dir.path(), &url).await;
+    let (bob, _b) = server.connect("bob", 1).await;
+    bob.register_push(PushProvider::Webhook, "stale")
+        .await
+        .unwrap();
+    bob.close();
+    let (alice, _a) = server.connect("alice", 1).await;
+    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
+    alice.send(chat, "hi").await.unwrap();
+    hook.wait_for(1, Duration::from_secs(10)).await;
+    let store = server.gateway.store();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !store.push_tokens("bob").unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "a 410 removes the token");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A webhook that keeps failing: three attempts, then a dead letter.
+    let (_carol, _c) = server.connect("carol", 1).await;
+    _carol
+        .register_push(PushProvider::Webhook, "c")
+        .await
+        .unwrap();
+    _carol.close();
+    *hook.script.lock().unwrap() = vec![500, 500, 500];
+    let chat2 = alice.create_direct_chat("carol").await.unwrap().chat_id;
+    alice.send(chat2, "hello carol").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        if let Some(d) = store.dead_push("carol", chat2).unwrap() {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dead-lettered after the last attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dead.attempts, 3);
+    assert!(dead.last_error.contains("500"), "{}", dead.last_error);
+    server.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_pushes_survive_a_sigkill_and_are_delivered_after_restart() {
+    use std::io::BufRead;
+    // Reserve a port for the webhook, closed until after the crash.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let url = format!("http://{hook_addr}/push");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let secret_file = dir.path().join("push.secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let start = || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", &data])
+            .args(["--push-webhook-url", &url, "--push-coalesce-ms", "100"])
+            .args(["--push-retry-ms", "100", "--push-webhook-secret-file"])
+            .arg(&secret_file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("serve prints its address").unwrap();
+            if let Some(rest) = line.strip_prefix("courier listening on ") {
+                break rest
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        (child, addr)
+    };
+    let (mut child, addr) = start();
+    let issuer =
+        courier_gateway::auth::IssuerKey::read_file(&dir.path().join("issuer.key")).unwrap();
+    let token = |u: &str| {
+        issuer.mint(&courier_gateway::auth::Claims {
+            user: u.into(),
+            device: 1,
+            expires_at: common::now_secs() + 600,
+        })
+    };
+    let trust = courier_client::Trust::File(dir.path().join("tls/cert.pem"));
+    let connect = |u: &'static str| {
+        let (trust, token) = (trust.clone(), token(u));
+        async move {
+            courier_client::Client::connect(addr, "localhost", &trust, &token)
+                .await
+                .unwrap()
+        }
+    };
+    let (bob, _b) = connect("bob").await;
+    bob.register_push(PushProvider::Webhook, "bob-token")
+        .await
+        .unwrap();
+    bob.close();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (alice, _a) = connect("alice").await;
+    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
+    alice.send(chat, "one").await.unwrap();
+    alice.send(chat, "two").await.unwrap();
+    // The webhook is down: the job fails and waits for a retry. Now kill the gateway hard.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::process::Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+
+    let listener = tokio::net::TcpListener::bind(hook_addr).await.unwrap();
+    let hook = Webhook::start_on(listener, vec![]).await;
+    let (mut child, _addr) = start();
+    let hits = hook.wait_for(1, Duration::from_secs(15)).await;
+    assert!(
+        !hits.is_empty(),
+        "the pending push was delivered after the restart"
+    );
+    let unique: HashSet<&str> = hits.iter().map(|h| h.idempotency_key.as_str()).collect();
+    assert_eq!(unique.len(), 1);
+    assert_eq!(hits[0].body["count"], 2, "both messages, one push");
+    assert_eq!(hits[0].body["user"], "bob");
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+}
