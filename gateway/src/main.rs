@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway on the embedded store.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create an issuer key pair (issuer.key, issuer.pub) for signing tokens.
     Keygen {
         /// Directory to write the key files into.
@@ -124,6 +124,30 @@ struct ServeArgs {
     /// Include the message text in pushes (off: only who, where and how many).
     #[arg(long)]
     push_include_content: bool,
+    /// APNs: the developer team id (enables the APNs provider with the other --apns-* options).
+    #[arg(long, requires_all = ["apns_key_id", "apns_key_file", "apns_topic"])]
+    apns_team_id: Option<String>,
+    /// APNs: the signing key's id.
+    #[arg(long)]
+    apns_key_id: Option<String>,
+    /// APNs: the `.p8` signing key file.
+    #[arg(long)]
+    apns_key_file: Option<PathBuf>,
+    /// APNs: the app's bundle id.
+    #[arg(long)]
+    apns_topic: Option<String>,
+    /// APNs: the API's base URL.
+    #[arg(long, default_value = "https://api.push.apple.com")]
+    apns_url: String,
+    /// FCM: the Firebase project id (enables the FCM provider with --fcm-token-file).
+    #[arg(long, requires = "fcm_token_file")]
+    fcm_project: Option<String>,
+    /// FCM: a file holding a current OAuth 2 access token (re-read every minute).
+    #[arg(long)]
+    fcm_token_file: Option<PathBuf>,
+    /// FCM: the API's base URL.
+    #[arg(long, default_value = "https://fcm.googleapis.com")]
+    fcm_url: String,
 }
 
 #[derive(clap::Args)]
@@ -190,7 +214,7 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Keygen { out } => keygen(&out),
         Command::Token {
             key,
@@ -288,6 +312,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.push.retry_base = Duration::from_millis(args.push_retry_ms.max(1));
     config.push.max_attempts = args.push_max_attempts;
     config.push.include_content = args.push_include_content;
+    if let (Some(team), Some(key_id), Some(key_file), Some(topic)) = (
+        &args.apns_team_id,
+        &args.apns_key_id,
+        &args.apns_key_file,
+        &args.apns_topic,
+    ) {
+        config.push.apns = Some(courier_gateway::push::apns::ApnsConfig {
+            base_url: args.apns_url.clone(),
+            team_id: team.clone(),
+            key_id: key_id.clone(),
+            key_pem: std::fs::read(key_file)
+                .with_context(|| format!("read {}", key_file.display()))?,
+            topic: topic.clone(),
+        });
+    }
+    if let (Some(project), Some(token_file)) = (&args.fcm_project, &args.fcm_token_file) {
+        config.push.fcm = Some(courier_gateway::push::fcm::FcmConfig {
+            base_url: args.fcm_url.clone(),
+            project_id: project.clone(),
+            access_token_file: token_file.clone(),
+        });
+    }
     if let Some(n) = args.shards {
         if n == 0 {
             bail!("--shards must be at least 1");

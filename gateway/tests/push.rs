@@ -15,6 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// One request the webhook got.
 #[derive(Debug, Clone)]
 struct Hit {
+    path: String,
+    authorization: String,
+    headers: Vec<(String, String)>,
     idempotency_key: String,
     signature: String,
     body: serde_json::Value,
@@ -53,14 +56,26 @@ impl Webhook {
                                 break i + 4;
                             }
                         };
-                        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                        let headers: Vec<(String, String)> = head
+                            .lines()
+                            .skip(1)
+                            .filter_map(|l| l.split_once(": "))
+                            .map(|(n, v)| (n.to_lowercase(), v.trim().to_owned()))
+                            .collect();
                         let header = |name: &str| {
-                            head.lines()
-                                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                            headers
+                                .iter()
+                                .find(|(n, _)| n == name)
+                                .map(|(_, v)| v.clone())
                                 .unwrap_or_default()
-                                .trim()
-                                .to_owned()
                         };
+                        let path = head
+                            .lines()
+                            .next()
+                            .and_then(|l| l.split(' ').nth(1))
+                            .unwrap_or_default()
+                            .to_owned();
                         let len: usize = header("content-length").parse().unwrap_or(0);
                         while buf.len() < head_end + len {
                             let n = match s.read(&mut chunk).await {
@@ -71,6 +86,9 @@ impl Webhook {
                         }
                         let raw = buf[head_end..head_end + len].to_vec();
                         h.hits.lock().unwrap().push(Hit {
+                            path,
+                            authorization: header("authorization"),
+                            headers: headers.clone(),
                             idempotency_key: header("idempotency-key"),
                             signature: header("x-courier-signature"),
                             body: serde_json::from_slice(&raw).unwrap_or_default(),
@@ -329,4 +347,171 @@ async fn pending_pushes_survive_a_sigkill_and_are_delivered_after_restart() {
     tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
+}
+
+fn pem_of(pkcs8: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    )
+    .into_bytes()
+}
+
+/// Connects `user`, registers its push token, and disconnects it.
+async fn offline_with_token(server: &TestServer, user: &str, provider: PushProvider, token: &str) {
+    let (c, _e) = server.connect(user, 1).await;
+    c.register_push(provider, token.to_owned()).await.unwrap();
+    c.close();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+fn header<'h>(hit: &'h Hit, name: &str) -> &'h str {
+    hit.headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apns_requests_carry_a_valid_es256_provider_token_and_the_apple_format() {
+    use base64::Engine as _;
+    use ring::signature::{
+        EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
+        ECDSA_P256_SHA256_FIXED_SIGNING,
+    };
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let public = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+        .unwrap()
+        .public_key()
+        .as_ref()
+        .to_vec();
+    let (hook, url) = Webhook::start(vec![200, 410]).await;
+    let base = url.trim_end_matches("/push").to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let key_pem = pem_of(pkcs8.as_ref());
+    let server = TestServer::start_with(dir.path(), move |c| {
+        c.push.apns = Some(courier_gateway::push::apns::ApnsConfig {
+            base_url: base,
+            team_id: "TEAM123".into(),
+            key_id: "KEY456".into(),
+            key_pem,
+            topic: "com.example.courier".into(),
+        });
+        c.push.coalesce = Duration::from_millis(100);
+        c.push.poll = Duration::from_millis(20);
+    })
+    .await;
+    offline_with_token(&server, "bob", PushProvider::Apns, "a1b2c3").await;
+    let (alice, _a) = server.connect("alice", 1).await;
+    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
+    alice.send(chat, "hello").await.unwrap();
+    let hits = hook.wait_for(1, Duration::from_secs(10)).await;
+    let h = &hits[0];
+    assert_eq!(h.path, "/3/device/a1b2c3");
+    assert_eq!(header(h, "apns-topic"), "com.example.courier");
+    assert_eq!(header(h, "apns-push-type"), "alert");
+    assert_eq!(
+        header(h, "apns-id").len(),
+        36,
+        "a UUID from the idempotency key"
+    );
+    assert_eq!(
+        h.body["aps"]["alert"]["body"], "New message",
+        "no content by default"
+    );
+    assert_eq!(h.body["courier"]["chat_id"], chat);
+    let jwt = h
+        .authorization
+        .strip_prefix("bearer ")
+        .expect("a bearer provider token");
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let head: serde_json::Value = serde_json::from_slice(&b64.decode(parts[0]).unwrap()).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(
+        (head["alg"].as_str(), head["kid"].as_str()),
+        (Some("ES256"), Some("KEY456"))
+    );
+    assert_eq!(claims["iss"], "TEAM123");
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &public)
+        .verify(
+            format!("{}.{}", parts[0], parts[1]).as_bytes(),
+            &b64.decode(parts[2]).unwrap(),
+        )
+        .expect("signed with the team's key");
+
+    // Apple says the token is gone: the registration goes.
+    alice.send(chat, "again").await.unwrap();
+    hook.wait_for(2, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server
+        .gateway
+        .store()
+        .push_tokens("bob")
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "410 removes the APNs token");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fcm_requests_use_the_http_v1_format_and_a_bearer_token() {
+    let (hook, url) = Webhook::start(vec![200, 404]).await;
+    let base = url.trim_end_matches("/push").to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("fcm.token");
+    std::fs::write(&token_file, "ya29.test-token\n").unwrap();
+    let server = TestServer::start_with(dir.path(), move |c| {
+        c.push.fcm = Some(courier_gateway::push::fcm::FcmConfig {
+            base_url: base,
+            project_id: "courier-proj".into(),
+            access_token_file: token_file,
+        });
+        c.push.coalesce = Duration::from_millis(100);
+        c.push.poll = Duration::from_millis(20);
+    })
+    .await;
+    offline_with_token(&server, "bob", PushProvider::Fcm, "fcm-device-token").await;
+    let (alice, _a) = server.connect("alice", 1).await;
+    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
+    alice.send(chat, "one").await.unwrap();
+    alice.send(chat, "two").await.unwrap();
+    let hits = hook.wait_for(1, Duration::from_secs(10)).await;
+    let h = &hits[0];
+    assert_eq!(h.path, "/v1/projects/courier-proj/messages:send");
+    assert_eq!(h.authorization, "Bearer ya29.test-token");
+    let m = &h.body["message"];
+    assert_eq!(m["token"], "fcm-device-token");
+    assert_eq!(m["data"]["count"], "2", "FCM data values are strings");
+    assert_eq!(m["notification"]["body"], "2 new messages");
+    assert_eq!(m["android"]["collapse_key"], format!("chat-{chat}"));
+
+    alice.send(chat, "three").await.unwrap();
+    hook.wait_for(2, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server
+        .gateway
+        .store()
+        .push_tokens("bob")
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "404 UNREGISTERED removes the FCM token"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.gateway.shutdown().await;
 }

@@ -2,10 +2,15 @@
 //! providers, with retries and backoff, dead letters after the last attempt, and removal of
 //! tokens the provider reports invalid.
 //!
-//! Provider implemented: the webhook (an HTTPS or HTTP POST of JSON to the operator's URL, the
-//! body signed with HMAC-SHA256 under a shared secret: header `X-Courier-Signature:
-//! sha256=<hex>`), carrying an `Idempotency-Key` that stays the same when a job is delivered
-//! again (delivery is at least once). No message content unless the operator enables it.
+//! Providers: the webhook (a POST of JSON to the operator's URL, the body signed with
+//! HMAC-SHA256 under a shared secret: header `X-Courier-Signature: sha256=<hex>`), [`apns`]
+//! (Apple, HTTP/2 with an ES256 provider token) and [`fcm`] (Firebase HTTP v1). Each request
+//! carries the job's idempotency key (webhook `Idempotency-Key`, APNs `apns-id`, FCM data), the
+//! same when a job is delivered again (delivery is at least once). No message content unless
+//! the operator enables it. Base URLs are configurable (tests point them at 127.0.0.1).
+
+pub mod apns;
+pub mod fcm;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +44,10 @@ pub struct PushConfig {
     pub poll: Duration,
     /// Timeout of one provider request.
     pub request_timeout: Duration,
+    /// Apple Push Notification service; None: APNs registrations are refused.
+    pub apns: Option<apns::ApnsConfig>,
+    /// Firebase Cloud Messaging; None: FCM registrations are refused.
+    pub fcm: Option<fcm::FcmConfig>,
 }
 
 impl Default for PushConfig {
@@ -53,6 +62,8 @@ impl Default for PushConfig {
             include_content: false,
             poll: Duration::from_millis(100),
             request_timeout: Duration::from_secs(10),
+            apns: None,
+            fcm: None,
         }
     }
 }
@@ -60,13 +71,41 @@ impl Default for PushConfig {
 impl PushConfig {
     /// Whether `provider` can be delivered to.
     pub fn supports(&self, provider: PushProvider) -> bool {
-        matches!(provider, PushProvider::Webhook) && self.webhook_url.is_some()
+        match provider {
+            PushProvider::Webhook => self.webhook_url.is_some(),
+            PushProvider::Apns => self.apns.is_some(),
+            PushProvider::Fcm => self.fcm.is_some(),
+        }
     }
 
     /// Whether any provider is configured (jobs are written only then).
     pub fn enabled(&self) -> bool {
-        self.webhook_url.is_some()
+        self.webhook_url.is_some() || self.apns.is_some() || self.fcm.is_some()
     }
+}
+
+/// How one provider request ended.
+pub(crate) enum Outcome {
+    /// Accepted.
+    Sent,
+    /// The provider says the token is no more: the registration is removed.
+    TokenInvalid,
+    /// Try again later.
+    Failed(String),
+}
+
+/// A UUID (8-4-4-4-12 hex) derived from `key`: the same key, the same id.
+pub(crate) fn uuid_of(key: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let h = hex(&d.as_ref()[..16]);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 impl OnlineUsers for Registry {
@@ -108,48 +147,64 @@ struct Worker {
     store: Store,
     config: PushConfig,
     http: reqwest::Client,
+    apns: Option<apns::Apns>,
+    fcm: Option<fcm::Fcm>,
 }
 
 impl Worker {
+    async fn webhook(&self, url: &str, job: &PushJob, device: u32, token: &[u8]) -> Outcome {
+        let body = webhook_body(job, device, token, self.config.include_content);
+        let signature = sign(&self.config.webhook_secret, body.as_bytes());
+        let sent = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("idempotency-key", job.idempotency_key())
+            .header("x-courier-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => Outcome::Sent,
+            Ok(r) if matches!(r.status().as_u16(), 404 | 410) => Outcome::TokenInvalid,
+            Ok(r) => Outcome::Failed(format!("webhook answered {}", r.status())),
+            Err(e) => Outcome::Failed(format!("webhook: {e}")),
+        }
+    }
+
     /// Delivers one job to every registered device of its user.
     async fn deliver(&self, job: &PushJob) -> PushResult {
         let tokens = match self.store.push_tokens(&job.user) {
             Ok(t) => t,
             Err(e) => return self.failed(job, format!("store: {e}")),
         };
+        let content = self.config.include_content;
         let mut failure = None;
         for (device, provider, token) in tokens {
-            if !self.config.supports(provider) {
-                continue;
-            }
-            let Some(url) = &self.config.webhook_url else {
-                continue;
+            let outcome = match provider {
+                PushProvider::Webhook => match &self.config.webhook_url {
+                    Some(url) => self.webhook(url, job, device, &token).await,
+                    None => continue,
+                },
+                PushProvider::Apns => match &self.apns {
+                    Some(a) => a.send(&self.http, job, &token, content).await,
+                    None => continue,
+                },
+                PushProvider::Fcm => match &self.fcm {
+                    Some(f) => f.send(&self.http, job, &token, content).await,
+                    None => continue,
+                },
             };
-            let body = webhook_body(job, device, &token, self.config.include_content);
-            let sent = self
-                .http
-                .post(url)
-                .header("content-type", "application/json")
-                .header("idempotency-key", job.idempotency_key())
-                .header(
-                    "x-courier-signature",
-                    sign(&self.config.webhook_secret, body.as_bytes()),
-                )
-                .body(body)
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) if matches!(r.status().as_u16(), 404 | 410) => {
-                    // The provider says the token is no more: forget the registration.
+            match outcome {
+                Outcome::Sent => {}
+                Outcome::TokenInvalid => {
                     let _ = self
                         .store
                         .register_push(&job.user, device, provider, bytes::Bytes::new())
                         .await;
                     tracing::info!(user = %job.user, device, "push token invalid; removed");
                 }
-                Ok(r) => failure = Some(format!("webhook answered {}", r.status())),
-                Err(e) => failure = Some(format!("webhook: {e}")),
+                Outcome::Failed(e) => failure = Some(e),
             }
         }
         match failure {
@@ -185,10 +240,20 @@ pub(crate) async fn worker(store: Store, config: PushConfig, mut shutdown: watch
             return;
         }
     };
+    let apns = match config.apns.clone().map(apns::Apns::new).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("push worker: APNs: {e:#}");
+            return;
+        }
+    };
+    let fcm = config.fcm.clone().map(fcm::Fcm::new);
     let w = Arc::new(Worker {
         store,
         config,
         http,
+        apns,
+        fcm,
     });
     loop {
         tokio::select! {
