@@ -447,50 +447,11 @@ async fn a_slow_reader_is_disconnected_and_finds_its_messages_in_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_says_goaway_keeps_what_was_acknowledged_and_exits_zero() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap().to_owned();
-    let start = || {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_courier"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                &data,
-                "--shards",
-                "2",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("serve prints its address").unwrap();
-            if let Some(rest) = line.strip_prefix("courier listening on ") {
-                break rest
-                    .split(' ')
-                    .next()
-                    .unwrap()
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        (child, addr)
-    };
-    let (mut child, addr) = start();
-    let issuer =
-        courier_gateway::auth::IssuerKey::read_file(&dir.path().join("issuer.key")).unwrap();
-    let token = |u: &str| {
-        issuer.mint(&courier_gateway::auth::Claims {
-            user: u.into(),
-            device: 1,
-            expires_at: common::now_secs() + 600,
-        })
-    };
+    let shards: [&std::ffi::OsStr; 2] = ["--shards".as_ref(), "2".as_ref()];
+    let (child, addr) = common::spawn_courier(dir.path(), &shards);
     let trust = courier_client::Trust::File(dir.path().join("tls/cert.pem"));
+    let token = |u: &str| common::token_from(dir.path(), u);
     let (alice, mut events) =
         courier_client::Client::connect(addr, "localhost", &trust, &token("alice"))
             .await
@@ -501,11 +462,7 @@ async fn sigterm_says_goaway_keeps_what_was_acknowledged_and_exits_zero() {
         alice.send(chat, body(i)).await.unwrap();
         acked += 1;
     }
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let exit = tokio::spawn(common::signal_and_wait(child, "-TERM"));
     let mut goaway = false;
     while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
         match ev {
@@ -515,12 +472,9 @@ async fn sigterm_says_goaway_keeps_what_was_acknowledged_and_exits_zero() {
         }
     }
     assert!(goaway, "clients get GoAway");
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(exit.code(), Some(0), "exits 0 after SIGTERM");
+    assert_eq!(exit.await.unwrap().code(), Some(0), "exits 0 after SIGTERM");
 
-    let (mut child, addr) = start();
+    let (child, addr) = common::spawn_courier(dir.path(), &shards);
     let (bob, _) = courier_client::Client::connect(addr, "localhost", &trust, &token("bob"))
         .await
         .unwrap();
@@ -530,11 +484,5 @@ async fn sigterm_says_goaway_keeps_what_was_acknowledged_and_exits_zero() {
         acked,
         "everything acknowledged survived"
     );
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    common::signal_and_wait(child, "-TERM").await;
 }

@@ -219,12 +219,8 @@ async fn invalid_tokens_are_removed_and_failing_jobs_end_as_dead_letters() {
     let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
     alice.send(chat, "hi").await.unwrap();
     hook.wait_for(1, Duration::from_secs(10)).await;
+    until_no_tokens(&server, "bob", "a 410 removes the token").await;
     let store = server.gateway.store();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !store.push_tokens("bob").unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "a 410 removes the token");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 
     // A webhook that keeps failing: three attempts, then a dead letter.
     let (_carol, _c) = server.connect("carol", 1).await;
@@ -254,54 +250,28 @@ async fn invalid_tokens_are_removed_and_failing_jobs_end_as_dead_letters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_pushes_survive_a_sigkill_and_are_delivered_after_restart() {
-    use std::io::BufRead;
     // Reserve a port for the webhook, closed until after the crash.
     let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hook_addr = reserved.local_addr().unwrap();
     drop(reserved);
     let url = format!("http://{hook_addr}/push");
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap().to_owned();
     let secret_file = dir.path().join("push.secret");
     std::fs::write(&secret_file, SECRET).unwrap();
-    let start = || {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_courier"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", &data])
-            .args(["--push-webhook-url", &url, "--push-coalesce-ms", "100"])
-            .args(["--push-retry-ms", "100", "--push-webhook-secret-file"])
-            .arg(&secret_file)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("serve prints its address").unwrap();
-            if let Some(rest) = line.strip_prefix("courier listening on ") {
-                break rest
-                    .split(' ')
-                    .next()
-                    .unwrap()
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        (child, addr)
-    };
-    let (mut child, addr) = start();
-    let issuer =
-        courier_gateway::auth::IssuerKey::read_file(&dir.path().join("issuer.key")).unwrap();
-    let token = |u: &str| {
-        issuer.mint(&courier_gateway::auth::Claims {
-            user: u.into(),
-            device: 1,
-            expires_at: common::now_secs() + 600,
-        })
-    };
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "--push-webhook-url".as_ref(),
+        url.as_ref(),
+        "--push-coalesce-ms".as_ref(),
+        "100".as_ref(),
+        "--push-retry-ms".as_ref(),
+        "100".as_ref(),
+        "--push-webhook-secret-file".as_ref(),
+        secret_file.as_os_str(),
+    ];
+    let (child, addr) = common::spawn_courier(dir.path(), &args);
     let trust = courier_client::Trust::File(dir.path().join("tls/cert.pem"));
     let connect = |u: &'static str| {
-        let (trust, token) = (trust.clone(), token(u));
+        let (trust, token) = (trust.clone(), common::token_from(dir.path(), u));
         async move {
             courier_client::Client::connect(addr, "localhost", &trust, &token)
                 .await
@@ -320,17 +290,11 @@ async fn pending_pushes_survive_a_sigkill_and_are_delivered_after_restart() {
     alice.send(chat, "two").await.unwrap();
     // The webhook is down: the job fails and waits for a retry. Now kill the gateway hard.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    std::process::Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .unwrap();
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    common::signal_and_wait(child, "-KILL").await;
 
     let listener = tokio::net::TcpListener::bind(hook_addr).await.unwrap();
     let hook = Webhook::start_on(listener, vec![]).await;
-    let (mut child, _addr) = start();
+    let (child, _addr) = common::spawn_courier(dir.path(), &args);
     let hits = hook.wait_for(1, Duration::from_secs(15)).await;
     assert!(
         !hits.is_empty(),
@@ -340,13 +304,7 @@ async fn pending_pushes_survive_a_sigkill_and_are_delivered_after_restart() {
     assert_eq!(unique.len(), 1);
     assert_eq!(hits[0].body["count"], 2, "both messages, one push");
     assert_eq!(hits[0].body["user"], "bob");
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    common::signal_and_wait(child, "-TERM").await;
 }
 
 fn pem_of(pkcs8: &[u8]) -> Vec<u8> {
@@ -362,6 +320,15 @@ fn pem_of(pkcs8: &[u8]) -> Vec<u8> {
         lines.join("\n")
     )
     .into_bytes()
+}
+
+/// Waits (up to 5 s) until `user` has no push registration left.
+async fn until_no_tokens(server: &TestServer, user: &str, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.gateway.store().push_tokens(user).unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Connects `user`, registers its push token, and disconnects it.
@@ -451,17 +418,7 @@ async fn apns_requests_carry_a_valid_es256_provider_token_and_the_apple_format()
     // Apple says the token is gone: the registration goes.
     alice.send(chat, "again").await.unwrap();
     hook.wait_for(2, Duration::from_secs(10)).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server
-        .gateway
-        .store()
-        .push_tokens("bob")
-        .unwrap()
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "410 removes the APNs token");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_no_tokens(&server, "bob", "410 removes the APNs token").await;
     server.gateway.shutdown().await;
 }
 
@@ -499,19 +456,6 @@ async fn fcm_requests_use_the_http_v1_format_and_a_bearer_token() {
 
     alice.send(chat, "three").await.unwrap();
     hook.wait_for(2, Duration::from_secs(10)).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server
-        .gateway
-        .store()
-        .push_tokens("bob")
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "404 UNREGISTERED removes the FCM token"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_no_tokens(&server, "bob", "404 UNREGISTERED removes the FCM token").await;
     server.gateway.shutdown().await;
 }

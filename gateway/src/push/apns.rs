@@ -95,13 +95,7 @@ impl Apns {
             "{}/3/device/{device}",
             self.config.base_url.trim_end_matches('/')
         );
-        let text = if include_content {
-            String::from_utf8_lossy(&job.body).into_owned()
-        } else if job.count == 1 {
-            "New message".to_owned()
-        } else {
-            format!("{} new messages", job.count)
-        };
+        let text = super::alert_text(job, include_content);
         let body = serde_json::json!({
             "aps": {
                 "alert": {"title": job.sender, "body": text},

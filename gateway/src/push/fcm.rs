@@ -69,13 +69,7 @@ impl Fcm {
             self.config.base_url.trim_end_matches('/'),
             self.config.project_id
         );
-        let text = if include_content {
-            String::from_utf8_lossy(&job.body).into_owned()
-        } else if job.count == 1 {
-            "New message".to_owned()
-        } else {
-            format!("{} new messages", job.count)
-        };
+        let text = super::alert_text(job, include_content);
         // FCM data values are strings.
         let body = serde_json::json!({
             "message": {

@@ -94,6 +94,17 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
+/// The text of a push: the last message's when content is enabled, else how many.
+pub(crate) fn alert_text(job: &PushJob, include_content: bool) -> String {
+    if include_content {
+        String::from_utf8_lossy(&job.body).into_owned()
+    } else if job.count == 1 {
+        "New message".to_owned()
+    } else {
+        format!("{} new messages", job.count)
+    }
+}
+
 /// A UUID (8-4-4-4-12 hex) derived from `key`: the same key, the same id.
 pub(crate) fn uuid_of(key: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());

@@ -188,6 +188,55 @@ pub async fn next_message(events: &mut Events) -> courier_wire::frame::Message {
     }
 }
 
+/// Starts `courier serve` as a child process on 127.0.0.1 port 0 with data in `data` and the
+/// extra arguments `args`; returns it and the address it listens on.
+pub fn spawn_courier(data: &Path, args: &[&std::ffi::OsStr]) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("serve prints its address").unwrap();
+        if let Some(rest) = line.strip_prefix("courier listening on ") {
+            break rest.split(' ').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// Sends `signal` (e.g. "-TERM", "-KILL") to a child and waits for it to exit.
+pub async fn signal_and_wait(
+    mut child: std::process::Child,
+    signal: &str,
+) -> std::process::ExitStatus {
+    let status = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+}
+
+/// A token for `user`'s device 1, signed with the issuer key in `dir`.
+pub fn token_from(dir: &Path, user: &str) -> String {
+    IssuerKey::read_file(&dir.join("issuer.key"))
+        .unwrap()
+        .mint(&Claims {
+            user: user.into(),
+            device: 1,
+            expires_at: now_secs() + 600,
+        })
+}
+
 /// Every message of a chat, paging History forward `page` at a time.
 pub async fn all_history(
     client: &Client,
