@@ -46,10 +46,11 @@ pub struct Committed {
     pub also_notify: Vec<String>,
 }
 
-/// Receives every committed message, in commit order, from the writer thread.
+/// Receives every committed message, in commit order, from the store's commit thread.
 ///
-/// Called after the batch is durable and after its callers were answered. It must not block for
-/// long: the next batch waits for it.
+/// Called after the batch is durable and before its callers are answered, so whoever holds an
+/// answer knows the listener has seen the batch. It must not block for long: the next commit
+/// waits for it.
 pub trait CommitListener: Send + Sync + 'static {
     /// One committed batch.
     fn committed(&self, batch: &[Committed]);

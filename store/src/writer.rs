@@ -232,7 +232,7 @@ struct Prepared {
 }
 
 impl Prepared {
-    /// Waits for the commit to be durable, then answers the callers and tells the listener; or
+    /// Waits for the commit to be durable, then tells the listener and answers the callers; or
     /// fails every caller if it did not commit.
     fn finish(self, shared: &Shared) {
         let Self {
@@ -257,6 +257,8 @@ impl Prepared {
                 shared.chats.insert(id, chat);
             }
         }
+        // The listener hears a batch before its callers are answered: whoever holds an answer
+        // knows the fanout (and any other listener work) for it has happened.
         if let Some(l) = &shared.config.listener {
             for a in &answers {
                 if let Answer::Sweep(Ok(s)) = a {
@@ -265,15 +267,13 @@ impl Prepared {
                     }
                 }
             }
-        }
-        for (op, a) in ops.into_iter().zip(answers) {
-            answer(op, a);
-        }
-        if let Some(l) = &shared.config.listener {
             l.batch_committed(n, started.elapsed());
             if !committed.is_empty() {
                 l.committed(&committed);
             }
+        }
+        for (op, a) in ops.into_iter().zip(answers) {
+            answer(op, a);
         }
     }
 }
