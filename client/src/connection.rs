@@ -144,10 +144,15 @@ impl Client {
         &self.welcome
     }
 
+    /// A fresh request id (never 0, which names no request).
+    fn next_request_id(&self) -> u32 {
+        self.next_id.fetch_add(1, Ordering::Relaxed).max(1)
+    }
+
     /// Sends a request built around a fresh request id and waits for its answer. Error frames
     /// become [`ClientError::Server`].
     pub async fn request(&self, build: impl FnOnce(u32) -> Frame) -> Result<Frame, ClientError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
+        let id = self.next_request_id();
         let frame = build(id);
         if frame.encoded_len() > self.welcome.max_frame as usize {
             return Err(ClientError::TooLarge(format!(
@@ -387,7 +392,7 @@ impl Client {
     /// answered unless refused (not a member, or rate-limited): the refusal arrives as
     /// [`Event::Frame`] with an `ErrorFrame`.
     pub async fn typing(&self, chat_id: u64, typing: bool) -> Result<(), ClientError> {
-        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
+        let request_id = self.next_request_id();
         self.post(Frame::Typing(Typing {
             request_id,
             chat_id,

@@ -10,6 +10,7 @@
 //! - [`config`] — [`GatewayConfig`], every limit with its memory cost.
 //! - [`auth`] — issuer keys and tokens.
 //! - [`tls`] — the TLS identity (self-signed or from PEM files).
+//! - [`util`] — wall-clock milliseconds, hex, cached provider tokens.
 //! - [`server`] — the endpoint, handshakes, the control-stream loop and graceful shutdown.
 //! - [`media`] — uploads and downloads on streams of their own, blobs, thumbnails.
 //! - [`push`] — the push worker (webhook provider) over the store's durable outbox.
@@ -30,6 +31,7 @@ pub mod registry;
 pub mod server;
 mod session;
 pub mod tls;
+pub mod util;
 
 pub use config::GatewayConfig;
 pub use server::Gateway;

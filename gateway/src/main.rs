@@ -13,6 +13,7 @@ use courier_client::{Client, Event, Trust, UploadOptions, UploadState};
 use courier_gateway::auth::{Claims, IssuerKey, TokenVerifier};
 use courier_gateway::media::BlobStoreConfig;
 use courier_gateway::tls::TlsIdentity;
+use courier_gateway::util::hex;
 use courier_gateway::{Gateway, GatewayConfig};
 use courier_wire::frame::{Attachment, Direction, Message, MessageKind};
 use tokio::io::AsyncBufReadExt;
@@ -359,10 +360,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     gateway.shutdown().await;
     println!("stopped");
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A media id from its 32 hex digits.

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use courier_store::Store;
@@ -17,12 +17,7 @@ use courier_wire::Frame;
 use dashmap::DashMap;
 
 use crate::registry::{Device, Registry};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::util::now_ms;
 
 /// The presence hub of a gateway.
 pub(crate) struct Presence {

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::registry::{Device, Registry};
 use crate::session::{error_frame, Limits, PresenceLink, Session};
+use crate::util::now_ms;
 
 struct Shared {
     store: Store,
@@ -333,12 +334,6 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shard: usiz
     {
         sessions.abort_all();
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Sends `frame` as the last words on the control stream, waits (briefly) for the peer to get

@@ -333,13 +333,7 @@ impl Session {
                 (&self.user, self.device),
             );
         }
-        self.reply(
-            Frame::Done(Done {
-                request_id: f.request_id,
-            })
-            .to_bytes(),
-        )
-        .await
+        self.done(f.request_id).await
     }
 
     /// Relays a typing indicator to the chat's online members; never stored, rate-limited per

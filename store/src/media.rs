@@ -202,10 +202,8 @@ impl Store {
         }
         let source = media.thumbnail_of.unwrap_or(*id);
         let prefix = keys::media_refs(&source);
-        let mut end = prefix.clone();
-        end.push(0xff);
         let refs = t
-            .scan(&prefix, &end, MAX_REFS_CHECKED, false)
+            .scan(&prefix, &keys::prefix_end(&prefix), MAX_REFS_CHECKED, false)
             .map_err(engine_err)?;
         for (k, _) in refs {
             let Some(chat) = keys::media_ref_chat(&k) else {

@@ -110,7 +110,7 @@ impl<'a> Attempt<'a> {
     }
 
     /// A chat's last seq, as of this attempt.
-    fn last_seq(&mut self, chat: u64) -> Result<u64, KvError> {
+    pub(crate) fn last_seq(&mut self, chat: u64) -> Result<u64, KvError> {
         if let Some(&s) = self.last_seqs.get(&chat) {
             return Ok(s);
         }
@@ -134,22 +134,12 @@ impl<'a> Attempt<'a> {
         self.shared.chat_in(&mut *self.t, id)
     }
 
-    fn member_chat(&mut self, user: &str, id: u64) -> Result<Option<Arc<Chat>>, KvError> {
-        Ok(self.chat(id)?.filter(|c| c.is_member(user)))
-    }
-
-    /// [`Attempt::member_chat`], for the other write modules.
-    pub(crate) fn member_chat_pub(
+    pub(crate) fn member_chat(
         &mut self,
         user: &str,
         id: u64,
     ) -> Result<Option<Arc<Chat>>, KvError> {
-        self.member_chat(user, id)
-    }
-
-    /// [`Attempt::last_seq`], for the other write modules.
-    pub(crate) fn last_seq_pub(&mut self, chat: u64) -> Result<u64, KvError> {
-        self.last_seq(chat)
+        Ok(self.chat(id)?.filter(|c| c.is_member(user)))
     }
 
     /// Appends one message with the chat's next seq. `dedupe` names the sender's client message

@@ -90,10 +90,10 @@ impl Attempt<'_> {
         kind: ReceiptKind,
         seq: u64,
     ) -> OpResult<ReceiptOutcome> {
-        let Some(chat) = self.member_chat_pub(user, chat_id)? else {
+        let Some(chat) = self.member_chat(user, chat_id)? else {
             return Ok(Err(StoreError::Forbidden));
         };
-        let seq = seq.min(self.last_seq_pub(chat_id)?);
+        let seq = seq.min(self.last_seq(chat_id)?);
         let before = read_pointers(&mut *self.t, user, chat_id)?;
         let mut after = before;
         match kind {

@@ -12,13 +12,10 @@ use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use tokio::io::AsyncReadExt;
 
+use crate::util::hex;
+
 /// Size of the parts a file is uploaded in.
 const PART: usize = 8 << 20;
-
-/// Hex of a SHA-256.
-pub fn hex(sha256: &[u8; 32]) -> String {
-    sha256.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The blob store.
 #[derive(Clone)]

@@ -166,7 +166,7 @@ impl MediaService {
         match self.store.blob_in_use(&sha256) {
             Ok(false) => {
                 if let Err(e) = self.blobs.delete(&sha256).await {
-                    tracing::warn!("deleting blob {} failed: {e}", blob::hex(&sha256));
+                    tracing::warn!("deleting blob {} failed: {e}", crate::util::hex(&sha256));
                 }
             }
             Ok(true) => {}

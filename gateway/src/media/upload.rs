@@ -7,7 +7,7 @@
 //! resumed within the resume window is refused as expired (and its files are removed).
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use courier_store::Media;
@@ -16,10 +16,10 @@ use courier_wire::{ErrorCode, Frame};
 use ring::digest::{Context, SHA256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::blob;
 use super::detect::{self, SNIFF_LEN};
 use super::thumbnail::{self as img, ImageError};
 use super::{error, MediaService};
+use crate::util::{hex, now_ms};
 
 /// Bytes between two confirmed offsets.
 const CONFIRM_EVERY: u64 = 1 << 20;
@@ -44,12 +44,6 @@ fn refused(code: ErrorCode, msg: impl Into<String>) -> Failure {
     Failure::Refused(code, msg.into())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// What `<id>.meta` records.
 struct Meta {
     user: String,
@@ -63,7 +57,7 @@ impl Meta {
         let hash = self
             .sha256
             .as_ref()
-            .map_or_else(|| "-".to_owned(), blob::hex);
+            .map_or_else(|| "-".to_owned(), |h| hex(h));
         format!(
             "{}\n{}\n{hash}\n{}\n",
             self.user, self.size, self.started_ms

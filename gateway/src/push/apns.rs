@@ -1,8 +1,7 @@
 //! The APNs provider: Apple's HTTP/2 API (`POST /3/device/<token>`) with an ES256 provider token
 //! (a JWT signed with the team's `.p8` key, reused for 50 minutes as Apple asks).
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -11,6 +10,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 
 use super::Outcome;
+use crate::util::Cached;
 
 /// APNs settings.
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(50 * 60);
 pub(crate) struct Apns {
     config: ApnsConfig,
     key: EcdsaKeyPair,
-    token: Mutex<Option<(String, Instant)>>,
+    token: Cached,
 }
 
 impl Apns {
@@ -51,35 +51,36 @@ impl Apns {
         Ok(Self {
             config,
             key,
-            token: Mutex::new(None),
+            token: Cached::new(TOKEN_LIFETIME),
         })
     }
 
     /// The provider token (a fresh one every 50 minutes).
     pub(crate) fn provider_token(&self) -> String {
-        let mut slot = self.token.lock().expect("token lock");
-        if let Some((t, at)) = &*slot {
-            if at.elapsed() < TOKEN_LIFETIME {
-                return t.clone();
-            }
+        let made = self.token.get(|| {
+            let iat = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let header = serde_json::json!({"alg": "ES256", "kid": self.config.key_id});
+            let claims = serde_json::json!({"iss": self.config.team_id, "iat": iat});
+            let signing_input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header.to_string()),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            );
+            let sig = self
+                .key
+                .sign(&SystemRandom::new(), signing_input.as_bytes())
+                .expect("ECDSA signing");
+            Ok::<_, std::convert::Infallible>(format!(
+                "{signing_input}.{}",
+                URL_SAFE_NO_PAD.encode(sig.as_ref())
+            ))
+        });
+        match made {
+            Ok(t) => t,
+            Err(never) => match never {},
         }
-        let iat = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let header = serde_json::json!({"alg": "ES256", "kid": self.config.key_id});
-        let claims = serde_json::json!({"iss": self.config.team_id, "iat": iat});
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let sig = self
-            .key
-            .sign(&SystemRandom::new(), signing_input.as_bytes())
-            .expect("ECDSA signing");
-        let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
-        *slot = Some((token.clone(), Instant::now()));
-        token
     }
 
     /// Sends `job` to one device.

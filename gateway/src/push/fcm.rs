@@ -3,12 +3,12 @@
 //! that the operator's credential tooling keeps fresh (re-read every minute).
 
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use courier_store::PushJob;
 
 use super::Outcome;
+use crate::util::Cached;
 
 /// FCM settings.
 #[derive(Debug, Clone)]
@@ -26,30 +26,23 @@ const TOKEN_REREAD: Duration = Duration::from_secs(60);
 
 pub(crate) struct Fcm {
     config: FcmConfig,
-    token: Mutex<Option<(String, Instant)>>,
+    token: Cached,
 }
 
 impl Fcm {
     pub(crate) fn new(config: FcmConfig) -> Self {
         Self {
             config,
-            token: Mutex::new(None),
+            token: Cached::new(TOKEN_REREAD),
         }
     }
 
     fn access_token(&self) -> Result<String, String> {
-        let mut slot = self.token.lock().expect("token lock");
-        if let Some((t, at)) = &*slot {
-            if at.elapsed() < TOKEN_REREAD {
-                return Ok(t.clone());
-            }
-        }
-        let t = std::fs::read_to_string(&self.config.access_token_file)
-            .map_err(|e| format!("FCM token file: {e}"))?
-            .trim()
-            .to_owned();
-        *slot = Some((t.clone(), Instant::now()));
-        Ok(t)
+        self.token.get(|| {
+            std::fs::read_to_string(&self.config.access_token_file)
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| format!("FCM token file: {e}"))
+        })
     }
 
     /// Sends `job` to one device.

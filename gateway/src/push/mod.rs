@@ -21,6 +21,7 @@ use ring::hmac;
 use tokio::sync::watch;
 
 use crate::registry::Registry;
+use crate::util::hex;
 
 /// Push settings.
 #[derive(Debug, Clone)]
@@ -123,10 +124,6 @@ impl OnlineUsers for Registry {
     fn is_online(&self, user: &str) -> bool {
         Self::is_online(self, user)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The webhook's JSON body for one device.
