@@ -524,11 +524,8 @@ pub fn client_endpoint(addr: SocketAddr, trust: &Trust) -> Result<quinn::Endpoin
 /// A fresh client message id: a UUIDv7 (time-ordered, 74 random bits), which the store can
 /// file as an append.
 pub fn new_client_msg_id() -> [u8; 16] {
-    use ring::rand::SecureRandom;
-    let mut random = [0u8; 10];
-    ring::rand::SystemRandom::new()
-        .fill(&mut random)
-        .expect("system randomness");
+    // The thread's ChaCha generator (seeded from the OS): no system call per message.
+    let random: [u8; 10] = rand::random();
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

@@ -10,15 +10,18 @@
 //! delivered exactly once, each chat's seqs dense and delivered in order.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use courier_client::{Client, Event, Events};
+use courier_client::{Client, ClientError, Event, Events};
+use courier_wire::frame::SendOk;
+use futures::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::target::{Target, Users};
@@ -421,47 +424,62 @@ struct Sender {
     body: usize,
 }
 
+/// A send in flight: its answer, with its intended time and whether it is measured.
+type InFlight = Pin<Box<dyn Future<Output = (Result<SendOk, ClientError>, Instant, bool)> + Send>>;
+
 impl Sender {
     /// Keeps `window` sends outstanding until the phase ends.
     async fn closed(self, window: usize) {
-        let slots = Arc::new(Semaphore::new(window));
+        // The sends in flight are polled by this task: no task, permit or channel per message.
+        let mut inflight = FuturesUnordered::new();
         let mut buf = BytesMut::new();
         loop {
-            let permit = slots.clone().acquire_owned().await.expect("semaphore open");
-            let now = Instant::now();
-            if now >= self.meter.until {
-                break;
+            while inflight.len() < window {
+                let now = Instant::now();
+                if now >= self.meter.until {
+                    break;
+                }
+                inflight.push(self.send(&mut buf, now));
             }
-            self.send(&mut buf, now, permit);
+            match inflight.next().await {
+                Some(answer) => self.record(answer),
+                None => break,
+            }
         }
-        let _ = slots.acquire_many(window as u32).await;
     }
 
     /// Sends on a schedule of `per_user` messages per second from `first`, until the phase ends.
+    /// Beyond `max_outstanding` unanswered sends it waits for answers (late sends keep their
+    /// intended times, so the wait is counted).
     async fn open(self, per_user: f64, first: Instant, max_outstanding: usize) {
         let interval = Duration::from_secs_f64(1.0 / per_user.max(1e-6));
-        let slots = Arc::new(Semaphore::new(max_outstanding));
+        let mut inflight = FuturesUnordered::new();
         let mut buf = BytesMut::new();
         let mut next = first;
-        while next < self.meter.until {
-            tokio::time::sleep_until(next.into()).await;
-            let now = Instant::now();
-            // Everything due by now goes out, each stamped with its own intended time.
-            while next <= now && next < self.meter.until {
-                let permit = slots.clone().acquire_owned().await.expect("semaphore open");
-                self.send(&mut buf, next, permit);
-                next += interval;
+        let timer = tokio::time::sleep_until(next.into());
+        tokio::pin!(timer);
+        loop {
+            let scheduled = next < self.meter.until;
+            if !scheduled && inflight.is_empty() {
+                break;
+            }
+            let room = inflight.len() < max_outstanding;
+            tokio::select! {
+                () = &mut timer, if scheduled && room => {
+                    // Everything due by now goes out, each stamped with its own intended time.
+                    let now = Instant::now();
+                    while next <= now && next < self.meter.until && inflight.len() < max_outstanding {
+                        inflight.push(self.send(&mut buf, next));
+                        next += interval;
+                    }
+                    timer.as_mut().reset(next.into());
+                }
+                Some(answer) = inflight.next(), if !inflight.is_empty() => self.record(answer),
             }
         }
-        let _ = slots.acquire_many(max_outstanding as u32).await;
     }
 
-    fn send(
-        &self,
-        buf: &mut BytesMut,
-        intended: Instant,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    fn send(&self, buf: &mut BytesMut, intended: Instant) -> InFlight {
         buf.put_u64(self.clock.us(intended));
         buf.put_u32(self.meter.phase);
         buf.put_bytes(b'x', self.body - 12);
@@ -471,35 +489,40 @@ impl Sender {
             self.meter.sent.fetch_add(1, Ordering::Relaxed);
         }
         let (client, chat) = (self.client.clone(), self.chat);
-        let (meter, ledger) = (self.meter.clone(), self.ledger.clone());
-        tokio::spawn(async move {
-            match client.send(chat, payload).await {
-                Ok(ok) => {
-                    let us = Instant::now().duration_since(intended).as_micros() as u64;
-                    ledger
-                        .acked
+        Box::pin(async move { (client.send(chat, payload).await, intended, measured) })
+    }
+
+    fn record(&self, (answer, intended, measured): (Result<SendOk, ClientError>, Instant, bool)) {
+        match answer {
+            Ok(ok) => {
+                let us = Instant::now().duration_since(intended).as_micros() as u64;
+                self.ledger
+                    .acked
+                    .lock()
+                    .expect("ledger lock")
+                    .entry(ok.chat_id)
+                    .or_default()
+                    .push(ok.seq);
+                self.ledger.acked_total.fetch_add(1, Ordering::Relaxed);
+                if measured {
+                    self.meter.acked.fetch_add(1, Ordering::Relaxed);
+                    let _ = self
+                        .meter
+                        .ack
                         .lock()
-                        .expect("ledger lock")
-                        .entry(ok.chat_id)
-                        .or_default()
-                        .push(ok.seq);
-                    ledger.acked_total.fetch_add(1, Ordering::Relaxed);
-                    if measured {
-                        meter.acked.fetch_add(1, Ordering::Relaxed);
-                        let _ = meter.ack.lock().expect("histogram lock").record(us.max(1));
-                    }
-                }
-                Err(e) => {
-                    if ledger.errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                        eprintln!("send error: {e}");
-                    }
-                    if measured {
-                        meter.errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                        .expect("histogram lock")
+                        .record(us.max(1));
                 }
             }
-            drop(permit);
-        });
+            Err(e) => {
+                if self.ledger.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                    eprintln!("send error: {e}");
+                }
+                if measured {
+                    self.meter.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
 }
 

@@ -72,8 +72,8 @@ pub trait Txn {
     fn commit(self: Box<Self>) -> Result<(), KvError>;
     /// Starts the commit and hands back the durable rest of it, to be finished on another
     /// thread, so the next transaction can be built meanwhile. From this call on, transactions
-    /// begun on the engine read these writes as if committed; the engine must not be given a
-    /// second pipelined commit before this one is [finished](PendingCommit::finish).
+    /// begun on the engine read these writes as if committed. Several may be in flight; they
+    /// must be [finished](PendingCommit::finish) in the order they were started.
     ///
     /// An engine that cannot split its commit commits here, and the handle has nothing left to
     /// do (the default).

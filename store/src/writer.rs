@@ -413,8 +413,10 @@ impl Writer {
                     committed,
                     ..
                 } = a;
-                committer.idle();
+                // The batch is prepared (sorted, handed to the engine) while the previous one
+                // is still committing; only then does this wait for it.
                 let pending = t.commit_pipelined()?;
+                committer.idle();
                 Ok((answers, pending, changed, committed))
             });
             match result {

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use fjall::{
@@ -26,9 +27,19 @@ type Pair = (Vec<u8>, Vec<u8>);
 /// A transaction's pending writes: `Some` sets, `None` deletes.
 type Writes = HashMap<Slice, Option<Slice>>;
 
-/// The writes of the pipelined commit in flight, if any: the writer's next transaction reads
-/// them as committed. Set by [`Txn::commit_pipelined`], cleared when its batch is applied.
-type InFlight = Arc<Mutex<Option<Arc<Writes>>>>;
+/// The pipelined commits in flight.
+type InFlight = Arc<Pipeline>;
+
+/// The writes of the pipelined commits in flight, oldest first: the writer's next transaction
+/// reads them as committed. Pushed by [`Txn::commit_pipelined`], removed when its batch is
+/// applied.
+#[derive(Default)]
+struct Pipeline {
+    writes: Mutex<Vec<Arc<Writes>>>,
+    /// Set when a pipelined commit failed: the commits started after it read its writes, so
+    /// none of them may land.
+    failed: AtomicBool,
+}
 
 /// fjall in a directory.
 pub struct Embedded {
@@ -94,7 +105,7 @@ impl Engine for Embedded {
         Ok(Box::new(EmbeddedTxn {
             engine: self,
             snapshot: self.db.snapshot(),
-            in_flight: None,
+            in_flight: Vec::new(),
             writes: HashMap::new(),
             cleared: Vec::new(),
         }))
@@ -103,7 +114,12 @@ impl Engine for Embedded {
     fn begin_write(&self) -> Result<Box<dyn Txn + '_>, KvError> {
         // The in-flight writes first, then the snapshot: a batch that lands in between is then
         // in both (same values), never in neither.
-        let in_flight = self.in_flight.lock().expect("in-flight lock").clone();
+        let in_flight = self
+            .in_flight
+            .writes
+            .lock()
+            .expect("in-flight lock")
+            .clone();
         Ok(Box::new(EmbeddedTxn {
             engine: self,
             snapshot: self.db.snapshot(),
@@ -131,9 +147,9 @@ impl Engine for Embedded {
 struct EmbeddedTxn<'a> {
     engine: &'a Embedded,
     snapshot: Snapshot,
-    /// The writes of the pipelined commit that was in flight when this transaction began: read
-    /// as committed, under this transaction's own writes.
-    in_flight: Option<Arc<Writes>>,
+    /// The writes of the pipelined commits that were in flight when this transaction began,
+    /// oldest first: read as committed (newer over older), under this transaction's own writes.
+    in_flight: Vec<Arc<Writes>>,
     /// Pending writes. A hash map: the writer's hot path is point reads and writes; the rare
     /// scan sorts the entries in its range.
     writes: Writes,
@@ -190,7 +206,7 @@ impl Txn for EmbeddedTxn<'_> {
         if self.is_cleared(key) {
             return Ok(None);
         }
-        if let Some(w) = self.in_flight.as_ref().and_then(|f| f.get(key)) {
+        if let Some(w) = self.in_flight.iter().rev().find_map(|f| f.get(key)) {
             return Ok(w.as_ref().map(|v| v.to_vec()));
         }
         let Some(ks) = key.first().and_then(|&t| self.engine.space(t)) else {
@@ -214,13 +230,17 @@ impl Txn for EmbeddedTxn<'_> {
             return Ok(Vec::new());
         }
         // Merge the snapshot's keys with the in-flight writes and this transaction's own;
-        // own writes win over in-flight ones, both over the snapshot.
+        // own writes win over in-flight ones (newer over older), all over the snapshot.
         let in_range = |k: &Slice| &k[..] >= start && &k[..] < end;
         let mut mine: Vec<(&Slice, &Option<Slice>)> =
             self.writes.iter().filter(|(k, _)| in_range(k)).collect();
-        if let Some(f) = &self.in_flight {
+        for (i, f) in self.in_flight.iter().enumerate() {
+            let newer = &self.in_flight[i + 1..];
             mine.extend(f.iter().filter(|(k, _)| {
-                in_range(k) && !self.writes.contains_key(*k) && !self.is_cleared(k)
+                in_range(k)
+                    && !self.writes.contains_key(*k)
+                    && !newer.iter().any(|n| n.contains_key(*k))
+                    && !self.is_cleared(k)
             }));
         }
         mine.sort_unstable_by(|a, b| if reverse { b.0.cmp(a.0) } else { a.0.cmp(b.0) });
@@ -241,10 +261,7 @@ impl Txn for EmbeddedTxn<'_> {
         while out.len() < limit {
             // Skip snapshot keys that this transaction deleted or overwrote.
             if let Some((k, _)) = &t {
-                let in_flight = self
-                    .in_flight
-                    .as_ref()
-                    .is_some_and(|f| f.contains_key(k.as_slice()));
+                let in_flight = self.in_flight.iter().any(|f| f.contains_key(k.as_slice()));
                 if in_flight || self.writes.contains_key(k.as_slice()) || self.is_cleared(k) {
                     t = next_theirs()?;
                     continue;
@@ -288,6 +305,11 @@ impl Txn for EmbeddedTxn<'_> {
     }
 
     fn commit(self: Box<Self>) -> Result<(), KvError> {
+        if self.engine.in_flight.failed.load(Ordering::Acquire) {
+            return Err(KvError::fatal(
+                "a pipelined commit failed; restart the store",
+            ));
+        }
         let mut batch = self.batch()?;
         let mut spaces = Spaces::new(self.engine);
         for (k, v) in self.writes {
@@ -304,7 +326,10 @@ impl Txn for EmbeddedTxn<'_> {
         let mut batch = self.batch()?;
         let mut spaces = Spaces::new(self.engine);
         // The slices are shared, not copied: the batch and the in-flight map hold the same bytes.
-        for (k, v) in &self.writes {
+        // In key order: consecutive memtable inserts then walk the same skiplist towers.
+        let mut sorted: Vec<(&Slice, &Option<Slice>)> = self.writes.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in sorted {
             let ks = spaces.of(k)?;
             match v {
                 Some(v) => batch.insert(ks, k.clone(), v.clone()),
@@ -312,15 +337,14 @@ impl Txn for EmbeddedTxn<'_> {
             }
         }
         let writes = Arc::new(self.writes);
-        let mut slot = self.engine.in_flight.lock().expect("in-flight lock");
-        if slot.is_some() {
-            return Err(KvError::fatal(
-                "a pipelined commit is still in flight (writer bug)",
-            ));
-        }
-        *slot = Some(writes.clone());
+        self.engine
+            .in_flight
+            .writes
+            .lock()
+            .expect("in-flight lock")
+            .push(writes.clone());
         Ok(Box::new(EmbeddedPending {
-            batch,
+            batch: Some(batch),
             writes,
             in_flight: self.engine.in_flight.clone(),
         }))
@@ -376,21 +400,42 @@ impl<'a> Spaces<'a> {
 
 /// A pipelined commit: the batch to make durable, and the in-flight writes to retire after.
 struct EmbeddedPending {
-    batch: WriteBatch,
+    /// `None` once finished.
+    batch: Option<WriteBatch>,
     writes: Arc<Writes>,
     in_flight: InFlight,
 }
 
 impl PendingCommit for EmbeddedPending {
-    fn finish(self: Box<Self>) -> Result<(), KvError> {
-        let result = self.batch.commit().map_err(KvError::fatal);
-        // Landed (or failed: fjall then refuses every later batch, so nothing committed after
-        // can depend on these writes).
-        let mut slot = self.in_flight.lock().expect("in-flight lock");
-        if slot.as_ref().is_some_and(|w| Arc::ptr_eq(w, &self.writes)) {
-            *slot = None;
+    fn finish(mut self: Box<Self>) -> Result<(), KvError> {
+        let batch = self.batch.take().expect("finished once");
+        let result = if self.in_flight.failed.load(Ordering::Acquire) {
+            Err(KvError::fatal(
+                "an earlier pipelined commit failed, and this one read its writes",
+            ))
+        } else {
+            batch.commit().map_err(KvError::fatal)
+        };
+        if result.is_err() {
+            // Commits started after this one read its writes: none of them may land.
+            self.in_flight.failed.store(true, Ordering::Release);
         }
         result
+        // Dropping retires the in-flight writes.
+    }
+}
+
+impl Drop for EmbeddedPending {
+    fn drop(&mut self) {
+        if self.batch.is_some() {
+            // Never finished: its writes did not land, so those that read them must not either.
+            self.in_flight.failed.store(true, Ordering::Release);
+        }
+        self.in_flight
+            .writes
+            .lock()
+            .expect("in-flight lock")
+            .retain(|w| !Arc::ptr_eq(w, &self.writes));
     }
 }
 
@@ -470,27 +515,53 @@ mod tests {
             keys(&w.scan(b"a", b"b", 2, true).unwrap()),
             vec![&b"a4"[..], b"a3"]
         );
-        // Readers see only what is durable; and only one commit may be in flight.
+        // Readers see only what is durable.
         assert_eq!(
             e.begin().unwrap().get(b"a2").unwrap().as_deref(),
             Some(&b"old"[..])
         );
+        // A second commit may start while the first is in flight; the transaction after it
+        // reads both, the newer over the older.
+        let second = w.commit_pipelined().unwrap();
         let mut x = e.begin_write().unwrap();
-        x.set(b"z", b"z");
-        assert!(x.commit_pipelined().is_err());
+        assert_eq!(x.get(b"a3").unwrap().as_deref(), Some(&b"mine"[..]));
+        assert_eq!(x.get(b"a1").unwrap(), None);
+        let all = x.scan(b"a", b"b", 10, false).unwrap();
+        assert_eq!(keys(&all), vec![&b"a2"[..], b"a3", b"a4"]);
+        assert_eq!(all[0].1, b"new");
+        assert_eq!(all[1].1, b"mine");
+        drop(x);
 
         pending.finish().unwrap();
         assert_eq!(
             e.begin().unwrap().get(b"a2").unwrap().as_deref(),
             Some(&b"new"[..])
         );
-        w.commit_pipelined().unwrap().finish().unwrap();
+        assert_eq!(e.begin().unwrap().get(b"a4").unwrap(), None);
+        second.finish().unwrap();
         let mut r = e.begin().unwrap();
-        assert_eq!(
-            keys(&r.scan(b"", b"\xff", 10, false).unwrap()),
-            vec![&b"a2"[..], b"a3", b"a4"]
-        );
-        assert!(e.in_flight.lock().unwrap().is_none());
+        let all = r.scan(b"", b"\xff", 10, false).unwrap();
+        assert_eq!(keys(&all), vec![&b"a2"[..], b"a3", b"a4"]);
+        assert_eq!(all[1].1, b"mine");
+        assert!(e.in_flight.writes.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failed_pipelined_commit_fails_the_ones_started_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Embedded::open(dir.path()).unwrap();
+        let mut t = e.begin_write().unwrap();
+        t.set(b"a1", b"first");
+        let first = t.commit_pipelined().unwrap();
+        let mut t = e.begin_write().unwrap();
+        assert_eq!(t.get(b"a1").unwrap().as_deref(), Some(&b"first"[..]));
+        t.set(b"a2", b"second, read the first");
+        let second = t.commit_pipelined().unwrap();
+        // The first commit never lands (as if its fsync had failed): the second must not.
+        drop(first);
+        assert!(second.finish().is_err());
+        assert_eq!(e.begin().unwrap().get(b"a2").unwrap(), None);
+        assert!(e.in_flight.writes.lock().unwrap().is_empty());
     }
 
     #[test]
