@@ -305,21 +305,9 @@ impl Txn for EmbeddedTxn<'_> {
     }
 
     fn commit(self: Box<Self>) -> Result<(), KvError> {
-        if self.engine.in_flight.failed.load(Ordering::Acquire) {
-            return Err(KvError::fatal(
-                "a pipelined commit failed; restart the store",
-            ));
-        }
-        let mut batch = self.batch()?;
-        let mut spaces = Spaces::new(self.engine);
-        for (k, v) in self.writes {
-            let ks = spaces.of(&k)?;
-            match v {
-                Some(v) => batch.insert(ks, k, v),
-                None => batch.remove(ks, k),
-            }
-        }
-        batch.commit().map_err(KvError::fatal)
+        // The same path as a pipelined commit, finished at once (and refused, like one, after a
+        // failed pipelined commit).
+        self.commit_pipelined()?.finish()
     }
 
     fn commit_pipelined(self: Box<Self>) -> Result<Box<dyn PendingCommit>, KvError> {
