@@ -274,35 +274,42 @@ impl Session {
             body: f.body,
             attachments: f.attachments,
         };
-        // Queue in arrival order here; wait for the commit in a task, so sends pipeline.
-        let ticket = match self.store.submit_append(req).await {
-            Ok(t) => t,
-            Err(e) => return self.store_error(request_id, &e).await,
+        // A place in the outbound queue for the answer, taken now: the store's commit thread
+        // puts the answer there itself, without waiting (no task or wake-up per send).
+        let Ok(slot) = self.out.clone().reserve_owned().await else {
+            return Err(Disconnected);
         };
-        let (out, metrics) = (self.out.clone(), self.metrics.clone());
+        let metrics = self.metrics.clone();
         let (user, client_msg_id) = (self.user.clone(), f.client_msg_id);
-        tokio::spawn(async move {
-            let frame = match ticket.wait().await {
-                Ok(a) => Frame::SendOk(SendOk {
-                    request_id,
-                    client_msg_id,
-                    chat_id: a.chat_id,
-                    seq: a.seq,
-                    server_ts: a.server_ts,
-                    duplicate: a.duplicate,
-                })
-                .to_bytes(),
-                Err(e) => {
-                    if matches!(e, StoreError::Engine(_) | StoreError::Corrupt(_)) {
-                        tracing::error!(%user, "store: {e}");
+        // Queued in arrival order here; answered when durable, so sends pipeline. If the store
+        // is closed, the answer function is dropped unanswered and sends the error itself.
+        let _ = self
+            .store
+            .submit_append_then(req, move |result| {
+                let frame = match result {
+                    Ok(a) => Frame::SendOk(SendOk {
+                        request_id,
+                        client_msg_id,
+                        chat_id: a.chat_id,
+                        seq: a.seq,
+                        server_ts: a.server_ts,
+                        duplicate: a.duplicate,
+                    })
+                    .to_bytes(),
+                    Err(e) => {
+                        if matches!(e, StoreError::Engine(_) | StoreError::Corrupt(_)) {
+                            tracing::error!(%user, "store: {e}");
+                        }
+                        error_frame(request_id, e.code(), e.to_string())
                     }
-                    error_frame(request_id, e.code(), e.to_string())
-                }
-            };
-            metrics.frame_out(frame.len());
-            let _ = out.send(frame).await;
-            drop(permit);
-        });
+                };
+                // The send is over: its in-flight place is free before the client can read the
+                // answer and send again (queueing it may wake the connection's writer at once).
+                drop(permit);
+                metrics.frame_out(frame.len());
+                slot.send(frame);
+            })
+            .await;
         Ok(())
     }
 

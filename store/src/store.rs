@@ -14,7 +14,7 @@ use crate::engine::embedded::Embedded;
 use crate::kv::{Engine, KvError, Txn};
 use crate::ops::{read_chat, GroupChange, SweepStats};
 use crate::record::Chat;
-use crate::writer::{Op, Reply, Writer};
+use crate::writer::{AppendReply, Op, Reply, Writer};
 use crate::StoreError;
 
 /// A source of wall-clock time, injectable for tests.
@@ -184,6 +184,28 @@ impl<T> Ticket<T> {
     }
 }
 
+/// A function that takes an append's answer.
+type AnswerFn = Box<dyn FnOnce(Result<Appended, StoreError>) + Send>;
+
+/// An append's answer function; called with [`StoreError::Closed`] if dropped unanswered.
+pub(crate) struct Then(Option<AnswerFn>);
+
+impl Then {
+    pub(crate) fn call(mut self, r: Result<Appended, StoreError>) {
+        if let Some(f) = self.0.take() {
+            f(r);
+        }
+    }
+}
+
+impl Drop for Then {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(StoreError::Closed));
+        }
+    }
+}
+
 struct Threads {
     writer: Option<JoinHandle<()>>,
     sweeper: Option<(std_mpsc::Sender<()>, JoinHandle<()>)>,
@@ -251,10 +273,26 @@ impl Store {
     pub async fn submit_append(&self, req: AppendRequest) -> Result<Ticket<Appended>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Op::Append(req, reply))
+            .send(Op::Append(req, AppendReply::Ticket(reply)))
             .await
             .map_err(|_| StoreError::Closed)?;
         Ok(Ticket(rx))
+    }
+
+    /// Queues a message like [`Store::submit_append`], and has the store's commit thread call
+    /// `then` with its result (after the [`CommitListener`] heard the batch) instead of waking
+    /// a waiting task: for callers that only hand the answer on. `then` must be quick and must
+    /// not block. If the store closes before answering, `then` gets [`StoreError::Closed`].
+    pub async fn submit_append_then(
+        &self,
+        req: AppendRequest,
+        then: impl FnOnce(Result<Appended, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let then = Then(Some(Box::new(then)));
+        self.tx
+            .send(Op::Append(req, AppendReply::Then(then)))
+            .await
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Appends several messages in one transaction (one commit, one fsync), in the order given;

@@ -32,9 +32,25 @@ use courier_wire::frame::ReceiptKind;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// Where an append's answer goes: a [`crate::Ticket`] to wait on, or a function the commit
+/// thread calls.
+pub(crate) enum AppendReply {
+    Ticket(Reply<Appended>),
+    Then(crate::store::Then),
+}
+
+impl AppendReply {
+    fn send(self, r: Result<Appended, StoreError>) {
+        match self {
+            Self::Ticket(tx) => drop(tx.send(r)),
+            Self::Then(then) => then.call(r),
+        }
+    }
+}
+
 /// One queued write.
 pub(crate) enum Op {
-    Append(AppendRequest, Reply<Appended>),
+    Append(AppendRequest, AppendReply),
     /// Several appends answered together; they share one transaction.
     AppendBatch(Vec<AppendRequest>, Reply<Vec<Result<Appended, StoreError>>>),
     CreateDirect {
@@ -172,7 +188,7 @@ fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, crate::kv::KvError> {
 /// Answers a caller. One that gave up waiting is no error: its request committed all the same.
 fn answer(op: Op, answer: Answer) {
     match (op, answer) {
-        (Op::Append(_, tx), Answer::Appended(r)) => drop(tx.send(r)),
+        (Op::Append(_, reply), Answer::Appended(r)) => reply.send(r),
         (Op::AppendBatch(_, tx), Answer::Batch(r)) => drop(tx.send(Ok(r))),
         (
             Op::CreateDirect { reply, .. }
@@ -201,7 +217,7 @@ fn answer(op: Op, answer: Answer) {
 
 fn fail(op: Op, e: StoreError) {
     match op {
-        Op::Append(_, tx) => drop(tx.send(Err(e))),
+        Op::Append(_, reply) => reply.send(Err(e)),
         Op::AppendBatch(_, tx) => drop(tx.send(Err(e))),
         Op::CreateDirect { reply, .. }
         | Op::CreateGroup { reply, .. }

@@ -38,6 +38,7 @@ conformance!(
     sync_reads_only_chats_with_news,
     retention_expires_messages_and_dedupe_and_says_so,
     batches_keep_every_guarantee,
+    answers_by_function_after_the_listener,
     media_attachments_and_access,
     media_expires_with_its_messages,
     receipts_move_forward_and_say_whom_to_tell,

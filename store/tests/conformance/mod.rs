@@ -1084,6 +1084,56 @@ pub async fn push_jobs_are_durable_coalesced_and_retried(h: &dyn Harness) {
 }
 
 /// Runs the whole suite.
+/// `submit_append_then`: the function gets each send's answer (new, duplicate or refused), after
+/// the listener heard the batch; a send queued on a closed store is answered `Closed`.
+pub async fn answers_by_function_after_the_listener(h: &dyn Harness) {
+    let recorder = Arc::new(Recorder::default());
+    let mut cfg = config();
+    cfg.listener = Some(recorder.clone());
+    let store = open(h, "then", cfg);
+    let chat = store.create_direct("alice", "bob").await.unwrap().id;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut requests: Vec<AppendRequest> = (0..20).map(|n| msg("alice", chat, n)).collect();
+    requests.push(msg("alice", chat, 3)); // a retry
+    requests.push(msg("mallory", chat, 1)); // not a member
+    for (i, r) in requests.into_iter().enumerate() {
+        let (tx, recorder) = (tx.clone(), recorder.clone());
+        store
+            .submit_append_then(r, move |result| {
+                let heard = result
+                    .as_ref()
+                    .is_ok_and(|a| recorder.0.lock().unwrap().contains(&(a.chat_id, a.seq)));
+                tx.send((i, result, heard)).unwrap();
+            })
+            .await
+            .unwrap();
+    }
+    let mut answers: Vec<_> = (0..22)
+        .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+        .collect();
+    answers.sort_by_key(|(i, _, _)| *i);
+    for (i, result, heard) in &answers[..20] {
+        let a = result.as_ref().unwrap();
+        assert_eq!(a.seq, *i as u64 + 1, "queued order is seq order");
+        assert!(!a.duplicate);
+        assert!(heard, "the listener heard send {i} before its answer");
+    }
+    let retry = answers[20].1.as_ref().unwrap();
+    assert!(retry.duplicate && retry.seq == 4, "{retry:?}");
+    assert!(matches!(answers[21].1, Err(StoreError::Forbidden)));
+
+    store.close().await;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let queued = store
+        .submit_append_then(msg("alice", chat, 99), move |r| tx.send(r).unwrap())
+        .await;
+    assert!(matches!(queued, Err(StoreError::Closed)));
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        Err(StoreError::Closed)
+    ));
+}
+
 pub async fn run_all(h: &dyn Harness) {
     let t = Duration::from_secs(120);
     for (name, fut) in [
@@ -1112,6 +1162,10 @@ pub async fn run_all(h: &dyn Harness) {
         ),
         ("two-writers", Box::pin(two_writers_stay_dense(h))),
         ("batches", Box::pin(batches_keep_every_guarantee(h))),
+        (
+            "answer-functions",
+            Box::pin(answers_by_function_after_the_listener(h)),
+        ),
         ("media", Box::pin(media_attachments_and_access(h))),
         (
             "media-retention",
