@@ -8,7 +8,8 @@
 pub mod tag {
     /// `M chat seq` -> message.
     pub const MESSAGE: u8 = b'M';
-    /// `S chat` -> last assigned seq.
+    /// `S chat` -> last assigned seq, and the hour of the chat's open `T` entry if any
+    /// ([`crate::record::LastSeq`]).
     pub const LAST_SEQ: u8 = b'S';
     /// `C chat` -> chat record.
     pub const CHAT: u8 = b'C';
@@ -24,7 +25,8 @@ pub mod tag {
     pub const POSITION: u8 = b'A';
     /// `F chat` -> the first seq not yet expired (absent: 1).
     pub const FLOOR: u8 = b'F';
-    /// `T hour chat` -> the highest seq the chat got in that hour (retention index).
+    /// `T hour chat` -> the highest seq the chat got in that hour, or
+    /// [`crate::record::OPEN`] while that hour is the chat's latest (retention index).
     pub const TIME: u8 = b'T';
     /// `B media` -> media record (an upload or a thumbnail).
     pub const MEDIA: u8 = b'B';

@@ -35,6 +35,15 @@ pub(crate) fn get_u64(t: &mut dyn Txn, key: &[u8]) -> Result<Option<u64>, KvErro
     }
 }
 
+/// Reads a chat's `S` entry (zero and no open hour when it has none).
+pub(crate) fn get_last_seq(t: &mut dyn Txn, chat: u64) -> Result<record::LastSeq, KvError> {
+    match t.get(&keys::last_seq(chat))? {
+        None => Ok(record::LastSeq::default()),
+        Some(raw) => record::LastSeq::decode(&raw)
+            .map_err(|_| KvError::fatal(format!("corrupt last seq of chat {chat}"))),
+    }
+}
+
 /// Reads a chat record.
 pub(crate) fn read_chat(t: &mut dyn Txn, id: u64) -> Result<Option<Chat>, KvError> {
     match t.get(&keys::chat(id))? {
@@ -82,8 +91,9 @@ pub(crate) struct Attempt<'a> {
     /// Chats created or changed in this attempt (the cache learns them only after commit).
     pub(crate) changed: HashMap<u64, Arc<Chat>>,
     pub(crate) committed: Vec<Committed>,
-    /// The last seq of each chat appended to in this attempt; written once, by `finish`.
-    last_seqs: HashMap<u64, u64>,
+    /// Each chat this attempt read the last seq of: its `S` entry as found, and its last seq
+    /// now (greater when the attempt appended to it); written once, by `finish`.
+    last_seqs: HashMap<u64, (record::LastSeq, u64)>,
 }
 
 fn invalid<T>(msg: impl Into<String>) -> OpResult<T> {
@@ -111,19 +121,51 @@ impl<'a> Attempt<'a> {
 
     /// A chat's last seq, as of this attempt.
     pub(crate) fn last_seq(&mut self, chat: u64) -> Result<u64, KvError> {
-        if let Some(&s) = self.last_seqs.get(&chat) {
+        if let Some(&(_, s)) = self.last_seqs.get(&chat) {
             return Ok(s);
         }
-        Ok(get_u64(&mut *self.t, &keys::last_seq(chat))?.unwrap_or(0))
+        let found = get_last_seq(&mut *self.t, chat)?;
+        self.last_seqs.insert(chat, (found, found.seq));
+        Ok(found.seq)
     }
 
-    /// Writes each touched chat's last seq and this hour's retention entry, once per chat
-    /// rather than once per message. Call before committing.
+    /// Records `seq` (just assigned: the chat's last seq read first) as the chat's newest.
+    fn appended(&mut self, chat: u64, seq: u64) {
+        if let Some(e) = self.last_seqs.get_mut(&chat) {
+            e.1 = seq;
+        }
+    }
+
+    /// Writes each touched chat's last seq, once per chat rather than once per message, and
+    /// keeps the retention index: a chat's first messages in a new hour close its open `T`
+    /// entry with the exact last seq of the old hour and open one for this hour, so `T` is
+    /// written twice per chat and hour, not once per batch. Call before committing.
     pub(crate) fn finish(&mut self) {
-        let hour = keys::hour_of(self.now);
-        for (&chat, &seq) in &self.last_seqs {
-            self.t.set(&keys::last_seq(chat), &seq.to_be_bytes());
-            self.t.set(&keys::time(hour, chat), &seq.to_be_bytes());
+        let now = keys::hour_of(self.now);
+        for (&chat, &(found, seq)) in &self.last_seqs {
+            if seq == found.seq {
+                continue; // read, not appended to
+            }
+            // A clock that stepped back keeps the open hour (those messages expire later).
+            let hour = match found.open_hour {
+                Some(h) if h >= now => h,
+                Some(h) => {
+                    self.t.set(&keys::time(h, chat), &found.seq.to_be_bytes());
+                    self.t
+                        .set(&keys::time(now, chat), &record::OPEN.to_be_bytes());
+                    now
+                }
+                None => {
+                    self.t
+                        .set(&keys::time(now, chat), &record::OPEN.to_be_bytes());
+                    now
+                }
+            };
+            let value = record::LastSeq {
+                seq,
+                open_hour: Some(hour),
+            };
+            self.t.set(&keys::last_seq(chat), &value.encode());
         }
     }
 
@@ -184,7 +226,7 @@ impl<'a> Attempt<'a> {
         if message.kind != MessageKind::System {
             self.queue_pushes(&chat.members, &message.sender_user, id, seq, &message.body)?;
         }
-        self.last_seqs.insert(id, seq);
+        self.appended(id, seq);
         self.committed.push(Committed {
             chat,
             message,
@@ -484,8 +526,16 @@ impl<'a> Attempt<'a> {
             false,
         )?;
         for (k, v) in &runs {
-            let (Some((_, chat)), Ok(last)) = (keys::parse_time(k), record::decode_u64(v)) else {
+            let (Some((hour, chat)), Ok(last)) = (keys::parse_time(k), record::decode_u64(v))
+            else {
                 return Err(KvError::fatal(format!("corrupt retention entry {k:?}")));
+            };
+            // An open entry: the chat got nothing after that hour, so all it has expired.
+            let open = last == record::OPEN;
+            let last = if open {
+                get_last_seq(&mut *self.t, chat)?.seq
+            } else {
+                last
             };
             let floor = get_u64(&mut *self.t, &keys::floor(chat))?.unwrap_or(1);
             if floor <= last {
@@ -525,6 +575,17 @@ impl<'a> Attempt<'a> {
                 }
             }
             self.t.clear(k);
+            if open {
+                // The chat has no open entry now: its next message opens one.
+                let s = get_last_seq(&mut *self.t, chat)?;
+                if s.open_hour == Some(hour) {
+                    let closed = record::LastSeq {
+                        open_hour: None,
+                        ..s
+                    };
+                    self.t.set(&keys::last_seq(chat), &closed.encode());
+                }
+            }
             stats.chat_hours += 1;
             if budget == 0 {
                 stats.more = true;

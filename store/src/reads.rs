@@ -12,7 +12,7 @@ use std::sync::Arc;
 use courier_wire::frame::{Direction, Message};
 
 use crate::kv::{KvError, Txn};
-use crate::ops::get_u64;
+use crate::ops::{get_last_seq, get_u64};
 use crate::record::{self, Chat};
 use crate::store::Store;
 use crate::{keys, StoreError};
@@ -67,9 +67,9 @@ impl Store {
 
     /// The newest sequence number of a chat (0 when it has no messages).
     pub fn last_seq(&self, chat: u64) -> Result<u64, StoreError> {
-        Ok(get_u64(&mut *self.read_txn()?, &keys::last_seq(chat))
+        Ok(get_last_seq(&mut *self.read_txn()?, chat)
             .map_err(engine_err)?
-            .unwrap_or(0))
+            .seq)
     }
 
     /// Per chat, the furthest position any device of `user` acknowledged: what the user has
@@ -151,9 +151,7 @@ impl Store {
                 continue;
             };
             if let Some(chat) = self.shared.chat_in(&mut *t, id).map_err(engine_err)? {
-                let last = get_u64(&mut *t, &keys::last_seq(id))
-                    .map_err(engine_err)?
-                    .unwrap_or(0);
+                let last = get_last_seq(&mut *t, id).map_err(engine_err)?.seq;
                 out.push((chat, last));
             }
         }
@@ -205,9 +203,7 @@ impl Store {
                 .or_else(|| stored.get(&chat))
                 .copied()
                 .unwrap_or(0);
-            let last = get_u64(&mut *t, &keys::last_seq(chat))
-                .map_err(engine_err)?
-                .unwrap_or(0);
+            let last = get_last_seq(&mut *t, chat).map_err(engine_err)?.seq;
             if last <= pos {
                 continue;
             }

@@ -118,6 +118,47 @@ pub(crate) fn decode_message(b: &[u8]) -> Result<Message, DecodeError> {
     Ok(m)
 }
 
+/// The value under `S chat`: the chat's last seq and, while the chat has an open retention
+/// entry (`T hour chat` = [`OPEN`]), that entry's hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LastSeq {
+    /// The last assigned seq (0: none yet).
+    pub seq: u64,
+    /// The hour of the chat's open `T` entry, if it has one.
+    pub open_hour: Option<u32>,
+}
+
+/// The value of a `T hour chat` entry still open: the chat's messages up to its last seq are
+/// all from that hour or before (the entry is closed with an exact seq when the chat next gets
+/// a message in a later hour).
+pub const OPEN: u64 = u64::MAX;
+
+impl LastSeq {
+    /// 8 bytes of seq, then 4 of hour when there is an open entry.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.seq.to_be_bytes().to_vec();
+        if let Some(h) = self.open_hour {
+            out.extend_from_slice(&h.to_be_bytes());
+        }
+        out
+    }
+
+    /// Reads both forms (an `S` value without an hour predates open entries, or has none).
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        match b.len() {
+            8 => Ok(Self {
+                seq: decode_u64(b)?,
+                open_hour: None,
+            }),
+            12 => Ok(Self {
+                seq: decode_u64(&b[..8])?,
+                open_hour: Some(u32::from_be_bytes(b[8..].try_into().expect("4 bytes"))),
+            }),
+            _ => Err(DecodeError::TrailingBytes),
+        }
+    }
+}
+
 pub(crate) fn decode_u64(b: &[u8]) -> Result<u64, DecodeError> {
     let mut b = b;
     let v = u64::decode(&mut b)?;
@@ -172,6 +213,26 @@ impl Media {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_seq_reads_both_forms_and_refuses_others() {
+        for v in [
+            LastSeq {
+                seq: 0,
+                open_hour: None,
+            },
+            LastSeq {
+                seq: 42,
+                open_hour: Some(493_000),
+            },
+        ] {
+            assert_eq!(LastSeq::decode(&v.encode()).unwrap(), v);
+        }
+        assert_eq!(LastSeq::decode(&7u64.to_be_bytes()).unwrap().seq, 7);
+        for bad in [&[][..], &[1; 7], &[1; 9], &[1; 13]] {
+            assert!(LastSeq::decode(bad).is_err());
+        }
+    }
 
     #[test]
     fn media_round_trip() {

@@ -37,6 +37,7 @@ conformance!(
     sync_resumes_from_positions_and_pages,
     sync_reads_only_chats_with_news,
     retention_expires_messages_and_dedupe_and_says_so,
+    retention_entries_open_and_close_per_hour,
     batches_keep_every_guarantee,
     answers_by_function_after_the_listener,
     media_attachments_and_access,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier_store::kv::{Engine, KvError, Pairs, Txn};
+use courier_store::record::{LastSeq, OPEN};
 use courier_store::{
     keys, AppendRequest, Clock, CommitListener, Committed, GroupChange, Store, StoreConfig,
     StoreError,
@@ -630,6 +631,57 @@ pub async fn retention_expires_messages_and_dedupe_and_says_so(h: &dyn Harness) 
     store.close().await;
 }
 
+/// The retention index costs two writes per chat and hour, not one per batch: a chat's first
+/// message of an hour opens its `T` entry, its first message of a later hour closes it with
+/// the exact last seq of the old hour; `S` carries the open entry's hour.
+pub async fn retention_entries_open_and_close_per_hour(h: &dyn Harness) {
+    const HOUR: u64 = 3_600_000;
+    let clock = Arc::new(ManualClock(AtomicU64::new(500_000 * HOUR + 10)));
+    let mut cfg = config();
+    cfg.clock = clock.clone();
+    let engine = h.engine("retention-index");
+    let store = Store::with_engine(engine.clone(), cfg).unwrap();
+    let chat = store.create_direct("alice", "bob").await.unwrap().id;
+    for n in 0..3 {
+        store.append(msg("alice", chat, n)).await.unwrap(); // three commits, one hour
+    }
+    let entries = |engine: &Arc<dyn Engine>| {
+        let mut t = engine.begin().unwrap();
+        let pairs = t
+            .scan(
+                &keys::time_prefix(0),
+                &keys::time_prefix(u32::MAX),
+                100,
+                false,
+            )
+            .unwrap();
+        let s = t.get(&keys::last_seq(chat)).unwrap().unwrap();
+        let entries: Vec<(u32, u64)> = pairs
+            .iter()
+            .filter_map(|(k, v)| {
+                let (hour, c) = keys::parse_time(k)?;
+                (c == chat).then(|| (hour, u64::from_be_bytes(v[..].try_into().unwrap())))
+            })
+            .collect();
+        (entries, LastSeq::decode(&s).unwrap())
+    };
+    let (e, s) = entries(&engine);
+    assert_eq!(e, vec![(500_000, OPEN)], "one open entry for the hour");
+    assert_eq!((s.seq, s.open_hour), (3, Some(500_000)));
+
+    clock.0.fetch_add(2 * HOUR, Ordering::SeqCst);
+    store.append(msg("alice", chat, 3)).await.unwrap();
+    store.append(msg("alice", chat, 4)).await.unwrap();
+    let (e, s) = entries(&engine);
+    assert_eq!(
+        e,
+        vec![(500_000, 3), (500_002, OPEN)],
+        "the old hour closed exactly"
+    );
+    assert_eq!((s.seq, s.open_hour), (5, Some(500_002)));
+    store.close().await;
+}
+
 /// Two writers on one shared engine (FoundationDB): conflicts are retried, seqs stay dense.
 pub async fn two_writers_stay_dense(h: &dyn Harness) {
     let first = open(h, "two-writers", config());
@@ -1159,6 +1211,10 @@ pub async fn run_all(h: &dyn Harness) {
         (
             "retention",
             Box::pin(retention_expires_messages_and_dedupe_and_says_so(h)),
+        ),
+        (
+            "retention-index",
+            Box::pin(retention_entries_open_and_close_per_hour(h)),
         ),
         ("two-writers", Box::pin(two_writers_stay_dense(h))),
         ("batches", Box::pin(batches_keep_every_guarantee(h))),
