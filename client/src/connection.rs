@@ -144,8 +144,9 @@ impl Client {
         &self.welcome
     }
 
-    /// A fresh request id (never 0, which names no request).
-    fn next_request_id(&self) -> u32 {
+    /// A fresh request id (never 0, which names no request). A frame sent with
+    /// [`Client::send_raw`] under such an id gets its answer as an [`Event::Frame`].
+    pub fn next_request_id(&self) -> u32 {
         self.next_id.fetch_add(1, Ordering::Relaxed).max(1)
     }
 

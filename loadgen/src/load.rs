@@ -10,18 +10,17 @@
 //! delivered exactly once, each chat's seqs dense and delivered in order.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use courier_client::{Client, ClientError, Event, Events};
-use courier_wire::frame::SendOk;
-use futures::stream::{FuturesUnordered, StreamExt};
+use courier_client::connection::new_client_msg_id;
+use courier_client::{Client, Event, Events};
+use courier_wire::frame::{Frame, MessageKind, Send, SendOk};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::target::{Target, Users};
@@ -204,6 +203,39 @@ struct Ledger {
     errors: AtomicU64,
 }
 
+impl Ledger {
+    /// Records an acknowledged send.
+    fn acked(&self, o: &Outstanding, ok: &SendOk) {
+        let us = Instant::now().duration_since(o.intended).as_micros() as u64;
+        self.acked
+            .lock()
+            .expect("ledger lock")
+            .entry(ok.chat_id)
+            .or_default()
+            .push(ok.seq);
+        self.acked_total.fetch_add(1, Ordering::Relaxed);
+        if o.measured {
+            o.meter.acked.fetch_add(1, Ordering::Relaxed);
+            let _ = o
+                .meter
+                .ack
+                .lock()
+                .expect("histogram lock")
+                .record(us.max(1));
+        }
+    }
+
+    /// Records a failed send (the first few are printed).
+    fn error(&self, meter: &Meter, measured: bool, why: &str) {
+        if self.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+            eprintln!("send error: {why}");
+        }
+        if measured {
+            meter.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What the ledger found.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub(crate) struct Correctness {
@@ -257,7 +289,28 @@ impl Ledger {
 struct Member {
     client: Client,
     chat: u64,
+    flight: Flight,
 }
+
+/// A send on the wire awaiting its answer: what the receiver needs to record it.
+struct Outstanding {
+    intended: Instant,
+    measured: bool,
+    meter: Arc<Meter>,
+    /// The phase's window: the answer gives its place back.
+    slots: Arc<Semaphore>,
+}
+
+/// One user's sends awaiting answers, by request id: filled by the phase's sender, emptied by
+/// the user's receiver (which sees the `SendOk`s on the event stream). Once the connection is
+/// closed, nothing more is added and everything left counts as an error.
+#[derive(Default)]
+struct Flights {
+    closed: bool,
+    sends: HashMap<u32, Outstanding>,
+}
+
+type Flight = Arc<Mutex<Flights>>;
 
 /// Connected users, their chats, and the receivers recording what arrives.
 pub(crate) struct Fleet {
@@ -297,13 +350,19 @@ impl Fleet {
         let mut receivers = Vec::with_capacity(count);
         for (i, (client, events)) in connected.into_iter().enumerate() {
             let chat = client.create_direct_chat(&users.name(i ^ 1)).await?.chat_id;
-            members.push(Member { client, chat });
+            let flight = Flight::default();
             receivers.push(tokio::spawn(receive(
                 events,
+                flight.clone(),
                 ledger.clone(),
                 current.clone(),
                 clock,
             )));
+            members.push(Member {
+                client,
+                chat,
+                flight,
+            });
         }
         eprintln!(
             "connected {count} users ({} chats) in {:.1} s",
@@ -343,6 +402,7 @@ impl Fleet {
                 let s = Sender {
                     client: m.client.clone(),
                     chat: m.chat,
+                    flight: m.flight.clone(),
                     meter: meter.clone(),
                     ledger: self.ledger.clone(),
                     clock: self.clock,
@@ -418,124 +478,170 @@ impl Phase {
 struct Sender {
     client: Client,
     chat: u64,
+    flight: Flight,
     meter: Arc<Meter>,
     ledger: Arc<Ledger>,
     clock: Clock,
     body: usize,
 }
 
-/// A send in flight: its answer, with its intended time and whether it is measured.
-type InFlight = Pin<Box<dyn Future<Output = (Result<SendOk, ClientError>, Instant, bool)> + Send>>;
-
+/// The load generator writes `Send` frames itself and reads the answers on the user's event
+/// stream (the SDK's `send` would add a waiting future, a oneshot and a pending-map entry per
+/// message: the load generator shares the machine with the gateway, so it keeps its own cost
+/// per message small).
 impl Sender {
-    /// Keeps `window` sends outstanding until the phase ends.
+    /// Keeps `window` sends outstanding until the phase ends (at most what the server allows).
     async fn closed(self, window: usize) {
-        // The sends in flight are polled by this task: no task, permit or channel per message.
-        let mut inflight = FuturesUnordered::new();
+        let window = self.window(window);
+        let slots = Arc::new(Semaphore::new(window));
         let mut buf = BytesMut::new();
         loop {
-            while inflight.len() < window {
-                let now = Instant::now();
-                if now >= self.meter.until {
-                    break;
-                }
-                inflight.push(self.send(&mut buf, now));
-            }
-            match inflight.next().await {
-                Some(answer) => self.record(answer),
-                None => break,
+            slots.acquire().await.expect("semaphore open").forget();
+            let now = Instant::now();
+            if now >= self.meter.until || !self.send(&mut buf, now, &slots).await {
+                slots.add_permits(1);
+                break;
             }
         }
+        let _ = slots.acquire_many(window as u32).await;
     }
 
     /// Sends on a schedule of `per_user` messages per second from `first`, until the phase ends.
     /// Beyond `max_outstanding` unanswered sends it waits for answers (late sends keep their
     /// intended times, so the wait is counted).
     async fn open(self, per_user: f64, first: Instant, max_outstanding: usize) {
+        let window = self.window(max_outstanding);
         let interval = Duration::from_secs_f64(1.0 / per_user.max(1e-6));
-        let mut inflight = FuturesUnordered::new();
+        let slots = Arc::new(Semaphore::new(window));
         let mut buf = BytesMut::new();
         let mut next = first;
-        let timer = tokio::time::sleep_until(next.into());
-        tokio::pin!(timer);
-        loop {
-            let scheduled = next < self.meter.until;
-            if !scheduled && inflight.is_empty() {
-                break;
-            }
-            let room = inflight.len() < max_outstanding;
-            tokio::select! {
-                () = &mut timer, if scheduled && room => {
-                    // Everything due by now goes out, each stamped with its own intended time.
-                    let now = Instant::now();
-                    while next <= now && next < self.meter.until && inflight.len() < max_outstanding {
-                        inflight.push(self.send(&mut buf, next));
-                        next += interval;
-                    }
-                    timer.as_mut().reset(next.into());
+        'schedule: while next < self.meter.until {
+            tokio::time::sleep_until(next.into()).await;
+            let now = Instant::now();
+            // Everything due by now goes out, each stamped with its own intended time.
+            while next <= now && next < self.meter.until {
+                slots.acquire().await.expect("semaphore open").forget();
+                if !self.send(&mut buf, next, &slots).await {
+                    slots.add_permits(1);
+                    break 'schedule;
                 }
-                Some(answer) = inflight.next(), if !inflight.is_empty() => self.record(answer),
+                next += interval;
             }
         }
+        let _ = slots.acquire_many(window as u32).await;
     }
 
-    fn send(&self, buf: &mut BytesMut, intended: Instant) -> InFlight {
+    /// Unanswered sends allowed: `asked`, but no more than the server accepts.
+    fn window(&self, asked: usize) -> usize {
+        asked
+            .min(self.client.welcome().max_inflight as usize)
+            .max(1)
+    }
+
+    /// Puts one `Send` on the wire; false when the connection is gone (counted as an error).
+    async fn send(&self, buf: &mut BytesMut, intended: Instant, slots: &Arc<Semaphore>) -> bool {
         buf.put_u64(self.clock.us(intended));
         buf.put_u32(self.meter.phase);
         buf.put_bytes(b'x', self.body - 12);
-        let payload: Bytes = buf.split().freeze();
+        let body: Bytes = buf.split().freeze();
         let measured = self.meter.measuring(intended);
+        let request_id = self.client.next_request_id();
+        let frame = Frame::Send(Send {
+            request_id,
+            client_msg_id: new_client_msg_id(),
+            chat_id: self.chat,
+            kind: MessageKind::Text,
+            body,
+            attachments: Vec::new(),
+        });
+        {
+            let mut f = self.flight.lock().expect("flight lock");
+            if f.closed {
+                drop(f);
+                self.ledger
+                    .error(&self.meter, measured, "connection closed");
+                return false;
+            }
+            f.sends.insert(
+                request_id,
+                Outstanding {
+                    intended,
+                    measured,
+                    meter: self.meter.clone(),
+                    slots: slots.clone(),
+                },
+            );
+        }
         if measured {
             self.meter.sent.fetch_add(1, Ordering::Relaxed);
         }
-        let (client, chat) = (self.client.clone(), self.chat);
-        Box::pin(async move { (client.send(chat, payload).await, intended, measured) })
-    }
-
-    fn record(&self, (answer, intended, measured): (Result<SendOk, ClientError>, Instant, bool)) {
-        match answer {
-            Ok(ok) => {
-                let us = Instant::now().duration_since(intended).as_micros() as u64;
-                self.ledger
-                    .acked
-                    .lock()
-                    .expect("ledger lock")
-                    .entry(ok.chat_id)
-                    .or_default()
-                    .push(ok.seq);
-                self.ledger.acked_total.fetch_add(1, Ordering::Relaxed);
-                if measured {
-                    self.meter.acked.fetch_add(1, Ordering::Relaxed);
-                    let _ = self
-                        .meter
-                        .ack
-                        .lock()
-                        .expect("histogram lock")
-                        .record(us.max(1));
-                }
+        if let Err(e) = self.client.send_raw(frame.to_bytes()).await {
+            let mine = self
+                .flight
+                .lock()
+                .expect("flight lock")
+                .sends
+                .remove(&request_id);
+            if mine.is_some() {
+                self.ledger.error(&self.meter, measured, &e.to_string());
             }
-            Err(e) => {
-                if self.ledger.errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                    eprintln!("send error: {e}");
-                }
-                if measured {
-                    self.meter.errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            return false;
         }
+        true
     }
 }
 
-/// One user's receiving side, for the whole run.
+/// One user's receiving side, for the whole run: deliveries, and the answers to its sends.
 async fn receive(
     mut events: Events,
+    flight: Flight,
     ledger: Arc<Ledger>,
     current: Arc<RwLock<Arc<Meter>>>,
     clock: Clock,
 ) {
     let mut last: HashMap<u64, u64> = HashMap::new();
     while let Some(ev) = events.recv().await {
-        let Event::Message(m) = ev else { continue };
+        let m = match ev {
+            Event::Message(m) => m,
+            Event::Frame(Frame::SendOk(ok)) => {
+                let sent = flight
+                    .lock()
+                    .expect("flight lock")
+                    .sends
+                    .remove(&ok.request_id);
+                if let Some(o) = sent {
+                    ledger.acked(&o, &ok);
+                    o.slots.add_permits(1);
+                }
+                continue;
+            }
+            Event::Frame(Frame::ErrorFrame(e)) => {
+                let sent = flight
+                    .lock()
+                    .expect("flight lock")
+                    .sends
+                    .remove(&e.request_id);
+                if let Some(o) = sent {
+                    ledger.error(&o.meter, o.measured, &e.message);
+                    o.slots.add_permits(1);
+                }
+                continue;
+            }
+            Event::Closed(reason) => {
+                // Nothing will answer the sends still out: each is an error.
+                let left: Vec<Outstanding> = {
+                    let mut f = flight.lock().expect("flight lock");
+                    f.closed = true;
+                    f.sends.drain().map(|(_, o)| o).collect()
+                };
+                for o in left {
+                    ledger.error(&o.meter, o.measured, &reason);
+                    o.slots.add_permits(1);
+                }
+                continue;
+            }
+            _ => continue,
+        };
         let now = Instant::now();
         let prev = last.insert(m.chat_id, m.seq).unwrap_or(0);
         if m.seq <= prev {
