@@ -45,7 +45,8 @@ pub(crate) struct PeakArgs {
     /// Measured seconds of each step.
     #[arg(long, default_value_t = 5)]
     pub(crate) step_duration: u64,
-    /// Unacknowledged sends a user may have before it waits (the wait is counted).
+    /// Unacknowledged sends a user may have before it waits (the wait is counted; at most the
+    /// server's max in-flight).
     #[arg(long, default_value_t = 1024)]
     pub(crate) max_outstanding: usize,
     /// Also write the full report as JSON to this file.

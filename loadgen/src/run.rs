@@ -17,14 +17,16 @@ pub(crate) struct RunArgs {
     /// Number of users (an even number: they are paired into 1:1 chats).
     #[arg(long, default_value_t = 200)]
     pub(crate) users: usize,
-    /// Closed loop: unacknowledged sends each user keeps outstanding.
+    /// Closed loop: unacknowledged sends each user keeps outstanding (at most the server's
+    /// max in-flight, which it announces).
     #[arg(long, default_value_t = 32)]
     pub(crate) window: usize,
     /// Open loop instead: messages per second in total, on a fixed schedule; latency is measured
     /// from each message's intended send time.
     #[arg(long, conflicts_with = "window")]
     pub(crate) rate: Option<f64>,
-    /// Open loop: unacknowledged sends a user may have before it waits (the wait is counted).
+    /// Open loop: unacknowledged sends a user may have before it waits (the wait is counted;
+    /// at most the server's max in-flight).
     #[arg(long, default_value_t = 1024)]
     pub(crate) max_outstanding: usize,
     /// Message body size in bytes (at least 16).
