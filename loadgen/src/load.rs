@@ -312,6 +312,29 @@ struct Flights {
 
 type Flight = Arc<Mutex<Flights>>;
 
+/// Takes the send answered under `request_id` out of `flight` (None if already failed).
+fn answered(flight: &Flight, request_id: u32) -> Option<Outstanding> {
+    flight
+        .lock()
+        .expect("flight lock")
+        .sends
+        .remove(&request_id)
+}
+
+impl Outstanding {
+    /// Records the send as acknowledged and gives its place in the window back.
+    fn acked(self, ledger: &Ledger, ok: &SendOk) {
+        ledger.acked(&self, ok);
+        self.slots.add_permits(1);
+    }
+
+    /// Records the send as failed and gives its place in the window back.
+    fn failed(self, ledger: &Ledger, why: &str) {
+        ledger.error(&self.meter, self.measured, why);
+        self.slots.add_permits(1);
+    }
+}
+
 /// Connected users, their chats, and the receivers recording what arrives.
 pub(crate) struct Fleet {
     members: Vec<Member>,
@@ -498,8 +521,11 @@ impl Sender {
         loop {
             slots.acquire().await.expect("semaphore open").forget();
             let now = Instant::now();
-            if now >= self.meter.until || !self.send(&mut buf, now, &slots).await {
+            if now >= self.meter.until {
                 slots.add_permits(1);
+                break;
+            }
+            if !self.send(&mut buf, now, &slots).await {
                 break;
             }
         }
@@ -522,7 +548,6 @@ impl Sender {
             while next <= now && next < self.meter.until {
                 slots.acquire().await.expect("semaphore open").forget();
                 if !self.send(&mut buf, next, &slots).await {
-                    slots.add_permits(1);
                     break 'schedule;
                 }
                 next += interval;
@@ -538,7 +563,8 @@ impl Sender {
             .max(1)
     }
 
-    /// Puts one `Send` on the wire; false when the connection is gone (counted as an error).
+    /// Puts one `Send` on the wire, in a window place the caller took; false when the
+    /// connection is gone (counted as an error, the place given back).
     async fn send(&self, buf: &mut BytesMut, intended: Instant, slots: &Arc<Semaphore>) -> bool {
         buf.put_u64(self.clock.us(intended));
         buf.put_u32(self.meter.phase);
@@ -560,6 +586,7 @@ impl Sender {
                 drop(f);
                 self.ledger
                     .error(&self.meter, measured, "connection closed");
+                slots.add_permits(1);
                 return false;
             }
             f.sends.insert(
@@ -576,14 +603,9 @@ impl Sender {
             self.meter.sent.fetch_add(1, Ordering::Relaxed);
         }
         if let Err(e) = self.client.send_raw(frame.to_bytes()).await {
-            let mine = self
-                .flight
-                .lock()
-                .expect("flight lock")
-                .sends
-                .remove(&request_id);
-            if mine.is_some() {
-                self.ledger.error(&self.meter, measured, &e.to_string());
+            // Unless the receiver, seeing the connection close, already failed it.
+            if let Some(o) = answered(&self.flight, request_id) {
+                o.failed(&self.ledger, &e.to_string());
             }
             return false;
         }
@@ -604,26 +626,14 @@ async fn receive(
         let m = match ev {
             Event::Message(m) => m,
             Event::Frame(Frame::SendOk(ok)) => {
-                let sent = flight
-                    .lock()
-                    .expect("flight lock")
-                    .sends
-                    .remove(&ok.request_id);
-                if let Some(o) = sent {
-                    ledger.acked(&o, &ok);
-                    o.slots.add_permits(1);
+                if let Some(o) = answered(&flight, ok.request_id) {
+                    o.acked(&ledger, &ok);
                 }
                 continue;
             }
             Event::Frame(Frame::ErrorFrame(e)) => {
-                let sent = flight
-                    .lock()
-                    .expect("flight lock")
-                    .sends
-                    .remove(&e.request_id);
-                if let Some(o) = sent {
-                    ledger.error(&o.meter, o.measured, &e.message);
-                    o.slots.add_permits(1);
+                if let Some(o) = answered(&flight, e.request_id) {
+                    o.failed(&ledger, &e.message);
                 }
                 continue;
             }
@@ -635,8 +645,7 @@ async fn receive(
                     f.sends.drain().map(|(_, o)| o).collect()
                 };
                 for o in left {
-                    ledger.error(&o.meter, o.measured, &reason);
-                    o.slots.add_permits(1);
+                    o.failed(&ledger, &reason);
                 }
                 continue;
             }

@@ -149,13 +149,11 @@ impl<'a> Attempt<'a> {
             // A clock that stepped back keeps the open hour (those messages expire later).
             let hour = match found.open_hour {
                 Some(h) if h >= now => h,
-                Some(h) => {
-                    self.t.set(&keys::time(h, chat), &found.seq.to_be_bytes());
-                    self.t
-                        .set(&keys::time(now, chat), &record::OPEN.to_be_bytes());
-                    now
-                }
-                None => {
+                open => {
+                    if let Some(h) = open {
+                        // Close the old hour with its exact last seq.
+                        self.t.set(&keys::time(h, chat), &found.seq.to_be_bytes());
+                    }
                     self.t
                         .set(&keys::time(now, chat), &record::OPEN.to_be_bytes());
                     now
@@ -531,12 +529,12 @@ impl<'a> Attempt<'a> {
                 return Err(KvError::fatal(format!("corrupt retention entry {k:?}")));
             };
             // An open entry: the chat got nothing after that hour, so all it has expired.
-            let open = last == record::OPEN;
-            let last = if open {
-                get_last_seq(&mut *self.t, chat)?.seq
+            let open = if last == record::OPEN {
+                Some(get_last_seq(&mut *self.t, chat)?)
             } else {
-                last
+                None
             };
+            let last = open.map_or(last, |s| s.seq);
             let floor = get_u64(&mut *self.t, &keys::floor(chat))?.unwrap_or(1);
             if floor <= last {
                 let doomed = self.t.scan(
@@ -575,9 +573,8 @@ impl<'a> Attempt<'a> {
                 }
             }
             self.t.clear(k);
-            if open {
+            if let Some(s) = open {
                 // The chat has no open entry now: its next message opens one.
-                let s = get_last_seq(&mut *self.t, chat)?;
                 if s.open_hour == Some(hour) {
                     let closed = record::LastSeq {
                         open_hour: None,
