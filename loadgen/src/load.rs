@@ -77,7 +77,37 @@ pub(crate) struct Meter {
     delivered: AtomicU64,
     errors: AtomicU64,
     ack: Mutex<Histogram<u64>>,
-    e2e: Mutex<Histogram<u64>>,
+    e2e: Mutex<E2e>,
+}
+
+/// Width of one timeline slot.
+const SLOT: Duration = Duration::from_millis(100);
+
+/// send->Deliver latencies: the histogram, and a timeline by intended send time.
+struct E2e {
+    hist: Histogram<u64>,
+    timeline: Vec<Slot>,
+}
+
+/// The messages intended within one [`SLOT`] of the measured window, as delivered.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct Slot {
+    /// Start of the slot, ms into the measured window.
+    pub(crate) at_ms: u64,
+    pub(crate) delivered: u64,
+    /// Highest send->Deliver latency of the slot's messages, microseconds.
+    pub(crate) max_us: u64,
+}
+
+impl E2e {
+    fn record(&mut self, offset: Duration, us: u64) {
+        let _ = self.hist.record(us);
+        let i = (offset.as_micros() / SLOT.as_micros()) as usize;
+        if let Some(slot) = self.timeline.get_mut(i) {
+            slot.delivered += 1;
+            slot.max_us = slot.max_us.max(us);
+        }
+    }
 }
 
 impl Meter {
@@ -91,7 +121,18 @@ impl Meter {
             delivered: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             ack: Mutex::new(histogram()),
-            e2e: Mutex::new(histogram()),
+            e2e: Mutex::new(E2e {
+                hist: histogram(),
+                timeline: (0..until
+                    .duration_since(from)
+                    .as_micros()
+                    .div_ceil(SLOT.as_micros()))
+                    .map(|i| Slot {
+                        at_ms: i as u64 * SLOT.as_millis() as u64,
+                        ..Slot::default()
+                    })
+                    .collect(),
+            }),
         }
     }
 
@@ -119,6 +160,7 @@ impl Meter {
         self.e2e
             .lock()
             .expect("histogram lock")
+            .hist
             .value_at_quantile(0.99)
     }
 
@@ -126,6 +168,7 @@ impl Meter {
     pub(crate) fn result(&self, label: String, pace: Pace) -> PhaseResult {
         let secs = self.until.duration_since(self.from).as_secs_f64().max(1e-9);
         let (sent, acked, delivered, errors) = self.counts();
+        let e2e = self.e2e.lock().expect("histogram lock");
         let (window, target_rate) = match pace {
             Pace::Closed { window } => (Some(window), None),
             Pace::Open { rate, .. } => (None, Some(rate)),
@@ -143,7 +186,8 @@ impl Meter {
             acked_per_s: acked as f64 / secs,
             delivered_per_s: delivered as f64 / secs,
             send_to_sendok_us: Percentiles::of(&self.ack.lock().expect("histogram lock")),
-            send_to_deliver_us: Percentiles::of(&self.e2e.lock().expect("histogram lock")),
+            send_to_deliver_us: Percentiles::of(&e2e.hist),
+            timeline: e2e.timeline.clone(),
         }
     }
 }
@@ -188,6 +232,9 @@ pub(crate) struct PhaseResult {
     pub(crate) delivered_per_s: f64,
     pub(crate) send_to_sendok_us: Percentiles,
     pub(crate) send_to_deliver_us: Percentiles,
+    /// send->Deliver by intended send time, per 100 ms of the measured window (in the JSON
+    /// report: where in the run a tail came from).
+    pub(crate) timeline: Vec<Slot>,
 }
 
 /// Correctness over the whole run.
@@ -341,6 +388,8 @@ pub(crate) struct Fleet {
     ledger: Arc<Ledger>,
     current: Arc<RwLock<Arc<Meter>>>,
     receivers: Vec<JoinHandle<()>>,
+    /// The UDP endpoints the connections share (to let their closes reach the gateway).
+    endpoints: Vec<quinn::Endpoint>,
     clock: Clock,
     body: usize,
     phases: u32,
@@ -397,6 +446,7 @@ impl Fleet {
             ledger,
             current,
             receivers,
+            endpoints: users.endpoints(),
             clock,
             body,
             phases: 0,
@@ -457,14 +507,16 @@ impl Fleet {
         self.ledger.check()
     }
 
-    /// Closes every connection.
-    pub(crate) fn close(self) {
+    /// Closes every connection, and waits (up to two seconds) until the gateway has heard of
+    /// it: a process that exits first leaves the gateway holding them until its idle timeout.
+    pub(crate) async fn close(self) {
         for m in &self.members {
             m.client.close();
         }
         for r in self.receivers {
             r.abort();
         }
+        crate::target::wait_idle(&self.endpoints, Duration::from_secs(2)).await;
     }
 }
 
@@ -672,8 +724,43 @@ async fn receive(
         let meter = current.read().expect("meter lock").clone();
         if phase == meter.phase && meter.measuring(clock.instant(intended_us)) {
             meter.delivered.fetch_add(1, Ordering::Relaxed);
+            let intended = clock.instant(intended_us);
             let us = clock.us(now).saturating_sub(intended_us).max(1);
-            let _ = meter.e2e.lock().expect("histogram lock").record(us);
+            meter
+                .e2e
+                .lock()
+                .expect("histogram lock")
+                .record(intended.saturating_duration_since(meter.from), us);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeline_keeps_count_and_worst_latency_per_slot_of_intended_time() {
+        let from = Instant::now();
+        let meter = Meter::new(1, from, from + Duration::from_millis(1_050));
+        let mut e2e = meter.e2e.lock().unwrap();
+        assert_eq!(e2e.timeline.len(), 11, "1.05 s in 100 ms slots");
+        assert_eq!(e2e.timeline[10].at_ms, 1_000);
+        e2e.record(Duration::from_millis(5), 900);
+        e2e.record(Duration::from_millis(99), 4_000);
+        e2e.record(Duration::from_millis(100), 300);
+        e2e.record(Duration::from_millis(1_049), 70_000);
+        // Past the window (cannot happen for measured messages): counted in the histogram only.
+        e2e.record(Duration::from_millis(1_100), 1);
+        let slots: Vec<(u64, u64)> = e2e
+            .timeline
+            .iter()
+            .map(|s| (s.delivered, s.max_us))
+            .collect();
+        assert_eq!(slots[0], (2, 4_000));
+        assert_eq!(slots[1], (1, 300));
+        assert_eq!(slots[10], (1, 70_000));
+        assert!(slots[2..10].iter().all(|&s| s == (0, 0)));
+        assert_eq!(e2e.hist.len(), 5);
     }
 }

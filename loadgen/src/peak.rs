@@ -140,7 +140,7 @@ pub(crate) async fn peak(mut args: PeakArgs) -> anyhow::Result<()> {
     }
     let correctness = fleet.check();
     let users = fleet.users();
-    fleet.close();
+    fleet.close().await;
 
     println!();
     report::print_correctness(&correctness);

@@ -89,7 +89,7 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     );
     let result = meter.result(label, pace);
     let correctness = fleet.check();
-    fleet.close();
+    fleet.close().await;
 
     println!();
     report::print_phase(&result);

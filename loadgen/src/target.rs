@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use courier_client::{Client, Events, Trust};
@@ -154,6 +154,18 @@ impl Target {
 }
 
 impl Users {
+    /// The UDP endpoints the users' connections are spread over.
+    pub(crate) fn endpoints(&self) -> Vec<quinn::Endpoint> {
+        self.endpoints.clone()
+    }
+
+    /// Waits, up to `limit`, until every connection closed on these endpoints has told the
+    /// gateway (a process that exits first leaves the gateway holding them until its idle
+    /// timeout).
+    pub(crate) async fn wait_idle(&self, limit: Duration) {
+        wait_idle(&self.endpoints, limit).await;
+    }
+
     /// The id of user `i`.
     pub(crate) fn name(&self, i: usize) -> String {
         format!("{}{i}", self.prefix)
@@ -177,4 +189,14 @@ impl Users {
         .await
         .with_context(|| format!("connect user {i}"))
     }
+}
+
+/// Waits, up to `limit`, until `endpoints` have no connection left (closes sent and drained).
+pub(crate) async fn wait_idle(endpoints: &[quinn::Endpoint], limit: Duration) {
+    let _ = tokio::time::timeout(limit, async {
+        for e in endpoints {
+            e.wait_idle().await;
+        }
+    })
+    .await;
 }
