@@ -78,10 +78,18 @@ pub(crate) struct Meter {
     errors: AtomicU64,
     ack: Mutex<Histogram<u64>>,
     e2e: Mutex<E2e>,
+    /// Per timeline slot: the most a send went out after its intended time, microseconds
+    /// (the load generator itself falling behind).
+    late: Vec<AtomicU64>,
 }
 
 /// Width of one timeline slot.
 const SLOT: Duration = Duration::from_millis(100);
+
+/// The timeline slot of a message intended `offset` into the measured window.
+fn slot_of(offset: Duration) -> usize {
+    (offset.as_micros() / SLOT.as_micros()) as usize
+}
 
 /// send->Deliver latencies: the histogram, and a timeline by intended send time.
 struct E2e {
@@ -97,13 +105,15 @@ pub(crate) struct Slot {
     pub(crate) delivered: u64,
     /// Highest send->Deliver latency of the slot's messages, microseconds.
     pub(crate) max_us: u64,
+    /// Most a send of the slot went out after its intended time, microseconds (open loop:
+    /// how far the load generator itself fell behind).
+    pub(crate) max_send_late_us: u64,
 }
 
 impl E2e {
     fn record(&mut self, offset: Duration, us: u64) {
         let _ = self.hist.record(us);
-        let i = (offset.as_micros() / SLOT.as_micros()) as usize;
-        if let Some(slot) = self.timeline.get_mut(i) {
+        if let Some(slot) = self.timeline.get_mut(slot_of(offset)) {
             slot.delivered += 1;
             slot.max_us = slot.max_us.max(us);
         }
@@ -112,6 +122,10 @@ impl E2e {
 
 impl Meter {
     fn new(phase: u32, from: Instant, until: Instant) -> Self {
+        let slots = until
+            .duration_since(from)
+            .as_micros()
+            .div_ceil(SLOT.as_micros()) as usize;
         Self {
             phase,
             from,
@@ -123,21 +137,29 @@ impl Meter {
             ack: Mutex::new(histogram()),
             e2e: Mutex::new(E2e {
                 hist: histogram(),
-                timeline: (0..until
-                    .duration_since(from)
-                    .as_micros()
-                    .div_ceil(SLOT.as_micros()))
+                timeline: (0..slots)
                     .map(|i| Slot {
                         at_ms: i as u64 * SLOT.as_millis() as u64,
                         ..Slot::default()
                     })
                     .collect(),
             }),
+            late: (0..slots).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
     fn measuring(&self, intended: Instant) -> bool {
         intended >= self.from && intended < self.until
+    }
+
+    /// Notes that a send intended at `intended` (in the window) went out `late`.
+    fn sent_late(&self, intended: Instant, late: Duration) {
+        if let Some(slot) = self
+            .late
+            .get(slot_of(intended.saturating_duration_since(self.from)))
+        {
+            slot.fetch_max(late.as_micros() as u64, Ordering::Relaxed);
+        }
     }
 
     /// Counters so far: (sent, acked, delivered, errors) of messages intended in the window.
@@ -187,7 +209,15 @@ impl Meter {
             delivered_per_s: delivered as f64 / secs,
             send_to_sendok_us: Percentiles::of(&self.ack.lock().expect("histogram lock")),
             send_to_deliver_us: Percentiles::of(&e2e.hist),
-            timeline: e2e.timeline.clone(),
+            timeline: e2e
+                .timeline
+                .iter()
+                .zip(&self.late)
+                .map(|(s, late)| Slot {
+                    max_send_late_us: late.load(Ordering::Relaxed),
+                    ..*s
+                })
+                .collect(),
         }
     }
 }
@@ -653,6 +683,8 @@ impl Sender {
         }
         if measured {
             self.meter.sent.fetch_add(1, Ordering::Relaxed);
+            self.meter
+                .sent_late(intended, Instant::now().saturating_duration_since(intended));
         }
         if let Err(e) = self.client.send_raw(frame.to_bytes()).await {
             // Unless the receiver, seeing the connection close, already failed it.
@@ -762,5 +794,13 @@ mod tests {
         assert_eq!(slots[10], (1, 70_000));
         assert!(slots[2..10].iter().all(|&s| s == (0, 0)));
         assert_eq!(e2e.hist.len(), 5);
+        drop(e2e);
+        meter.sent_late(from + Duration::from_millis(150), Duration::from_micros(40));
+        meter.sent_late(from + Duration::from_millis(160), Duration::from_micros(7));
+        meter.sent_late(from + Duration::from_secs(5), Duration::from_micros(9)); // outside
+        let r = meter.result(String::new(), Pace::Closed { window: 1 });
+        assert_eq!(r.timeline[1].max_send_late_us, 40);
+        assert_eq!(r.timeline[1].max_us, 300);
+        assert!(r.timeline.iter().filter(|s| s.max_send_late_us > 0).count() == 1);
     }
 }
