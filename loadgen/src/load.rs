@@ -754,9 +754,9 @@ async fn receive(
         let intended_us = u64::from_be_bytes(m.body[..8].try_into().expect("8 bytes"));
         let phase = u32::from_be_bytes(m.body[8..12].try_into().expect("4 bytes"));
         let meter = current.read().expect("meter lock").clone();
-        if phase == meter.phase && meter.measuring(clock.instant(intended_us)) {
+        let intended = clock.instant(intended_us);
+        if phase == meter.phase && meter.measuring(intended) {
             meter.delivered.fetch_add(1, Ordering::Relaxed);
-            let intended = clock.instant(intended_us);
             let us = clock.us(now).saturating_sub(intended_us).max(1);
             meter
                 .e2e

@@ -159,13 +159,6 @@ impl Users {
         self.endpoints.clone()
     }
 
-    /// Waits, up to `limit`, until every connection closed on these endpoints has told the
-    /// gateway (a process that exits first leaves the gateway holding them until its idle
-    /// timeout).
-    pub(crate) async fn wait_idle(&self, limit: Duration) {
-        wait_idle(&self.endpoints, limit).await;
-    }
-
     /// The id of user `i`.
     pub(crate) fn name(&self, i: usize) -> String {
         format!("{}{i}", self.prefix)
@@ -191,7 +184,9 @@ impl Users {
     }
 }
 
-/// Waits, up to `limit`, until `endpoints` have no connection left (closes sent and drained).
+/// Waits, up to `limit`, until `endpoints` have no connection left: every close has reached
+/// the gateway (a process that exits first leaves the gateway holding its connections until
+/// their idle timeout).
 pub(crate) async fn wait_idle(endpoints: &[quinn::Endpoint], limit: Duration) {
     let _ = tokio::time::timeout(limit, async {
         for e in endpoints {
