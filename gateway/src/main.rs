@@ -257,6 +257,12 @@ fn token(key: &std::path::Path, user: String, device: u32, ttl: Duration) -> any
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Ok(mode) = std::fs::read_to_string(courier_gateway::util::THP_MODE_FILE) {
+        let allow = std::env::var("MIMALLOC_ALLOW_THP").ok();
+        if let Some(w) = courier_gateway::util::huge_page_warning(&mode, allow.as_deref()) {
+            tracing::warn!("{w}");
+        }
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => TlsIdentity::from_pem_files(cert, key)?,
         _ => {

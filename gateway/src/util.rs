@@ -1,5 +1,5 @@
-//! Small helpers the gateway's modules share: wall-clock milliseconds, hex, and a cached
-//! credential that is renewed after a while.
+//! Small helpers the gateway's modules share: wall-clock milliseconds, hex, a cached
+//! credential that is renewed after a while, and the transparent-huge-page check.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,9 +44,43 @@ impl Cached {
     }
 }
 
+/// The kernel's transparent-huge-page mode file.
+pub const THP_MODE_FILE: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+/// A warning for the operator when the kernel backs every large anonymous mapping with huge
+/// pages (`[always]` in `mode`, the contents of [`THP_MODE_FILE`]) and `allow_thp`, the value
+/// of `MIMALLOC_ALLOW_THP`, does not opt this process out.
+///
+/// The binaries are built with mimalloc's `no_thp` feature, so under the `madvise` and `never`
+/// modes the heap is never backed by huge pages. Under `always` the kernel does it anyway, and
+/// a page fault then zeroes 2 MiB: measured on the 2-core machine, open-loop p99 send->Deliver
+/// went from 4.3 ms to 10-59 ms (docs/PERFORMANCE.md, "Huge pages").
+pub fn huge_page_warning(mode: &str, allow_thp: Option<&str>) -> Option<String> {
+    let always = mode.split_whitespace().any(|m| m == "[always]");
+    if !always || allow_thp.map(str::trim) == Some("0") {
+        return None;
+    }
+    Some(format!(
+        "transparent huge pages are set to `always` ({THP_MODE_FILE}): page faults that \
+         zero 2 MiB add tens of milliseconds to tail latency; start courier with \
+         MIMALLOC_ALLOW_THP=0 or set the mode to madvise"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_pages_warn_only_when_always_and_not_opted_out() {
+        let always = "[always] madvise never\n";
+        assert!(huge_page_warning(always, None).is_some());
+        assert!(huge_page_warning(always, Some("1")).is_some());
+        assert!(huge_page_warning(always, Some("0")).is_none());
+        assert!(huge_page_warning("always [madvise] never\n", None).is_none());
+        assert!(huge_page_warning("always madvise [never]", None).is_none());
+        assert!(huge_page_warning("", None).is_none());
+    }
 
     #[test]
     fn cached_values_are_reused_until_they_age() {
