@@ -77,7 +77,7 @@ pub(crate) async fn connect(mut args: ConnectArgs) -> anyhow::Result<()> {
     for (c, _) in &held {
         c.close();
     }
-    crate::target::wait_idle(&users.endpoints(), Duration::from_secs(2)).await;
+    crate::target::wait_idle(users.endpoints(), Duration::from_secs(2)).await;
     let rate = open as f64 / elapsed;
     println!("connections {open} open, {errors} failed, in {elapsed:.2} s: {rate:.0} handshakes/s");
     match per_conn {

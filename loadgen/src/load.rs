@@ -476,7 +476,7 @@ impl Fleet {
             ledger,
             current,
             receivers,
-            endpoints: users.endpoints(),
+            endpoints: users.endpoints().to_vec(),
             clock,
             body,
             phases: 0,

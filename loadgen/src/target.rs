@@ -155,8 +155,8 @@ impl Target {
 
 impl Users {
     /// The UDP endpoints the users' connections are spread over.
-    pub(crate) fn endpoints(&self) -> Vec<quinn::Endpoint> {
-        self.endpoints.clone()
+    pub(crate) fn endpoints(&self) -> &[quinn::Endpoint] {
+        &self.endpoints
     }
 
     /// The id of user `i`.
