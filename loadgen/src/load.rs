@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
 use courier_client::connection::new_client_msg_id;
 use courier_client::{Client, Event, Events};
@@ -23,6 +24,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use crate::pacer::{Pacer, PacerHandle};
 use crate::target::{Target, Users};
 
 /// How senders pace themselves.
@@ -81,6 +83,9 @@ pub(crate) struct Meter {
     /// Per timeline slot: the most a send went out after its intended time, microseconds
     /// (the load generator itself falling behind).
     late: Vec<AtomicU64>,
+    /// How long after its intended time each send went out (the load generator's own pacing
+    /// error, part of every send->Deliver figure), microseconds.
+    late_hist: Mutex<Histogram<u64>>,
 }
 
 /// Width of one timeline slot.
@@ -145,6 +150,7 @@ impl Meter {
                     .collect(),
             }),
             late: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            late_hist: Mutex::new(histogram()),
         }
     }
 
@@ -154,11 +160,17 @@ impl Meter {
 
     /// Notes that a send intended at `intended` (in the window) went out `late`.
     fn sent_late(&self, intended: Instant, late: Duration) {
+        let us = late.as_micros() as u64;
+        let _ = self
+            .late_hist
+            .lock()
+            .expect("histogram lock")
+            .record(us.max(1));
         if let Some(slot) = self
             .late
             .get(slot_of(intended.saturating_duration_since(self.from)))
         {
-            slot.fetch_max(late.as_micros() as u64, Ordering::Relaxed);
+            slot.fetch_max(us, Ordering::Relaxed);
         }
     }
 
@@ -209,6 +221,7 @@ impl Meter {
             delivered_per_s: delivered as f64 / secs,
             send_to_sendok_us: Percentiles::of(&self.ack.lock().expect("histogram lock")),
             send_to_deliver_us: Percentiles::of(&e2e.hist),
+            send_late_us: Percentiles::of(&self.late_hist.lock().expect("histogram lock")),
             timeline: e2e
                 .timeline
                 .iter()
@@ -262,6 +275,10 @@ pub(crate) struct PhaseResult {
     pub(crate) delivered_per_s: f64,
     pub(crate) send_to_sendok_us: Percentiles,
     pub(crate) send_to_deliver_us: Percentiles,
+    /// How late after its intended time each send went out: the load generator's own pacing
+    /// error (open loop: timer resolution and waiting for a CPU), included in both figures
+    /// above.
+    pub(crate) send_late_us: Percentiles,
     /// send->Deliver by intended send time, per 100 ms of the measured window (in the JSON
     /// report: where in the run a tail came from).
     pub(crate) timeline: Vec<Slot>,
@@ -423,6 +440,8 @@ pub(crate) struct Fleet {
     clock: Clock,
     body: usize,
     phases: u32,
+    /// Wakes open-loop senders at their intended times.
+    pacer: Pacer,
 }
 
 impl Fleet {
@@ -480,6 +499,7 @@ impl Fleet {
             clock,
             body,
             phases: 0,
+            pacer: Pacer::start().context("start the pacing thread")?,
         })
     }
 
@@ -520,7 +540,12 @@ impl Fleet {
                         let per_user = rate / n as f64;
                         // Users start at evenly spread offsets within one interval.
                         let offset = Duration::from_secs_f64(i as f64 / n as f64 / per_user);
-                        tokio::spawn(s.open(per_user, start + offset, max_outstanding))
+                        tokio::spawn(s.open(
+                            per_user,
+                            start + offset,
+                            max_outstanding,
+                            self.pacer.handle(),
+                        ))
                     }
                 }
             })
@@ -617,14 +642,14 @@ impl Sender {
     /// Sends on a schedule of `per_user` messages per second from `first`, until the phase ends.
     /// Beyond `max_outstanding` unanswered sends it waits for answers (late sends keep their
     /// intended times, so the wait is counted).
-    async fn open(self, per_user: f64, first: Instant, max_outstanding: usize) {
+    async fn open(self, per_user: f64, first: Instant, max_outstanding: usize, pacer: PacerHandle) {
         let window = self.window(max_outstanding);
         let interval = Duration::from_secs_f64(1.0 / per_user.max(1e-6));
         let slots = Arc::new(Semaphore::new(window));
         let mut buf = BytesMut::new();
         let mut next = first;
         'schedule: while next < self.meter.until {
-            tokio::time::sleep_until(next.into()).await;
+            pacer.sleep_until(next).await;
             let now = Instant::now();
             // Everything due by now goes out, each stamped with its own intended time.
             while next <= now && next < self.meter.until {
@@ -802,5 +827,9 @@ mod tests {
         assert_eq!(r.timeline[1].max_send_late_us, 40);
         assert_eq!(r.timeline[1].max_us, 300);
         assert!(r.timeline.iter().filter(|s| s.max_send_late_us > 0).count() == 1);
+        // Every late send is in the histogram, whichever slot it fell in.
+        assert_eq!(r.send_late_us.count, 3);
+        assert_eq!(r.send_late_us.max, 40);
+        assert_eq!(r.send_late_us.p50, 9);
     }
 }

@@ -8,7 +8,8 @@
 //!   per second and the gateway's memory per connection.
 //!
 //! `load` is the traffic both `run` and `peak` drive (users, senders, receivers, meters and the
-//! correctness ledger); `progress` the live line; `report` the printing.
+//! correctness ledger); `pacer` the open loop's sub-millisecond timer; `progress` the live
+//! line; `report` the printing.
 //! `target` holds what all share: where the gateway is (or `--spawn-gateway` to start one), how
 //! to trust it and mint tokens, and how connections are spread over UDP sockets.
 
@@ -16,6 +17,7 @@
 
 mod connect;
 mod load;
+mod pacer;
 mod peak;
 mod progress;
 mod report;

@@ -28,6 +28,7 @@ pub(crate) fn print_phase(r: &PhaseResult) {
     for (name, p) in [
         ("send -> SendOk", &r.send_to_sendok_us),
         ("send -> Deliver", &r.send_to_deliver_us),
+        ("send went out late by", &r.send_late_us),
     ] {
         println!(
             "{name:<22} {:>10} {:>10} {:>10} {:>10}",
