@@ -632,7 +632,7 @@ impl Sender {
                 slots.add_permits(1);
                 break;
             }
-            if !self.send(&mut buf, now, &slots).await {
+            if !self.send(&mut buf, now, false, &slots).await {
                 break;
             }
         }
@@ -654,7 +654,7 @@ impl Sender {
             // Everything due by now goes out, each stamped with its own intended time.
             while next <= now && next < self.meter.until {
                 slots.acquire().await.expect("semaphore open").forget();
-                if !self.send(&mut buf, next, &slots).await {
+                if !self.send(&mut buf, next, true, &slots).await {
                     break 'schedule;
                 }
                 next += interval;
@@ -671,8 +671,15 @@ impl Sender {
     }
 
     /// Puts one `Send` on the wire, in a window place the caller took; false when the
-    /// connection is gone (counted as an error, the place given back).
-    async fn send(&self, buf: &mut BytesMut, intended: Instant, slots: &Arc<Semaphore>) -> bool {
+    /// connection is gone (counted as an error, the place given back). A `scheduled` send
+    /// (open loop) records how late it went out.
+    async fn send(
+        &self,
+        buf: &mut BytesMut,
+        intended: Instant,
+        scheduled: bool,
+        slots: &Arc<Semaphore>,
+    ) -> bool {
         buf.put_u64(self.clock.us(intended));
         buf.put_u32(self.meter.phase);
         buf.put_bytes(b'x', self.body - 12);
@@ -708,8 +715,10 @@ impl Sender {
         }
         if measured {
             self.meter.sent.fetch_add(1, Ordering::Relaxed);
-            self.meter
-                .sent_late(intended, Instant::now().saturating_duration_since(intended));
+            if scheduled {
+                self.meter
+                    .sent_late(intended, Instant::now().saturating_duration_since(intended));
+            }
         }
         if let Err(e) = self.client.send_raw(frame.to_bytes()).await {
             // Unless the receiver, seeing the connection close, already failed it.

@@ -25,11 +25,14 @@ pub(crate) fn print_phase(r: &PhaseResult) {
         "{:<22} {:>10} {:>10} {:>10} {:>10}",
         "latency (us)", "p50", "p99", "p99.9", "max"
     );
+    let late = (r.send_late_us.count > 0).then_some(("send went out late by", &r.send_late_us));
     for (name, p) in [
         ("send -> SendOk", &r.send_to_sendok_us),
         ("send -> Deliver", &r.send_to_deliver_us),
-        ("send went out late by", &r.send_late_us),
-    ] {
+    ]
+    .into_iter()
+    .chain(late)
+    {
         println!(
             "{name:<22} {:>10} {:>10} {:>10} {:>10}",
             p.p50, p.p99, p.p999, p.max

@@ -96,7 +96,7 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     report::print_correctness(&correctness);
     let (ack, e2e) = (&result.send_to_sendok_us, &result.send_to_deliver_us);
     println!(
-        "loadgen run: conns={} {} acked_per_s={:.0} delivered_per_s={:.0} ack_p50_us={} ack_p99_us={} e2e_p50_us={} e2e_p99_us={} e2e_p999_us={} late_p50_us={} late_p99_us={} lost={} dup={} gaps={} errors={}",
+        "loadgen run: conns={} {} acked_per_s={:.0} delivered_per_s={:.0} ack_p50_us={} ack_p99_us={} e2e_p50_us={} e2e_p99_us={} e2e_p999_us={}{} lost={} dup={} gaps={} errors={}",
         args.users,
         match pace {
             Pace::Closed { window } => format!("window={window}"),
@@ -109,8 +109,13 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         e2e.p50,
         e2e.p99,
         e2e.p999,
-        result.send_late_us.p50,
-        result.send_late_us.p99,
+        match pace {
+            Pace::Closed { .. } => String::new(),
+            Pace::Open { .. } => format!(
+                " late_p50_us={} late_p99_us={}",
+                result.send_late_us.p50, result.send_late_us.p99
+            ),
+        },
         correctness.lost,
         correctness.dup,
         correctness.gaps,
