@@ -39,7 +39,15 @@ pub enum Event {
 /// The stream of [`Event`]s of one connection.
 pub type Events = mpsc::Receiver<Event>;
 
-type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
+/// Requests waiting for their answers. Once the read loop has ended it is closed: a request
+/// registered after that would wait for an answer nobody reads, so it fails at once instead.
+#[derive(Default)]
+struct Waiters {
+    by_id: HashMap<u32, oneshot::Sender<Frame>>,
+    closed: bool,
+}
+
+type Pending = Arc<Mutex<Waiters>>;
 
 /// How many events may wait unread before the SDK gives up on the connection (see `read_loop`).
 const EVENT_QUEUE: usize = 8192;
@@ -163,9 +171,15 @@ impl Client {
             )));
         }
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("pending lock").insert(id, tx);
+        {
+            let mut pending = self.pending.lock().expect("pending lock");
+            if pending.closed {
+                return Err(ClientError::Closed(close_reason(&self.conn)));
+            }
+            pending.by_id.insert(id, tx);
+        }
         if self.out.send(frame.to_bytes()).await.is_err() {
-            self.pending.lock().expect("pending lock").remove(&id);
+            self.pending.lock().expect("pending lock").by_id.remove(&id);
             return Err(ClientError::Closed(close_reason(&self.conn)));
         }
         match rx.await {
@@ -555,7 +569,7 @@ async fn read_loop(
             Frame::GoAway(g) => Event::GoAway(g),
             f => match answer_id(&f) {
                 Some(id) => {
-                    let waiter = pending.lock().expect("pending lock").remove(&id);
+                    let waiter = pending.lock().expect("pending lock").by_id.remove(&id);
                     match waiter {
                         Some(w) => {
                             let _ = w.send(f);
@@ -579,8 +593,12 @@ async fn read_loop(
             }
         }
     };
-    // Fail whatever still waits for an answer.
-    pending.lock().expect("pending lock").clear();
+    // Fail whatever still waits for an answer, and every request made from now on.
+    {
+        let mut pending = pending.lock().expect("pending lock");
+        pending.closed = true;
+        pending.by_id.clear();
+    }
     let _ = events.send(Event::Closed(reason)).await;
 }
 

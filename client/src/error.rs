@@ -28,14 +28,28 @@ pub enum ClientError {
     /// The connection is closed.
     #[error("connection closed: {0}")]
     Closed(String),
+    /// The server sent GoAway and is closing the connection: reconnect (with a fresh token
+    /// when `code` is `UNAUTHENTICATED`).
+    #[error("server going away ({code}): {reason}")]
+    GoAway {
+        /// Why: `SHUTTING_DOWN`, or `UNAUTHENTICATED` when the session's token expired.
+        code: ErrorCode,
+        /// The server's detail text.
+        reason: String,
+    },
 }
 
 impl ClientError {
     /// The server's error code, when the server refused the request.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            Self::Server { code, .. } => Some(*code),
+            Self::Server { code, .. } | Self::GoAway { code, .. } => Some(*code),
             _ => None,
         }
+    }
+
+    /// Whether the server refused the token (forged or expired): reconnecting needs a new one.
+    pub fn needs_new_token(&self) -> bool {
+        self.code() == Some(ErrorCode::UNAUTHENTICATED)
     }
 }

@@ -67,11 +67,16 @@ impl FrameReader {
     }
 }
 
+/// Queued after a connection's last frame: the writer finishes the stream there.
+pub const LAST_WORDS_END: Bytes = Bytes::new();
+
 /// Most frames taken into one vectored write.
 const WRITE_BATCH: usize = 64;
 
 /// Starts a task that writes every queued frame to `send`, coalescing queued frames into one
-/// write, and finishes the stream once every sender is dropped. Returns the queue's sender.
+/// write, and finishes the stream once every sender is dropped, or at the first empty chunk
+/// ([`LAST_WORDS_END`]): whatever is queued after it is never written, so the frame before it
+/// is the last the peer gets. Returns the queue's sender.
 pub fn spawn_writer(send: quinn::SendStream, depth: usize) -> mpsc::Sender<Bytes> {
     spawn_writer_with_handle(send, depth).0
 }
@@ -86,10 +91,18 @@ pub fn spawn_writer_with_handle(
     let task = tokio::spawn(async move {
         let mut chunks: Vec<Bytes> = Vec::new();
         while rx.recv_many(&mut chunks, WRITE_BATCH).await > 0 {
+            let end = chunks.iter().position(Bytes::is_empty);
+            if let Some(at) = end {
+                chunks.truncate(at);
+            }
             if send.write_all_chunks(&mut chunks).await.is_err() {
                 return;
             }
             chunks.clear();
+            if end.is_some() {
+                rx.close();
+                break;
+            }
         }
         if send.finish().is_ok() {
             let _ = send.stopped().await;

@@ -36,6 +36,10 @@ pub struct MessengerConfig {
     pub positions: Arc<dyn PositionStore>,
     /// Messages per sync page.
     pub sync_page: u32,
+    /// Where a fresh token comes from when the server refuses the current one (the session's
+    /// token expired: GoAway or a refused Hello with `UNAUTHENTICATED`). Without it the
+    /// Messenger keeps retrying with `token`.
+    pub refresh_token: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// First reconnect delay; doubles up to `backoff_max`.
     pub backoff_min: Duration,
     /// Longest reconnect delay.
@@ -56,6 +60,7 @@ impl MessengerConfig {
             trust,
             token,
             positions,
+            refresh_token: None,
             sync_page: 500,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -129,7 +134,9 @@ impl Messenger {
                         ErrorCode::SHUTTING_DOWN,
                     ]
                     .contains(&code) => {}
-                Err(ClientError::Closed(_) | ClientError::Connect(_)) => {}
+                Err(
+                    ClientError::Closed(_) | ClientError::Connect(_) | ClientError::GoAway { .. },
+                ) => {}
                 Err(e) => return Err(e),
             }
             tokio::time::sleep(delay).await;
@@ -154,32 +161,34 @@ async fn run(
 ) {
     let mut inbox = Inbox::new(config.positions.load());
     let mut backoff = config.backoff_min;
+    let mut token = config.token.clone();
     while !*stop.borrow() {
-        let reason = match Client::connect(
-            config.addr,
-            &config.server_name,
-            &config.trust,
-            &config.token,
-        )
-        .await
-        {
-            Ok((client, events)) => {
-                backoff = config.backoff_min;
-                current.send_replace(Some(client.clone()));
-                let r = tokio::select! {
-                    r = session(&config, &client, events, &mut inbox, &updates) => r,
-                    _ = stop.changed() => Ok(()),
-                };
-                current.send_replace(None);
-                client.close();
-                match r {
-                    Ok(()) => return,
-                    Err(e) => e.to_string(),
+        let ended =
+            match Client::connect(config.addr, &config.server_name, &config.trust, &token).await {
+                Ok((client, events)) => {
+                    backoff = config.backoff_min;
+                    current.send_replace(Some(client.clone()));
+                    let r = tokio::select! {
+                        r = session(&config, &client, events, &mut inbox, &updates) => r,
+                        _ = stop.changed() => Ok(()),
+                    };
+                    current.send_replace(None);
+                    client.close();
+                    match r {
+                        Ok(()) => return,
+                        Err(e) => e,
+                    }
                 }
-            }
-            Err(e) => e.to_string(),
-        };
-        if updates.send(Update::Disconnected(reason)).await.is_err() {
+                Err(e) => e,
+            };
+        if let (true, Some(refresh)) = (ended.needs_new_token(), &config.refresh_token) {
+            token = refresh();
+        }
+        if updates
+            .send(Update::Disconnected(ended.to_string()))
+            .await
+            .is_err()
+        {
             return;
         }
         tokio::select! {
@@ -314,10 +323,10 @@ async fn handle(
     match ev {
         Event::Message(m) => take(client, m, inbox, config, updates).await,
         Event::Closed(reason) => Err(ClientError::Closed(reason)),
-        Event::GoAway(g) => Err(ClientError::Closed(format!(
-            "server going away: {}",
-            g.reason
-        ))),
+        Event::GoAway(g) => Err(ClientError::GoAway {
+            code: g.code,
+            reason: g.reason,
+        }),
         Event::Frame(_) => Ok(true),
     }
 }

@@ -14,13 +14,16 @@
 //! - [`server`] — the endpoint, handshakes, the control-stream loop and graceful shutdown.
 //! - [`media`] — uploads and downloads on streams of their own, blobs, thumbnails.
 //! - [`push`] — the push worker (webhook provider) over the store's durable outbox.
-//! - `session`: what each frame does (no sockets; unit-tested with channels).
+//! - `session`: what each frame does (no sockets; unit-tested with channels); `acks`: acks
+//!   coalesced per chat and written in batches; `budget`: each connection's request rate.
 //! - `registry`: online devices; `fanout`: committed messages to them; `presence`: online
 //!   and last seen, coalesced, to subscribers who may see it.
 
 #![forbid(unsafe_code)]
 
+mod acks;
 pub mod auth;
+mod budget;
 pub mod config;
 mod fanout;
 pub mod media;

@@ -77,6 +77,31 @@ impl Presence {
         }
     }
 
+    /// `user` hid its presence: its watchers see it go offline, last seen now (or when its last
+    /// device left), exactly as if it had; [`Presence::announce`] tells them nothing more
+    /// until it shows its presence again.
+    pub(crate) fn hidden(&self, user: &str) {
+        let last_seen_ms = if self.registry.is_online(user) {
+            let now = now_ms();
+            self.last_seen.insert(user.to_owned(), now);
+            now
+        } else {
+            self.last_seen.get(user).map_or(0, |t| *t)
+        };
+        self.leaving.remove(user);
+        let frame = Frame::PresenceEvent(PresenceEvent {
+            user: user.to_owned(),
+            online: false,
+            last_seen_ms,
+        })
+        .to_bytes();
+        if let Some(w) = self.watchers.get(user) {
+            for (_, d) in w.iter() {
+                d.push(frame.clone());
+            }
+        }
+    }
+
     /// A device of `user` connected (it is registered already).
     pub(crate) fn connected(&self, user: &str) {
         if self.leaving.remove(user).is_some() {

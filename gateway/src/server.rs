@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use courier_client::io::{spawn_writer_with_handle, FrameReader, ReadError};
+use courier_client::io::{spawn_writer_with_handle, FrameReader, ReadError, LAST_WORDS_END};
 use courier_store::{Store, StoreConfig};
 use courier_wire::frame::{GoAway, Welcome};
 use courier_wire::{ErrorCode, Frame, PROTOCOL_VERSION};
@@ -21,7 +21,7 @@ use crate::media::MediaService;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::registry::{Device, Registry};
-use crate::session::{error_frame, Limits, PresenceLink, Session};
+use crate::session::{error_frame, Limits, PresenceLink, Session, Stop};
 use crate::util::now_ms;
 
 struct Shared {
@@ -310,13 +310,12 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shard: usiz
                     continue;
                 }
                 shared.shard_connections[shard].fetch_add(1, Ordering::Relaxed);
-                let shared = shared.clone();
+                let slot = ConnectionSlot { shared: shared.clone(), shard };
                 sessions.spawn(async move {
-                    if let Err(e) = connection(incoming, &shared).await {
+                    if let Err(e) = connection(incoming, &slot.shared).await {
                         tracing::debug!("connection ended: {e:#}");
                     }
-                    shared.shard_connections[shard].fetch_sub(1, Ordering::Relaxed);
-                    shared.connections.fetch_sub(1, Ordering::Relaxed);
+                    drop(slot);
                 });
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
@@ -336,6 +335,38 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shard: usiz
     }
 }
 
+/// A connection's place in the node's and its shard's counts, given back when the connection's
+/// task ends, whichever way it ends (a panic unwinding through the task included).
+struct ConnectionSlot {
+    shared: Arc<Shared>,
+    shard: usize,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.shared.shard_connections[self.shard].fetch_sub(1, Ordering::Relaxed);
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An open session's traces outside its task: the registry entry that fanout pushes to, the
+/// presence it holds up, and the task serving its media streams. Dropped when the session ends,
+/// on every exit path.
+struct Online<'a> {
+    shared: &'a Shared,
+    user: String,
+    conn_id: u64,
+    media_streams: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Online<'_> {
+    fn drop(&mut self) {
+        self.media_streams.abort();
+        self.shared.registry.unregister(&self.user, self.conn_id);
+        self.shared.presence.disconnected(&self.user, self.conn_id);
+    }
+}
+
 /// Sends `frame` as the last words on the control stream, waits (briefly) for the peer to get
 /// it, then closes the connection with `code`.
 async fn close_with(
@@ -349,6 +380,8 @@ async fn close_with(
     if let Some(frame) = frame {
         let _ = out.send(frame).await;
     }
+    // Nothing queued after this (an ack writer's error, a late event) is written.
+    let _ = out.send(LAST_WORDS_END).await;
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     conn.close(u32::from(code.0).into(), reason.as_bytes());
@@ -366,7 +399,7 @@ impl Refusal {
     fn new(
         request_id: u32,
         code: ErrorCode,
-        message: impl Into<String>,
+        message: impl AsRef<str>,
         reason: &'static str,
     ) -> Self {
         Self {
@@ -506,35 +539,49 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
         })
     };
 
-    let result = serve(&session, &mut reader, shared).await;
-    media_streams.abort();
-    shared.registry.unregister(&claims.user, conn_id);
-    shared.presence.disconnected(&claims.user, conn_id);
+    let online = Online {
+        shared,
+        user: claims.user.clone(),
+        conn_id,
+        media_streams,
+    };
+    // The session lasts as long as its token: at expiry the client is told to come back with
+    // a fresh one.
+    let expires_in = claims
+        .expires_at
+        .saturating_mul(1000)
+        .saturating_sub(now_ms());
+    // Tokens valid for centuries are clamped to a decade (an Instant cannot be pushed that far).
+    let expires_in = Duration::from_millis(expires_in.min(10 * 365 * 86_400_000));
+    let expiry = tokio::time::Instant::now() + expires_in;
+    let result = serve(&session, &mut reader, shared, expiry).await;
+    drop(online);
     match result {
         Ended::Finished => {
             session.drain().await;
             close_with(&conn, out, writer, None, ErrorCode(0), "bye").await;
         }
-        Ended::BadFrame(frame, code) => {
+        Ended::Refused(frame, code) => {
             session.drain().await;
-            close_with(&conn, out, writer, Some(frame), code, "bad frame").await;
+            close_with(&conn, out, writer, Some(frame), code, "refused").await;
         }
         Ended::Shutdown => {
             // Acknowledge what is committing, then say goodbye.
             let _ = tokio::time::timeout(shared.shutdown_grace, session.drain()).await;
-            let goaway = Frame::GoAway(GoAway {
-                code: ErrorCode::SHUTTING_DOWN,
-                reason: "server shutting down".into(),
-            });
-            close_with(
-                &conn,
-                out,
-                writer,
-                Some(goaway.to_bytes()),
-                ErrorCode::SHUTTING_DOWN,
-                "shutdown",
-            )
-            .await;
+            let goaway = GoAway::new(ErrorCode::SHUTTING_DOWN, "server shutting down");
+            let goaway = Frame::GoAway(goaway).to_bytes();
+            let code = ErrorCode::SHUTTING_DOWN;
+            close_with(&conn, out, writer, Some(goaway), code, "shutdown").await;
+        }
+        Ended::Expired => {
+            let _ = tokio::time::timeout(shared.shutdown_grace, session.drain()).await;
+            let goaway = GoAway::new(
+                ErrorCode::UNAUTHENTICATED,
+                "token expired: reconnect with a fresh token",
+            );
+            let goaway = Frame::GoAway(goaway).to_bytes();
+            let code = ErrorCode::UNAUTHENTICATED;
+            close_with(&conn, out, writer, Some(goaway), code, "token expired").await;
         }
         Ended::Lost => {}
     }
@@ -543,25 +590,38 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
 
 enum Ended {
     Finished,
-    BadFrame(Bytes, ErrorCode),
+    /// The client broke the protocol or ignored refusals: last words, then a close.
+    Refused(Bytes, ErrorCode),
     Shutdown,
+    /// The session's token expired.
+    Expired,
     Lost,
 }
 
-async fn serve(session: &Session, reader: &mut FrameReader, shared: &Shared) -> Ended {
+async fn serve(
+    session: &Session,
+    reader: &mut FrameReader,
+    shared: &Shared,
+    expiry: tokio::time::Instant,
+) -> Ended {
     let mut shutdown = shared.shutdown.clone();
+    let expired = tokio::time::sleep_until(expiry);
+    tokio::pin!(expired);
     loop {
         tokio::select! {
+            () = &mut expired => return Ended::Expired,
             frame = reader.next() => match frame {
                 Ok(Some(f)) => {
                     shared.metrics.frames_in.inc();
                     shared.metrics.bytes_in.inc_by(f.encoded_len() as u64);
-                    if session.handle(f).await.is_err() {
-                        return Ended::Lost;
+                    match session.handle(f).await {
+                        Ok(()) => {}
+                        Err(Stop::Disconnected) => return Ended::Lost,
+                        Err(Stop::Close(frame, code)) => return Ended::Refused(frame, code),
                     }
                 }
                 Ok(None) => return Ended::Finished,
-                Err(ReadError::Decode(e)) => return Ended::BadFrame(error_frame(0, e.code(), e.to_string()), e.code()),
+                Err(ReadError::Decode(e)) => return Ended::Refused(error_frame(0, e.code(), e.to_string()), e.code()),
                 Err(ReadError::Stream(_)) => return Ended::Lost,
             },
             _ = shutdown.changed() => return Ended::Shutdown,

@@ -9,6 +9,7 @@
 //! [`crate::fanout`].
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use courier_store::{AppendRequest, GroupChange, Store, StoreError};
@@ -19,6 +20,8 @@ use courier_wire::frame::{
 use courier_wire::{Codec, ErrorCode, Frame, HEADER_LEN};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::acks::{AckQueue, Offered, MAX_PENDING_CHATS};
+use crate::budget::{Budget, Verdict, REQUESTS_PER_SECOND};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::registry::{Device, Registry, TYPING_PER_SECOND};
@@ -26,14 +29,10 @@ use crate::registry::{Device, Registry, TYPING_PER_SECOND};
 /// Most messages in one sync page.
 const MAX_SYNC_PAGE: u32 = 1000;
 
-/// Encodes an error answer.
-pub(crate) fn error_frame(request_id: u32, code: ErrorCode, message: impl Into<String>) -> Bytes {
-    Frame::ErrorFrame(ErrorFrame {
-        request_id,
-        code,
-        message: message.into(),
-    })
-    .to_bytes()
+/// Encodes an error answer; its message is bounded ([`ErrorFrame::new`]), so the frame fits
+/// every peer's frame limit whatever the message quotes.
+pub(crate) fn error_frame(request_id: u32, code: ErrorCode, message: impl AsRef<str>) -> Bytes {
+    Frame::ErrorFrame(ErrorFrame::new(request_id, code, message.as_ref())).to_bytes()
 }
 
 /// Limits a session enforces (copied from the gateway config).
@@ -49,6 +48,21 @@ pub(crate) struct Limits {
 #[derive(Debug)]
 pub(crate) struct Disconnected;
 
+/// Why a session stops serving frames.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// The outbound queue is gone: the connection is closing.
+    Disconnected,
+    /// Close the connection with `code`, after `frame` (the client ignored `RATE_LIMITED`).
+    Close(Bytes, ErrorCode),
+}
+
+impl From<Disconnected> for Stop {
+    fn from(_: Disconnected) -> Self {
+        Self::Disconnected
+    }
+}
+
 /// The state of one authenticated connection.
 pub(crate) struct Session {
     pub(crate) user: String,
@@ -57,10 +71,15 @@ pub(crate) struct Session {
     out: mpsc::Sender<Bytes>,
     limits: Limits,
     inflight: Arc<Semaphore>,
+    /// One permit per send whose answer is not in the outbound queue yet: its in-flight place
+    /// is given back just before the answer is queued, so [`Session::drain`] waits for both.
+    unanswered: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     presence: Option<PresenceLink>,
     push: crate::push::PushConfig,
+    budget: std::sync::Mutex<Budget>,
+    acks: Arc<AckQueue>,
 }
 
 /// What a session needs for presence: the hub, and its own connection's handle.
@@ -81,6 +100,7 @@ impl Session {
         registry: Arc<Registry>,
     ) -> Self {
         let inflight = Arc::new(Semaphore::new(limits.max_inflight as usize));
+        let unanswered = Arc::new(Semaphore::new(limits.max_inflight as usize));
         Self {
             user,
             device,
@@ -88,10 +108,13 @@ impl Session {
             out,
             limits,
             inflight,
+            unanswered,
             metrics,
             registry,
             presence: None,
             push: crate::push::PushConfig::default(),
+            budget: std::sync::Mutex::new(Budget::new(Instant::now())),
+            acks: Arc::default(),
         }
     }
 
@@ -116,7 +139,7 @@ impl Session {
         &self,
         request_id: u32,
         code: ErrorCode,
-        message: impl Into<String>,
+        message: impl AsRef<str>,
     ) -> Result<(), Disconnected> {
         self.reply(error_frame(request_id, code, message)).await
     }
@@ -133,8 +156,37 @@ impl Session {
         self.fail(request_id, e.code(), e.to_string()).await
     }
 
-    /// Handles one frame from the client.
-    pub(crate) async fn handle(&self, frame: Frame) -> Result<(), Disconnected> {
+    /// Handles one frame from the client. Frames other than sends draw from the connection's
+    /// request budget ([`crate::budget`]): over it they are refused, and a client that keeps
+    /// on is closed.
+    pub(crate) async fn handle(&self, frame: Frame) -> Result<(), Stop> {
+        if !matches!(frame, Frame::Send(_)) {
+            let verdict = self
+                .budget
+                .lock()
+                .expect("budget lock")
+                .take(Instant::now());
+            let request_id = frame.request_id().unwrap_or(0);
+            match verdict {
+                Verdict::Allow => {}
+                Verdict::Refuse { retry_after } => {
+                    let msg = format!(
+                        "more than {REQUESTS_PER_SECOND} requests a second; retry after {} ms",
+                        retry_after.as_millis()
+                    );
+                    return Ok(self.fail(request_id, ErrorCode::RATE_LIMITED, msg).await?);
+                }
+                Verdict::Close => {
+                    let msg = "requests kept coming after RATE_LIMITED; closing";
+                    let frame = error_frame(request_id, ErrorCode::RATE_LIMITED, msg);
+                    return Err(Stop::Close(frame, ErrorCode::RATE_LIMITED));
+                }
+            }
+        }
+        Ok(self.dispatch(frame).await?)
+    }
+
+    async fn dispatch(&self, frame: Frame) -> Result<(), Disconnected> {
         let request_id = frame.request_id().unwrap_or(0);
         match frame {
             Frame::Send(f) => self.send(f).await,
@@ -171,10 +223,7 @@ impl Session {
                     .await
             }
             Frame::Sync(f) => self.sync(f).await,
-            Frame::Ack(f) => {
-                self.ack(f);
-                Ok(())
-            }
+            Frame::Ack(f) => self.ack(f).await,
             Frame::UpdateChat(f) => {
                 let change = GroupChange {
                     rename: f.rename,
@@ -202,8 +251,10 @@ impl Session {
                 if let Err(e) = self.store.set_presence(&self.user, f.visible).await {
                     return self.store_error(f.request_id, &e).await;
                 }
-                if let (Some(p), true) = (&self.presence, f.visible) {
-                    p.hub.announce(&self.user);
+                match (&self.presence, f.visible) {
+                    (Some(p), true) => p.hub.announce(&self.user),
+                    (Some(p), false) => p.hub.hidden(&self.user),
+                    (None, _) => {}
                 }
                 self.done(f.request_id).await
             }
@@ -265,6 +316,11 @@ impl Session {
             let msg = format!("more than {} sends in flight", self.limits.max_inflight);
             return self.fail(request_id, ErrorCode::RATE_LIMITED, msg).await;
         };
+        // As many of these as in-flight places: this waits only while an answer whose place
+        // was just given back is being queued.
+        let Ok(unanswered) = self.unanswered.clone().acquire_owned().await else {
+            return Err(Disconnected);
+        };
         let req = AppendRequest {
             sender_user: self.user.clone(),
             sender_device: self.device,
@@ -308,6 +364,7 @@ impl Session {
                 drop(permit);
                 metrics.frame_out(frame.len());
                 slot.send(frame);
+                drop(unanswered);
             })
             .await;
         Ok(())
@@ -482,26 +539,34 @@ impl Session {
         self.reply(Frame::SyncEnd(end).to_bytes()).await
     }
 
-    /// Records the device's position in the background; answers only on error.
-    fn ack(&self, f: courier_wire::frame::Ack) {
-        let (store, out, user, device) = (
-            self.store.clone(),
-            self.out.clone(),
-            self.user.clone(),
-            self.device,
-        );
-        tokio::spawn(async move {
-            if let Err(e) = store.ack(&user, device, f.chat_id, f.seq).await {
-                let _ = out
-                    .send(error_frame(f.request_id, e.code(), e.to_string()))
-                    .await;
+    /// Queues the device's position, coalesced per chat, for the session's one ack writer
+    /// ([`crate::acks`]); answers only on error.
+    async fn ack(&self, f: courier_wire::frame::Ack) -> Result<(), Disconnected> {
+        match self.acks.offer(f.chat_id, f.seq, f.request_id) {
+            Offered::Queued => Ok(()),
+            Offered::StartWriter => {
+                tokio::spawn(crate::acks::write(
+                    self.acks.clone(),
+                    self.store.clone(),
+                    self.user.clone(),
+                    self.device,
+                    self.out.clone(),
+                ));
+                Ok(())
             }
-        });
+            Offered::Full => {
+                let msg = format!(
+                    "acks of more than {MAX_PENDING_CHATS} chats wait to be stored; retry after 100 ms"
+                );
+                self.fail(f.request_id, ErrorCode::RATE_LIMITED, msg).await
+            }
+        }
     }
 
-    /// Waits until every send this session queued has been answered.
+    /// Waits until every send this session queued has its answer in the outbound queue.
     pub(crate) async fn drain(&self) {
         let _ = self.inflight.acquire_many(self.limits.max_inflight).await;
+        let _ = self.unanswered.acquire_many(self.limits.max_inflight).await;
     }
 }
 

@@ -245,8 +245,14 @@ async fn presence_is_coalesced_shown_to_chat_partners_only_and_can_be_hidden() {
         .await
         .is_none());
 
-    // Hidden: nothing more.
+    // Hiding looks to watchers exactly like going offline; then nothing more.
     alice.set_presence_visible(false).await.unwrap();
+    let p = next_presence(&mut b, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((p.user.as_str(), p.online), ("alice", false));
+    assert!(
+        p.last_seen_ms > 0,
+        "a hidden user was last seen when it hid"
+    );
     alice.close();
     assert!(
         next_presence(&mut b, Duration::from_millis(800))

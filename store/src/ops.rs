@@ -102,7 +102,10 @@ fn invalid<T>(msg: impl Into<String>) -> OpResult<T> {
 
 fn check_users<'u>(users: impl IntoIterator<Item = &'u String>) -> Result<(), StoreError> {
     match users.into_iter().find(|u| !valid_user_id(u)) {
-        Some(bad) => Err(StoreError::Invalid(format!("bad user id {bad:?}"))),
+        Some(bad) => Err(StoreError::Invalid(format!(
+            "bad user id {}",
+            courier_wire::text::quote(bad)
+        ))),
         None => Ok(()),
     }
 }
@@ -313,7 +316,7 @@ impl<'a> Attempt<'a> {
     pub(crate) fn create_direct(&mut self, a: &str, b: &str) -> OpResult<Arc<Chat>> {
         for u in [a, b] {
             if !valid_user_id(u) {
-                return invalid(format!("bad user id {u:?}"));
+                return invalid(format!("bad user id {}", courier_wire::text::quote(u)));
             }
         }
         let pair = keys::pair(a, b);

@@ -17,7 +17,10 @@ impl Attempt<'_> {
     /// Stores whether `user` shows its presence.
     pub(crate) fn set_presence(&mut self, user: &str, visible: bool) -> OpResult<()> {
         if !courier_wire::valid_user_id(user) {
-            return Ok(Err(StoreError::Invalid(format!("bad user id {user:?}"))));
+            return Ok(Err(StoreError::Invalid(format!(
+                "bad user id {}",
+                courier_wire::text::quote(user)
+            ))));
         }
         self.t.set(&keys::presence(user), &[u8::from(visible)]);
         Ok(Ok(()))

@@ -378,12 +378,26 @@ impl Store {
         chat_id: u64,
         seq: u64,
     ) -> Result<u64, StoreError> {
+        self.ack_many(user, device, vec![(chat_id, seq)])
+            .await?
+            .pop()
+            .unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// [`Store::ack`] for several chats of one device in one write: `acks` holds (chat, seq)
+    /// pairs; the answer has one result per pair, in order (a chat the user is not in fails
+    /// alone with `Forbidden`).
+    pub async fn ack_many(
+        &self,
+        user: &str,
+        device: u32,
+        acks: Vec<(u64, u64)>,
+    ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
         let user = user.to_owned();
         self.call(|reply| Op::Ack {
             user,
             device,
-            chat_id,
-            seq,
+            acks,
             reply,
         })
         .await

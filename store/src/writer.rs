@@ -70,12 +70,12 @@ pub(crate) enum Op {
         change: GroupChange,
         reply: Reply<Arc<Chat>>,
     },
+    /// Positions of one device in several chats (coalesced by the caller), each moved forward.
     Ack {
         user: String,
         device: u32,
-        chat_id: u64,
-        seq: u64,
-        reply: Reply<u64>,
+        acks: Vec<(u64, u64)>,
+        reply: Reply<Vec<Result<u64, StoreError>>>,
     },
     Sweep {
         limit: usize,
@@ -119,6 +119,7 @@ impl Op {
     fn weight(&self) -> usize {
         match self {
             Self::AppendBatch(reqs, _) => reqs.len().max(1),
+            Self::Ack { acks, .. } => acks.len().max(1),
             _ => 1,
         }
     }
@@ -128,7 +129,7 @@ enum Answer {
     Appended(Result<Appended, StoreError>),
     Batch(Vec<Result<Appended, StoreError>>),
     Chat(Result<Arc<Chat>, StoreError>),
-    Seq(Result<u64, StoreError>),
+    Seqs(Vec<Result<u64, StoreError>>),
     Sweep(Result<SweepStats, StoreError>),
     Unit(Result<(), StoreError>),
     Receipt(Result<ReceiptOutcome, StoreError>),
@@ -157,12 +158,12 @@ fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, crate::kv::KvError> {
             ..
         } => Answer::Chat(a.update_group(actor, *chat_id, change)?),
         Op::Ack {
-            user,
-            device,
-            chat_id,
-            seq,
-            ..
-        } => Answer::Seq(a.ack(user, *device, *chat_id, *seq)?),
+            user, device, acks, ..
+        } => Answer::Seqs(
+            acks.iter()
+                .map(|&(chat_id, seq)| a.ack(user, *device, chat_id, seq))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
         Op::Sweep { limit, .. } => Answer::Sweep(a.sweep(*limit)?),
         Op::PutMedia(records, _) => Answer::Unit(a.put_media(records)?),
         Op::Receipt {
@@ -198,7 +199,7 @@ fn answer(op: Op, answer: Answer) {
         ) => {
             drop(reply.send(r));
         }
-        (Op::Ack { reply, .. }, Answer::Seq(r)) => drop(reply.send(r)),
+        (Op::Ack { reply, .. }, Answer::Seqs(r)) => drop(reply.send(Ok(r))),
         (Op::Sweep { reply, .. }, Answer::Sweep(r)) => drop(reply.send(r)),
         (
             Op::PutMedia(_, reply)

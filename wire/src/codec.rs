@@ -5,6 +5,12 @@
 //! ([`Vec`]) a u16 element count, and [`Option`] a one-byte tag (0 absent, 1 present). Every
 //! length is checked against the bytes that remain *before* anything is allocated, so a lying
 //! length costs nothing.
+//!
+//! Encoding is total: it never panics. A value longer than its length prefix can say (text over
+//! 65,535 bytes, a list over 65,535 elements, a byte string over 4 GiB) is written cut to what
+//! the prefix can say — text at a character boundary — and [`Codec::encoded_len`] counts the cut
+//! value, so the bytes always decode. Senders bound what they build long before that (see
+//! [`crate::text`]); the cut only keeps a bug from becoming a panic or a corrupt stream.
 
 use bytes::{Buf, BufMut, Bytes};
 
@@ -86,8 +92,9 @@ impl<const N: usize> Codec for [u8; N] {
 /// Byte strings: u32 length, then the bytes. Decoding from [`Bytes`] shares, never copies.
 impl Codec for Bytes {
     fn encode<B: BufMut>(&self, buf: &mut B) {
-        buf.put_u32(u32::try_from(self.len()).expect("byte string longer than 4 GiB"));
-        buf.put_slice(self);
+        let len = self.len().min(u32::MAX as usize);
+        buf.put_u32(len as u32);
+        buf.put_slice(&self[..len]);
     }
     fn decode<B: Buf>(buf: &mut B) -> Result<Self, DecodeError> {
         let len = u32::decode(buf)? as usize;
@@ -95,15 +102,16 @@ impl Codec for Bytes {
         Ok(buf.copy_to_bytes(len))
     }
     fn encoded_len(&self) -> usize {
-        4 + self.len()
+        4 + self.len().min(u32::MAX as usize)
     }
 }
 
 /// Text: u16 length, then UTF-8.
 impl Codec for String {
     fn encode<B: BufMut>(&self, buf: &mut B) {
-        buf.put_u16(u16::try_from(self.len()).expect("string longer than 64 KiB"));
-        buf.put_slice(self.as_bytes());
+        let text = crate::text::truncate(self, u16::MAX as usize);
+        buf.put_u16(text.len() as u16);
+        buf.put_slice(text.as_bytes());
     }
     fn decode<B: Buf>(buf: &mut B) -> Result<Self, DecodeError> {
         let len = u16::decode(buf)? as usize;
@@ -113,15 +121,16 @@ impl Codec for String {
         Self::from_utf8(raw).map_err(|_| DecodeError::InvalidValue)
     }
     fn encoded_len(&self) -> usize {
-        2 + self.len()
+        2 + crate::text::truncate(self, u16::MAX as usize).len()
     }
 }
 
 /// Lists: u16 count, then the elements.
 impl<T: Codec> Codec for Vec<T> {
     fn encode<B: BufMut>(&self, buf: &mut B) {
-        buf.put_u16(u16::try_from(self.len()).expect("list longer than 65535"));
-        for item in self {
+        let count = self.len().min(u16::MAX as usize);
+        buf.put_u16(count as u16);
+        for item in &self[..count] {
             item.encode(buf);
         }
     }
@@ -138,7 +147,8 @@ impl<T: Codec> Codec for Vec<T> {
         Ok(out)
     }
     fn encoded_len(&self) -> usize {
-        2 + self.iter().map(Codec::encoded_len).sum::<usize>()
+        let count = self.len().min(u16::MAX as usize);
+        2 + self[..count].iter().map(Codec::encoded_len).sum::<usize>()
     }
 }
 
@@ -258,6 +268,24 @@ mod tests {
         assert_eq!(Bytes::decode(&mut b), Err(DecodeError::Truncated));
         let mut b: &[u8] = &[0xff, 0xff, 0];
         assert_eq!(Vec::<u64>::decode(&mut b), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn overlong_values_encode_cut_and_decode() {
+        // 70,000 bytes of two-byte characters: cut at a character boundary below 65,536.
+        let long = "é".repeat(35_000);
+        let mut buf = Vec::new();
+        long.encode(&mut buf);
+        assert_eq!(buf.len(), long.encoded_len());
+        let back = String::decode(&mut &buf[..]).unwrap();
+        assert_eq!(back.len(), 65_534);
+        assert!(long.starts_with(&back));
+
+        let list = vec![7u8; 70_000];
+        let mut buf = Vec::new();
+        list.encode(&mut buf);
+        assert_eq!(buf.len(), list.encoded_len());
+        assert_eq!(Vec::<u8>::decode(&mut &buf[..]).unwrap().len(), 65_535);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`error`] — [`DecodeError`] (local decode failures) and [`ErrorCode`] (codes on the wire).
 //! - [`frame`] — the [`Frame`] enum, one module per frame family.
 //! - [`decoder`] — [`FrameDecoder`], which cuts frames out of a byte stream with a size limit.
+//! - [`text`] — bounded text for messages that echo a peer's input.
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod decoder;
 pub mod error;
 pub mod frame;
 pub mod header;
+pub mod text;
 
 pub use codec::Codec;
 pub use decoder::FrameDecoder;

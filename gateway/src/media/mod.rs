@@ -20,7 +20,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use courier_client::io::FrameReader;
 use courier_store::Store;
-use courier_wire::frame::ErrorFrame;
 use courier_wire::{ErrorCode, Frame};
 use tokio::sync::Semaphore;
 
@@ -205,13 +204,8 @@ pub(crate) async fn janitor(
 }
 
 /// The error frame for a request on a media stream.
-pub(crate) fn error(request_id: u32, code: ErrorCode, message: impl Into<String>) -> Bytes {
-    Frame::ErrorFrame(ErrorFrame {
-        request_id,
-        code,
-        message: message.into(),
-    })
-    .to_bytes()
+pub(crate) fn error(request_id: u32, code: ErrorCode, message: impl AsRef<str>) -> Bytes {
+    crate::session::error_frame(request_id, code, message)
 }
 
 /// Serves one media stream opened by `user`: reads its first frame and runs the upload or the

@@ -179,9 +179,10 @@ impl Frame {
         HEADER_LEN + self.body_len()
     }
 
-    /// Appends header and body to `buf`.
+    /// Appends header and body to `buf`. Never panics: a body over 4 GiB (which no peer's
+    /// frame limit admits) gets a saturated length and is refused by the receiver's size check.
     pub fn encode<B: BufMut>(&self, buf: &mut B) {
-        let len = u32::try_from(self.body_len()).expect("frame body longer than 4 GiB");
+        let len = u32::try_from(self.body_len()).unwrap_or(u32::MAX);
         buf.put_slice(&Header::new(self.kind(), len).to_bytes());
         self.encode_body(buf);
     }
@@ -238,6 +239,30 @@ mod tests {
             prop_assert_eq!(header.body_len() as usize, frame.body_len());
             let decoded = Frame::decode_body(header.kind, bytes.slice(HEADER_LEN..)).unwrap();
             prop_assert_eq!(decoded, frame);
+        }
+
+        /// What a server builds from a peer's input (error messages and GoAway reasons that
+        /// quote it) encodes within the default frame limit, whatever the input, and decodes.
+        #[test]
+        fn frames_built_from_any_input_fit_the_limits(
+            request_id in any::<u32>(),
+            code in any::<u16>(),
+            input in proptest::collection::vec(any::<char>(), 0..40_000),
+            repeat in 1usize..4,
+        ) {
+            let input: String = input.into_iter().collect::<String>().repeat(repeat);
+            let message = format!("bad user id {}", crate::text::quote(&input));
+            for frame in [
+                Frame::ErrorFrame(ErrorFrame::new(request_id, crate::ErrorCode(code), &input)),
+                Frame::ErrorFrame(ErrorFrame::new(request_id, crate::ErrorCode(code), &message)),
+                Frame::GoAway(GoAway::new(crate::ErrorCode(code), &input)),
+            ] {
+                let bytes = frame.to_bytes();
+                prop_assert_eq!(bytes.len(), frame.encoded_len());
+                prop_assert!(bytes.len() <= crate::DEFAULT_MAX_FRAME as usize);
+                let decoded = Frame::decode_body(frame.kind(), bytes.slice(HEADER_LEN..)).unwrap();
+                prop_assert_eq!(decoded, frame);
+            }
         }
 
         #[test]

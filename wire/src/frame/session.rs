@@ -93,6 +93,28 @@ wire_struct! {
     }
 }
 
+impl ErrorFrame {
+    /// An error answer whose message is cut to [`crate::text::MAX_MESSAGE`] bytes, so the frame
+    /// always fits a peer's frame limit whatever the message echoes.
+    pub fn new(request_id: u32, code: ErrorCode, message: &str) -> Self {
+        Self {
+            request_id,
+            code,
+            message: crate::text::truncate(message, crate::text::MAX_MESSAGE).to_owned(),
+        }
+    }
+}
+
+impl GoAway {
+    /// A GoAway whose reason is cut to [`crate::text::MAX_MESSAGE`] bytes.
+    pub fn new(code: ErrorCode, reason: &str) -> Self {
+        Self {
+            code,
+            reason: crate::text::truncate(reason, crate::text::MAX_MESSAGE).to_owned(),
+        }
+    }
+}
+
 impl crate::Codec for ErrorCode {
     fn encode<B: bytes::BufMut>(&self, buf: &mut B) {
         self.0.encode(buf);
