@@ -56,7 +56,7 @@ const EVENT_QUEUE: usize = 8192;
 #[derive(Clone)]
 pub struct Client {
     pub(crate) conn: quinn::Connection,
-    out: mpsc::Sender<Bytes>,
+    out: crate::io::Outbound,
     pending: Pending,
     next_id: Arc<AtomicU32>,
     inflight: Arc<Semaphore>,

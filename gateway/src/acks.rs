@@ -10,9 +10,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use courier_client::io::Outbound;
 use courier_store::Store;
-use tokio::sync::mpsc;
 
 use crate::session::error_frame;
 
@@ -95,7 +94,7 @@ pub(crate) async fn write(
     store: Store,
     user: String,
     device: u32,
-    out: mpsc::Sender<Bytes>,
+    out: Outbound,
 ) {
     loop {
         let batch = queue.take(ACK_BATCH);

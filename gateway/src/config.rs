@@ -31,8 +31,14 @@ pub struct GatewayConfig {
     /// Most connections this node holds; further handshakes are refused.
     pub max_connections: usize,
     /// Frames queued for one connection before it counts as a slow reader and is disconnected
-    /// (its messages wait in the store). Memory: up to this many frames per connection.
+    /// (its messages wait in the store). Bounds the count; `outbound_bytes` bounds the memory.
     pub outbound_queue: usize,
+    /// Bytes queued for one connection before it counts as a slow reader and is disconnected;
+    /// answers to its own requests wait for room instead (the session stops reading).
+    /// Memory per connection, worst case: this, plus one frame (`max_frame`), plus
+    /// `max_inflight` reserved answers of at most ~1 KB each: ~2.1 MiB at the defaults, however
+    /// large the bodies (4,096 queued frames of 32 KB would be ~130 MB).
+    pub outbound_bytes: usize,
     /// Most messages in one history page.
     pub max_history_page: u32,
     /// Time allowed for the TLS handshake plus `Hello`.
@@ -74,6 +80,7 @@ impl GatewayConfig {
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_connections: 1_000_000,
             outbound_queue: 4096,
+            outbound_bytes: 2 * 1024 * 1024,
             max_history_page: 500,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
@@ -98,7 +105,11 @@ impl GatewayConfig {
         if self.media.max_upload == 0 || self.media.max_pixels == 0 {
             return Err("max upload and max pixels must be positive".into());
         }
-        if self.max_inflight == 0 || self.outbound_queue == 0 || self.max_history_page == 0 {
+        if self.max_inflight == 0
+            || self.outbound_queue == 0
+            || self.outbound_bytes == 0
+            || self.max_history_page == 0
+        {
             return Err("max inflight, outbound queue and history page must be positive".into());
         }
         Ok(())

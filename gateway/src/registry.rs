@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use courier_client::io::{Outbound, PushError};
 use dashmap::DashMap;
-use tokio::sync::mpsc;
 
 /// Application close code for a connection dropped because it did not read fast enough.
 pub const CLOSE_SLOW_READER: u32 = 0x100;
@@ -26,21 +26,21 @@ pub(crate) struct Device {
     /// Distinguishes two connections of the same device (a reconnect racing the old one).
     pub(crate) conn_id: u64,
     pub(crate) device: u32,
-    pub(crate) out: mpsc::Sender<Bytes>,
+    pub(crate) out: Outbound,
     pub(crate) conn: quinn::Connection,
 }
 
 impl Device {
-    /// Queues an encoded frame. A full queue marks a slow reader: it is disconnected and will
+    /// Queues an encoded frame. A full queue (in frames or bytes) marks a slow reader: it is disconnected and will
     /// find its messages in the store when it syncs.
     pub(crate) fn push(&self, frame: Bytes) -> Pushed {
         match self.out.try_send(frame) {
             Ok(()) => Pushed::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(PushError::Full) => {
                 self.conn.close(CLOSE_SLOW_READER.into(), b"slow reader");
                 Pushed::SlowReader
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Pushed::Gone,
+            Err(PushError::Closed) => Pushed::Gone,
         }
     }
 }

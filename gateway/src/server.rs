@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use courier_client::io::{spawn_writer_with_handle, FrameReader, ReadError, LAST_WORDS_END};
+use courier_client::io::{
+    spawn_writer_with_handle, FrameReader, Outbound, ReadError, LAST_WORDS_END,
+};
 use courier_store::{Store, StoreConfig};
 use courier_wire::frame::{GoAway, Welcome};
 use courier_wire::{ErrorCode, Frame, PROTOCOL_VERSION};
@@ -34,6 +36,7 @@ struct Shared {
     verifier: TokenVerifier,
     limits: Limits,
     outbound_queue: usize,
+    outbound_bytes: usize,
     max_connections: usize,
     handshake_timeout: Duration,
     shutdown_grace: Duration,
@@ -162,6 +165,7 @@ impl Gateway {
                 max_history_page: config.max_history_page,
             },
             outbound_queue: config.outbound_queue,
+            outbound_bytes: config.outbound_bytes,
             max_connections: config.max_connections,
             handshake_timeout: config.handshake_timeout,
             shutdown_grace: config.shutdown_grace,
@@ -371,7 +375,7 @@ impl Drop for Online<'_> {
 /// it, then closes the connection with `code`.
 async fn close_with(
     conn: &quinn::Connection,
-    out: tokio::sync::mpsc::Sender<Bytes>,
+    out: Outbound,
     writer: tokio::task::JoinHandle<()>,
     frame: Option<Bytes>,
     code: ErrorCode,
@@ -469,7 +473,8 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
     let (send, recv) = tokio::time::timeout_at(deadline, conn.accept_bi())
         .await
         .context("no control stream")??;
-    let (out, writer) = spawn_writer_with_handle(send, shared.outbound_queue);
+    let (out, writer) =
+        spawn_writer_with_handle(send, shared.outbound_queue, shared.outbound_bytes);
     let mut reader = FrameReader::new(recv, shared.limits.max_frame);
 
     let (claims, hello_request_id) =

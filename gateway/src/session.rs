@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use courier_client::io::Outbound;
 use courier_store::{AppendRequest, GroupChange, Store, StoreError};
 use courier_wire::frame::{
     ChatInfo, ChatList, ChatSpec, Deliver, Done, ErrorFrame, HistoryPage, MessageKind, Pong,
     Receipt, ReceiptEvent, SendOk, SyncEnd, Typing, TypingEvent,
 };
 use courier_wire::{Codec, ErrorCode, Frame, HEADER_LEN};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::acks::{AckQueue, Offered, MAX_PENDING_CHATS};
 use crate::budget::{Budget, Verdict, REQUESTS_PER_SECOND};
@@ -68,7 +69,7 @@ pub(crate) struct Session {
     pub(crate) user: String,
     pub(crate) device: u32,
     store: Store,
-    out: mpsc::Sender<Bytes>,
+    out: Outbound,
     limits: Limits,
     inflight: Arc<Semaphore>,
     /// One permit per send whose answer is not in the outbound queue yet: its in-flight place
@@ -94,7 +95,7 @@ impl Session {
         user: String,
         device: u32,
         store: Store,
-        out: mpsc::Sender<Bytes>,
+        out: Outbound,
         limits: Limits,
         metrics: Arc<Metrics>,
         registry: Arc<Registry>,
@@ -332,7 +333,7 @@ impl Session {
         };
         // A place in the outbound queue for the answer, taken now: the store's commit thread
         // puts the answer there itself, without waiting (no task or wake-up per send).
-        let Ok(slot) = self.out.clone().reserve_owned().await else {
+        let Ok(slot) = self.out.reserve().await else {
             return Err(Disconnected);
         };
         let metrics = self.metrics.clone();
@@ -576,6 +577,7 @@ mod tests {
     use courier_store::StoreConfig;
     use courier_wire::frame::{CreateChat, History, Send};
     use courier_wire::FrameDecoder;
+    use tokio::sync::mpsc;
 
     async fn next(rx: &mut mpsc::Receiver<Bytes>) -> Frame {
         let bytes = rx.recv().await.expect("a frame");
@@ -599,7 +601,7 @@ mod tests {
     async fn frames_drive_the_store_without_sockets() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(StoreConfig::new(dir.path())).unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = Outbound::channel(16);
         let s = Session::new(
             "alice".into(),
             1,

@@ -304,3 +304,44 @@ async fn goaway_is_the_last_frame_under_load() {
     );
     shutdown.await.unwrap();
 }
+
+/// A connection that never reads is bounded in bytes, not frames: with 30 KB bodies it is
+/// disconnected as a slow reader once ~512 KiB wait for it, long before 4,096 frames (~120 MB)
+/// would; its messages wait in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), |c| {
+        c.outbound_queue = 4096;
+        c.outbound_bytes = 512 * 1024;
+    })
+    .await;
+    let (alice, _a) = server.connect("alice", 1).await;
+    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
+    let (raw, _) = server.raw_session("bob", 1).await;
+    let big = bytes::Bytes::from(vec![b'x'; 30_000]);
+    let mut tasks = Vec::new();
+    for _ in 0..120 {
+        let (alice, big) = (alice.clone(), big.clone());
+        tasks.push(tokio::spawn(
+            async move { alice.send(chat, big).await.unwrap() },
+        ));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), raw.conn.closed())
+        .await
+        .expect("disconnected as a slow reader");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(
+            c.error_code.into_inner(),
+            u64::from(courier_gateway::registry::CLOSE_SLOW_READER)
+        ),
+        quinn::ConnectionError::Reset => {}
+        other => panic!("unexpected close: {other}"),
+    }
+    let (bob, _b) = server.connect("bob", 1).await;
+    assert_eq!(common::all_history(&bob, chat, 500).await.len(), 120);
+    server.gateway.shutdown().await;
+}
