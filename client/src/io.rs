@@ -43,6 +43,16 @@ impl FrameReader {
         }
     }
 
+    /// A server's reader: frames of server kinds become [`Frame::Unknown`]
+    /// ([`FrameDecoder::client_kinds_only`]).
+    pub fn from_clients(recv: quinn::RecvStream, max_frame: u32) -> Self {
+        Self {
+            recv,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::new(max_frame).client_kinds_only(),
+        }
+    }
+
     /// The stream and whatever bytes after the last frame were already received (the start of
     /// raw data that follows a frame, as on media streams).
     pub fn into_parts(self) -> (quinn::RecvStream, BytesMut) {

@@ -475,7 +475,7 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
         .context("no control stream")??;
     let (out, writer) =
         spawn_writer_with_handle(send, shared.outbound_queue, shared.outbound_bytes);
-    let mut reader = FrameReader::new(recv, shared.limits.max_frame);
+    let mut reader = FrameReader::from_clients(recv, shared.limits.max_frame);
 
     let (claims, hello_request_id) =
         match authenticate(&mut reader, deadline, &shared.verifier).await {

@@ -36,6 +36,16 @@ pub(crate) fn error_frame(request_id: u32, code: ErrorCode, message: impl AsRef<
     Frame::ErrorFrame(ErrorFrame::new(request_id, code, message.as_ref())).to_bytes()
 }
 
+/// Messages to put in a page asked for with `limit`: 0 asks for the largest page (`max`), and
+/// no page is larger than that.
+fn page_limit(limit: u32, max: u32) -> usize {
+    if limit == 0 {
+        max as usize
+    } else {
+        limit.min(max) as usize
+    }
+}
+
 /// Limits a session enforces (copied from the gateway config).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -451,7 +461,7 @@ impl Session {
         limit: u32,
     ) -> Result<(), Disconnected> {
         // A summary can hold up to 100 members of 64 bytes: keep pages well inside one frame.
-        let limit = limit.clamp(1, 50) as usize;
+        let limit = page_limit(limit, 50);
         let chats = match self.store.chats_of(&self.user, after, limit + 1) {
             Ok(c) => c,
             Err(e) => return self.store_error(request_id, &e).await,
@@ -460,15 +470,28 @@ impl Session {
             Ok(p) => p,
             Err(e) => return self.store_error(request_id, &e).await,
         };
-        let more = chats.len() > limit;
-        let chats: Vec<_> = chats
-            .into_iter()
-            .take(limit)
-            .map(|(c, last)| {
-                let unread = last.saturating_sub(read.get(&c.id).map_or(0, |p| p.read));
-                c.summary(last, unread)
-            })
-            .collect();
+        let mut more = chats.len() > limit;
+        // 50 groups of 100 members with 64-byte ids would be ~340 KB: the page is cut to one
+        // frame, and the client pages on from its last chat.
+        let budget = self.limits.max_frame as usize - HEADER_LEN;
+        let mut len = ChatList {
+            request_id,
+            chats: Vec::new(),
+            next_after: Some(0),
+        }
+        .encoded_len();
+        let mut page = Vec::with_capacity(chats.len().min(limit));
+        for (c, last) in chats.into_iter().take(limit) {
+            let unread = last.saturating_sub(read.get(&c.id).map_or(0, |p| p.read));
+            let summary = c.summary(last, unread);
+            len += summary.encoded_len();
+            if len > budget && !page.is_empty() {
+                more = true;
+                break;
+            }
+            page.push(summary);
+        }
+        let chats = page;
         let next_after = if more {
             chats.last().map(|c| c.chat_id)
         } else {
@@ -486,7 +509,7 @@ impl Session {
     }
 
     async fn history(&self, f: courier_wire::frame::History) -> Result<(), Disconnected> {
-        let limit = f.limit.clamp(1, self.limits.max_history_page) as usize;
+        let limit = page_limit(f.limit, self.limits.max_history_page);
         let (mut messages, mut more) =
             match self
                 .store
@@ -522,7 +545,7 @@ impl Session {
 
     /// Sends what this device missed as `Deliver` frames, then `SyncEnd`.
     async fn sync(&self, f: courier_wire::frame::Sync) -> Result<(), Disconnected> {
-        let limit = f.limit.clamp(1, MAX_SYNC_PAGE) as usize;
+        let limit = page_limit(f.limit, MAX_SYNC_PAGE);
         let positions: Vec<(u64, u64)> = f.positions.iter().map(|p| (p.chat_id, p.seq)).collect();
         let page = match self.store.sync(&self.user, self.device, &positions, limit) {
             Ok(p) => p,
@@ -595,6 +618,99 @@ mod tests {
             max_inflight: 2,
             max_history_page: 100,
         }
+    }
+
+    #[test]
+    fn limit_zero_asks_for_the_largest_page() {
+        assert_eq!(page_limit(0, 500), 500);
+        assert_eq!(page_limit(1, 500), 1);
+        assert_eq!(page_limit(9999, 500), 500);
+    }
+
+    /// History with `limit` 0 returns a full page (it used to return one message), and a chat
+    /// list of big groups is cut to one frame.
+    #[tokio::test]
+    async fn limit_zero_pages_and_chat_lists_fit_one_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+        let (tx, mut rx) = Outbound::channel(64);
+        let s = Session::new(
+            "alice".into(),
+            1,
+            store.clone(),
+            tx,
+            limits(),
+            Arc::default(),
+            Arc::default(),
+        );
+        let members: Vec<String> = (0..99).map(|i| format!("{i:0>64}")).collect();
+        let mut last = 0;
+        for g in 0..20 {
+            let chat = store
+                .create_group("alice", &format!("group {g}"), members.clone())
+                .await
+                .unwrap();
+            last = chat.id;
+        }
+        for i in 0..3u8 {
+            s.handle(Frame::Send(Send {
+                request_id: 1,
+                client_msg_id: [i; 16],
+                chat_id: last,
+                kind: MessageKind::Text,
+                body: Bytes::from_static(b"hi"),
+                attachments: vec![],
+            }))
+            .await
+            .unwrap();
+            assert!(matches!(next(&mut rx).await, Frame::SendOk(_)));
+        }
+        s.handle(Frame::History(History {
+            request_id: 2,
+            chat_id: last,
+            direction: courier_wire::frame::Direction::After,
+            seq: 1,
+            limit: 0,
+        }))
+        .await
+        .unwrap();
+        let Frame::HistoryPage(p) = next(&mut rx).await else {
+            panic!("expected HistoryPage")
+        };
+        assert_eq!(
+            p.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [2, 3, 4]
+        );
+
+        let mut seen = 0;
+        let mut after = 0;
+        loop {
+            s.handle(Frame::ListChats(courier_wire::frame::ListChats {
+                request_id: 3,
+                after_chat: after,
+                limit: 50,
+            }))
+            .await
+            .unwrap();
+            let bytes = rx.recv().await.unwrap();
+            assert!(
+                bytes.len() <= limits().max_frame as usize,
+                "{} bytes",
+                bytes.len()
+            );
+            let mut buf = bytes::BytesMut::from(&bytes[..]);
+            let Some(Frame::ChatList(l)) = FrameDecoder::new(u32::MAX).decode(&mut buf).unwrap()
+            else {
+                panic!("expected ChatList")
+            };
+            seen += l.chats.len();
+            match l.next_after {
+                Some(a) => after = a,
+                None => break,
+            }
+        }
+        assert_eq!(seen, 20);
+        store.close().await;
     }
 
     #[tokio::test]

@@ -345,3 +345,32 @@ async fn a_slow_reader_is_bounded_in_bytes() {
     assert_eq!(common::all_history(&bob, chat, 500).await.len(), 120);
     server.gateway.shutdown().await;
 }
+
+/// A client that sends a server kind (0x81, with a body that is no Welcome) gets
+/// `UNSUPPORTED` naming its request id, as for any unknown kind, and the connection goes on
+/// (it used to be BAD_FRAME and a close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_kind_from_a_client_is_unsupported_and_the_connection_goes_on() {
+    use courier_wire::frame::Ping;
+    use courier_wire::{Frame, Header};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (mut raw, _) = server.raw_session("alice", 1).await;
+    let mut bytes = Header::new(0x81, 4).to_bytes().to_vec();
+    bytes.extend_from_slice(&[0, 0, 0, 7]);
+    raw.write(&bytes).await;
+    match raw.read_frame().await {
+        Some(Frame::ErrorFrame(e)) => {
+            assert_eq!((e.request_id, e.code), (7, ErrorCode::UNSUPPORTED));
+        }
+        other => panic!("expected UNSUPPORTED, got {other:?}"),
+    }
+    raw.write_frame(Frame::Ping(Ping {
+        request_id: 8,
+        nonce: 1,
+    }))
+    .await;
+    assert!(matches!(raw.read_frame().await, Some(Frame::Pong(_))));
+    server.gateway.shutdown().await;
+}

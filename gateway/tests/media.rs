@@ -452,3 +452,56 @@ async fn retention_deletes_an_unattached_upload_and_its_blob() {
     assert_eq!(sha256(&back), kept.sha256, "attached media stays");
     server.gateway.shutdown().await;
 }
+
+/// An upload stream that stops sending is not held open forever: after the stall timeout it is
+/// answered INVALID (with where to resume), and the bytes that arrived can be resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_stopped_and_can_be_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), |c| {
+        c.media.stall_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let bytes = data(100_000, 9);
+    let (raw, _) = server.raw_session("alice", 1).await;
+    let (mut send, recv) = raw.conn.open_bi().await.unwrap();
+    let first = Frame::Upload(Upload {
+        request_id: 1,
+        size: bytes.len() as u64,
+        content_type: String::new(),
+        sha256: Some(sha256(&bytes)),
+        resume: 0,
+        offset: 0,
+    });
+    send.write_all(&first.to_bytes()).await.unwrap();
+    send.write_all(&bytes[..40_000]).await.unwrap();
+    // ... and then nothing more, without finishing the stream.
+    let mut reader = courier_client::io::FrameReader::new(recv, 1 << 16);
+    let mut upload = 0;
+    let error = loop {
+        match tokio::time::timeout(Duration::from_secs(10), reader.next())
+            .await
+            .expect("the server gives up on the stalled stream within 10 s")
+        {
+            Ok(Some(Frame::UploadProgress(p))) => upload = p.upload,
+            Ok(Some(Frame::ErrorFrame(e))) => break e,
+            other => panic!("expected progress or an error, got {other:?}"),
+        }
+    };
+    assert_eq!(error.code, ErrorCode::INVALID);
+    assert!(error.message.contains("resume upload"), "{}", error.message);
+    drop(send);
+
+    let (alice, _ev) = server.connect("alice", 1).await;
+    let opts = UploadOptions {
+        sha256: Some(sha256(&bytes)),
+        resume: Some((upload, 0)),
+        ..options("")
+    };
+    let media = alice
+        .upload(bytes.clone(), opts, &mut UploadState::default())
+        .await
+        .unwrap();
+    assert_eq!(media.sha256, sha256(&bytes));
+    server.gateway.shutdown().await;
+}

@@ -19,7 +19,8 @@ pub mod tag {
     pub const PAIR: u8 = b'P';
     /// `U user chat` -> membership (empty value).
     pub const MEMBER: u8 = b'U';
-    /// `N` -> the next chat id.
+    /// `N` -> the next chat id, in stores made before chat ids were random; reserved.
+    #[allow(dead_code)]
     pub const NEXT_CHAT: u8 = b'N';
     /// `A user device chat` -> the highest seq the device acknowledged in the chat.
     pub const POSITION: u8 = b'A';
@@ -132,11 +133,6 @@ pub fn member_prefix(u: &str) -> Vec<u8> {
 pub fn member_chat(key: &[u8]) -> Option<u64> {
     let tail = key.len().checked_sub(8)?;
     Some(u64::from_be_bytes(key[tail..].try_into().ok()?))
-}
-
-/// `N`.
-pub fn next_chat() -> Vec<u8> {
-    vec![tag::NEXT_CHAT]
 }
 
 /// `A user`: the prefix of the positions of all of a user's devices.

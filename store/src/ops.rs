@@ -288,6 +288,19 @@ impl<'a> Attempt<'a> {
         Ok(Ok(r))
     }
 
+    /// A chat id drawn at random from 1 to 2^53 - 1, checked unused: ids say nothing about how
+    /// many chats exist (so a `FORBIDDEN` for a guessed id reveals nothing), need no counter
+    /// that every writer would contend on, and stay exact as JSON numbers (push payloads).
+    fn fresh_chat_id(&mut self) -> Result<u64, KvError> {
+        for _ in 0..16 {
+            let id = rand::random_range(1..1u64 << 53);
+            if !self.changed.contains_key(&id) && self.t.get(&keys::chat(id))?.is_none() {
+                return Ok(id);
+            }
+        }
+        Err(KvError::fatal("no unused chat id in 16 draws".to_owned()))
+    }
+
     fn new_chat(
         &mut self,
         kind: ChatKind,
@@ -295,8 +308,7 @@ impl<'a> Attempt<'a> {
         members: Vec<String>,
         owner: String,
     ) -> Result<Arc<Chat>, KvError> {
-        let id = get_u64(&mut *self.t, &keys::next_chat())?.unwrap_or(1);
-        self.t.set(&keys::next_chat(), &(id + 1).to_be_bytes());
+        let id = self.fresh_chat_id()?;
         let chat = Arc::new(Chat {
             id,
             kind,

@@ -12,12 +12,24 @@ use crate::{DecodeError, Frame, Header, HEADER_LEN};
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
     max_frame: u32,
+    client_kinds_only: bool,
 }
 
 impl FrameDecoder {
     /// A decoder that refuses frames longer than `max_frame` bytes (header included).
     pub fn new(max_frame: u32) -> Self {
-        Self { max_frame }
+        Self {
+            max_frame,
+            client_kinds_only: false,
+        }
+    }
+
+    /// A server's decoder: server-to-client kinds (0x80 and up) arriving from a client are
+    /// kinds a server does not take, so they become [`Frame::Unknown`] (answered
+    /// `UNSUPPORTED`, the connection goes on) instead of being decoded.
+    pub fn client_kinds_only(mut self) -> Self {
+        self.client_kinds_only = true;
+        self
     }
 
     /// The limit, header included.
@@ -46,6 +58,12 @@ impl FrameDecoder {
         }
         let mut frame = buf.split_to(total).freeze();
         frame.advance(HEADER_LEN);
+        if self.client_kinds_only && header.kind >= 0x80 {
+            return Ok(Some(Frame::Unknown {
+                kind: header.kind,
+                body: frame,
+            }));
+        }
         Frame::decode_body(header.kind, frame).map(Some)
     }
 }
@@ -81,6 +99,21 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].kind(), crate::frame::kind::Ping);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_server_takes_server_kinds_as_unknown() {
+        let mut buf = BytesMut::from(&Header::new(0x81, 4).to_bytes()[..]);
+        buf.extend_from_slice(&[0, 0, 0, 7]);
+        let mut copy = buf.clone();
+        let f = FrameDecoder::new(1024)
+            .client_kinds_only()
+            .decode(&mut buf)
+            .unwrap();
+        assert_eq!(f.as_ref().and_then(Frame::request_id), Some(7));
+        assert!(matches!(f, Some(Frame::Unknown { kind: 0x81, .. })));
+        // A client's decoder still decodes them (and this body is no Welcome).
+        assert!(FrameDecoder::new(1024).decode(&mut copy).is_err());
     }
 
     #[test]

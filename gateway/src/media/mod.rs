@@ -47,6 +47,9 @@ pub struct MediaConfig {
     pub thumbnail_workers: usize,
     /// Media streams one connection may have open at once.
     pub max_streams: u32,
+    /// An upload stream that brings no bytes for this long is answered `Error(INVALID)` and
+    /// stopped; what arrived is kept, so the client can resume it.
+    pub stall_timeout: Duration,
     /// Where blobs live.
     pub blobs: BlobStoreConfig,
 }
@@ -97,6 +100,7 @@ impl Default for MediaConfig {
             resume_window: Duration::from_secs(3600),
             thumbnail_workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_streams: 8,
+            stall_timeout: Duration::from_secs(30),
             blobs: BlobStoreConfig::Local,
         }
     }
@@ -216,7 +220,7 @@ pub async fn serve_stream(
     user: String,
     svc: Arc<MediaService>,
 ) {
-    let mut reader = FrameReader::new(recv, MAX_MEDIA_FRAME);
+    let mut reader = FrameReader::from_clients(recv, MAX_MEDIA_FRAME);
     let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, reader.next()).await {
         Ok(Ok(Some(f))) => f,
         Ok(Err(courier_client::io::ReadError::Decode(e))) => {

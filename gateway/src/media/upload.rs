@@ -267,13 +267,28 @@ async fn receive(
     loop {
         let chunk = match pending.take() {
             Some(b) => b,
-            None => match recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(c)) => c.bytes,
-                Ok(None) => break,
-                Err(_) => {
+            None => match tokio::time::timeout(
+                svc.config.stall_timeout,
+                recv.read_chunk(usize::MAX, true),
+            )
+            .await
+            {
+                Ok(Ok(Some(c))) => c.bytes,
+                Ok(Ok(None)) => break,
+                Ok(Err(_)) => {
                     // Keep what arrived for a resume.
                     let _ = file.sync_data().await;
                     return Err(Failure::Cut);
+                }
+                Err(_) => {
+                    let _ = file.sync_data().await;
+                    let secs = svc.config.stall_timeout.as_secs_f64();
+                    return Err(refused(
+                        ErrorCode::INVALID,
+                        format!(
+                            "no bytes for {secs} s: upload stopped (resume upload {id} from {written})"
+                        ),
+                    ));
                 }
             },
         };

@@ -360,11 +360,14 @@ pub async fn chat_lists_page_by_id(h: &dyn Harness) {
     let d = store.create_direct("owner", "u5").await.unwrap();
     store.append(msg("u5", d.id, 1)).await.unwrap();
     let list = store.chats_of("owner", 0, 10).unwrap();
+    // Chat ids are random: the list is in id order, not creation order.
+    let mut want = vec![(g.id, 1), (d.id, 1)];
+    want.sort();
     assert_eq!(
         list.iter().map(|(c, s)| (c.id, *s)).collect::<Vec<_>>(),
-        vec![(g.id, 1), (d.id, 1)]
+        want
     );
-    assert_eq!(store.chats_of("owner", g.id, 10).unwrap().len(), 1);
+    assert_eq!(store.chats_of("owner", want[0].0, 10).unwrap().len(), 1);
     assert_eq!(store.chats_of("owner", 0, 1).unwrap().len(), 1);
     assert_eq!(store.chats_of("u1", 0, 10).unwrap().len(), 1);
     store.close().await;
@@ -372,11 +375,17 @@ pub async fn chat_lists_page_by_id(h: &dyn Harness) {
 
 pub async fn sync_resumes_from_positions_and_pages(h: &dyn Harness) {
     let store = open(h, "sync", config());
-    let a = store.create_direct("bob", "alice").await.unwrap();
-    let b = store.create_direct("bob", "carol").await.unwrap();
+    let x = store.create_direct("bob", "alice").await.unwrap();
+    let y = store.create_direct("bob", "carol").await.unwrap();
+    // Sync goes chat by chat in id order; ids are random, so name them in that order.
+    let ((a, sa), (b, sb)) = if x.id < y.id {
+        ((x, "alice"), (y, "carol"))
+    } else {
+        ((y, "carol"), (x, "alice"))
+    };
     for n in 0..5 {
-        store.append(msg("alice", a.id, n)).await.unwrap();
-        store.append(msg("carol", b.id, n)).await.unwrap();
+        store.append(msg(sa, a.id, n)).await.unwrap();
+        store.append(msg(sb, b.id, n)).await.unwrap();
     }
     let order = |p: &courier_store::SyncPage| {
         p.messages
@@ -524,7 +533,7 @@ pub async fn sync_reads_only_chats_with_news(h: &dyn Harness) {
     for &c in &chats {
         store.ack("busy", 1, c, 1).await.unwrap();
     }
-    let news: Vec<u64> = chats.iter().step_by(100).copied().collect();
+    let mut news: Vec<u64> = chats.iter().step_by(100).copied().collect();
     assert_eq!(news.len(), 10);
     for (i, &c) in news.iter().enumerate() {
         store
@@ -533,6 +542,7 @@ pub async fn sync_reads_only_chats_with_news(h: &dyn Harness) {
             .unwrap();
     }
     reads.lock().unwrap().clear();
+    news.sort();
     let page = store.sync("busy", 1, &[], 1000).unwrap();
     assert_eq!(
         page.messages.iter().map(|m| m.chat_id).collect::<Vec<_>>(),
@@ -595,17 +605,20 @@ pub async fn retention_expires_messages_and_dedupe_and_says_so(h: &dyn Harness) 
         .unwrap();
     assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4, 5]);
     let p = store.sync("alice", 1, &[], 100).unwrap();
+    let mut want = vec![a.id, c.id];
+    want.sort();
     assert_eq!(
-        p.expired,
-        vec![a.id, c.id],
+        p.expired, want,
         "the device is told it missed expired messages"
     );
+    let mut want = vec![(a.id, 4), (a.id, 5), (b.id, 1), (c.id, 8)];
+    want.sort();
     assert_eq!(
         p.messages
             .iter()
             .map(|m| (m.chat_id, m.seq))
             .collect::<Vec<_>>(),
-        vec![(a.id, 4), (a.id, 5), (b.id, 1), (c.id, 8)]
+        want
     );
     let p = store
         .sync("alice", 1, &[(a.id, 3), (c.id, 8)], 100)
