@@ -182,11 +182,6 @@ impl Outbound {
             room: self.room.clone(),
         })
     }
-
-    /// Bytes queued and not yet written.
-    pub fn queued_bytes(&self) -> usize {
-        self.room.queued.load(Ordering::Relaxed)
-    }
 }
 
 /// A reserved place in an [`Outbound`] queue.

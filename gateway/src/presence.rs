@@ -49,6 +49,7 @@ impl Presence {
         }
     }
 
+    /// `user`'s state as an event: online now, or offline since it was last seen.
     fn event(&self, user: &str) -> Bytes {
         let online = self.registry.is_online(user);
         let last_seen_ms = if online {
@@ -56,6 +57,10 @@ impl Presence {
         } else {
             self.last_seen.get(user).map_or(0, |t| *t)
         };
+        Self::frame(user, online, last_seen_ms)
+    }
+
+    fn frame(user: &str, online: bool, last_seen_ms: u64) -> Bytes {
         Frame::PresenceEvent(PresenceEvent {
             user: user.to_owned(),
             online,
@@ -64,17 +69,21 @@ impl Presence {
         .to_bytes()
     }
 
-    /// Tells `user`'s watchers its current state, unless it hides it.
-    pub(crate) fn announce(&self, user: &str) {
-        if !self.store.presence_visible(user).unwrap_or(false) {
-            return;
-        }
-        let frame = self.event(user);
+    /// Pushes `frame` to every connection watching `user`.
+    fn tell_watchers(&self, user: &str, frame: &Bytes) {
         if let Some(w) = self.watchers.get(user) {
             for (_, d) in w.iter() {
                 d.push(frame.clone());
             }
         }
+    }
+
+    /// Tells `user`'s watchers its current state, unless it hides it.
+    pub(crate) fn announce(&self, user: &str) {
+        if !self.store.presence_visible(user).unwrap_or(false) {
+            return;
+        }
+        self.tell_watchers(user, &self.event(user));
     }
 
     /// `user` hid its presence: its watchers see it go offline, last seen now (or when its last
@@ -89,17 +98,7 @@ impl Presence {
             self.last_seen.get(user).map_or(0, |t| *t)
         };
         self.leaving.remove(user);
-        let frame = Frame::PresenceEvent(PresenceEvent {
-            user: user.to_owned(),
-            online: false,
-            last_seen_ms,
-        })
-        .to_bytes();
-        if let Some(w) = self.watchers.get(user) {
-            for (_, d) in w.iter() {
-                d.push(frame.clone());
-            }
-        }
+        self.tell_watchers(user, &Self::frame(user, false, last_seen_ms));
     }
 
     /// A device of `user` connected (it is registered already).

@@ -570,23 +570,11 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
             session.drain().await;
             close_with(&conn, out, writer, Some(frame), code, "refused").await;
         }
-        Ended::Shutdown => {
+        Ended::GoAway(code, reason) => {
             // Acknowledge what is committing, then say goodbye.
             let _ = tokio::time::timeout(shared.shutdown_grace, session.drain()).await;
-            let goaway = GoAway::new(ErrorCode::SHUTTING_DOWN, "server shutting down");
-            let goaway = Frame::GoAway(goaway).to_bytes();
-            let code = ErrorCode::SHUTTING_DOWN;
-            close_with(&conn, out, writer, Some(goaway), code, "shutdown").await;
-        }
-        Ended::Expired => {
-            let _ = tokio::time::timeout(shared.shutdown_grace, session.drain()).await;
-            let goaway = GoAway::new(
-                ErrorCode::UNAUTHENTICATED,
-                "token expired: reconnect with a fresh token",
-            );
-            let goaway = Frame::GoAway(goaway).to_bytes();
-            let code = ErrorCode::UNAUTHENTICATED;
-            close_with(&conn, out, writer, Some(goaway), code, "token expired").await;
+            let goaway = Frame::GoAway(GoAway::new(code, reason)).to_bytes();
+            close_with(&conn, out, writer, Some(goaway), code, reason).await;
         }
         Ended::Lost => {}
     }
@@ -597,9 +585,9 @@ enum Ended {
     Finished,
     /// The client broke the protocol or ignored refusals: last words, then a close.
     Refused(Bytes, ErrorCode),
-    Shutdown,
-    /// The session's token expired.
-    Expired,
+    /// The server is shutting down (`SHUTTING_DOWN`) or the session's token expired
+    /// (`UNAUTHENTICATED`): GoAway with this code and reason, then a close.
+    GoAway(ErrorCode, &'static str),
     Lost,
 }
 
@@ -614,7 +602,9 @@ async fn serve(
     tokio::pin!(expired);
     loop {
         tokio::select! {
-            () = &mut expired => return Ended::Expired,
+            () = &mut expired => {
+                return Ended::GoAway(ErrorCode::UNAUTHENTICATED, "token expired: reconnect with a fresh token");
+            }
             frame = reader.next() => match frame {
                 Ok(Some(f)) => {
                     shared.metrics.frames_in.inc();
@@ -629,7 +619,7 @@ async fn serve(
                 Err(ReadError::Decode(e)) => return Ended::Refused(error_frame(0, e.code(), e.to_string()), e.code()),
                 Err(ReadError::Stream(_)) => return Ended::Lost,
             },
-            _ = shutdown.changed() => return Ended::Shutdown,
+            _ = shutdown.changed() => return Ended::GoAway(ErrorCode::SHUTTING_DOWN, "server shutting down"),
         }
     }
 }

@@ -611,6 +611,22 @@ mod tests {
             .unwrap()
     }
 
+    /// A session of alice's device 1 on a store in `dir`, and its outbound queue.
+    fn alice_session(dir: &std::path::Path) -> (Session, Store, mpsc::Receiver<Bytes>) {
+        let store = Store::open(StoreConfig::new(dir)).unwrap();
+        let (tx, rx) = Outbound::channel(64);
+        let s = Session::new(
+            "alice".into(),
+            1,
+            store.clone(),
+            tx,
+            limits(),
+            Arc::default(),
+            Arc::default(),
+        );
+        (s, store, rx)
+    }
+
     fn limits() -> Limits {
         Limits {
             max_frame: 64 * 1024,
@@ -632,17 +648,7 @@ mod tests {
     #[tokio::test]
     async fn limit_zero_pages_and_chat_lists_fit_one_frame() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(StoreConfig::new(dir.path())).unwrap();
-        let (tx, mut rx) = Outbound::channel(64);
-        let s = Session::new(
-            "alice".into(),
-            1,
-            store.clone(),
-            tx,
-            limits(),
-            Arc::default(),
-            Arc::default(),
-        );
+        let (s, store, mut rx) = alice_session(dir.path());
         let members: Vec<String> = (0..99).map(|i| format!("{i:0>64}")).collect();
         let mut last = 0;
         for g in 0..20 {
@@ -716,17 +722,7 @@ mod tests {
     #[tokio::test]
     async fn frames_drive_the_store_without_sockets() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(StoreConfig::new(dir.path())).unwrap();
-        let (tx, mut rx) = Outbound::channel(16);
-        let s = Session::new(
-            "alice".into(),
-            1,
-            store.clone(),
-            tx,
-            limits(),
-            Arc::default(),
-            Arc::default(),
-        );
+        let (s, store, mut rx) = alice_session(dir.path());
 
         s.handle(Frame::CreateChat(CreateChat {
             request_id: 1,

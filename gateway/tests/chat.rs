@@ -409,39 +409,7 @@ async fn in_flight_sends_and_connections_are_limited() {
 async fn a_slow_reader_is_disconnected_and_finds_its_messages_in_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_with(dir.path(), |c| c.outbound_queue = 16).await;
-    let (alice, _) = server.connect("alice", 1).await;
-    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
-    // Bob authenticates, then never reads.
-    let (raw, _) = server.raw_session("bob", 1).await;
-    let big = Bytes::from(vec![b'x'; 30_000]);
-    let mut tasks = Vec::new();
-    for _ in 0..120 {
-        let (alice, big) = (alice.clone(), big.clone());
-        tasks.push(tokio::spawn(
-            async move { alice.send(chat, big).await.unwrap() },
-        ));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    // The server closes it with CLOSE_SLOW_READER. The close packet itself can be lost when the
-    // reader's socket buffer is full; the reader then learns of it from a stateless reset.
-    let closed = tokio::time::timeout(Duration::from_secs(10), raw.conn.closed())
-        .await
-        .expect("disconnected");
-    match closed {
-        quinn::ConnectionError::ApplicationClosed(c) => {
-            assert_eq!(
-                c.error_code.into_inner(),
-                u64::from(courier_gateway::registry::CLOSE_SLOW_READER)
-            );
-        }
-        quinn::ConnectionError::Reset => {}
-        other => panic!("unexpected close: {other}"),
-    }
-    // Every message waits in the store.
-    let (bob, _) = server.connect("bob", 1).await;
-    assert_eq!(common::all_history(&bob, chat, 500).await.len(), 120);
+    common::a_reader_that_never_reads_is_cut_off(&server).await;
     server.gateway.shutdown().await;
 }
 

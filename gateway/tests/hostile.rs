@@ -114,7 +114,6 @@ async fn an_ack_flood_is_refused_then_closed_and_the_acks_coalesce() {
         })
         .encode(&mut flood);
     }
-    let conn = raw.conn.clone();
     let common::RawConn { send, recv, .. } = &mut raw;
     let write = async {
         let _ = send.write_all(&flood).await;
@@ -141,14 +140,7 @@ async fn an_ack_flood_is_refused_then_closed_and_the_acks_coalesce() {
     };
     let ((), limited) = tokio::join!(write, read);
     assert!(limited > 0, "refused with RATE_LIMITED before the close");
-    let code = match tokio::time::timeout(Duration::from_secs(10), conn.closed())
-        .await
-        .expect("closed")
-    {
-        quinn::ConnectionError::ApplicationClosed(c) => c.error_code.into_inner(),
-        other => panic!("expected an application close, got {other}"),
-    };
-    assert_eq!(code, u64::from(ErrorCode::RATE_LIMITED.0));
+    assert_eq!(raw.close_code().await, u64::from(ErrorCode::RATE_LIMITED.0));
 
     // The acks that were taken are stored: device 2's position is the highest seq acked.
     let store = server.gateway.store();
@@ -316,33 +308,7 @@ async fn a_slow_reader_is_bounded_in_bytes() {
         c.outbound_bytes = 512 * 1024;
     })
     .await;
-    let (alice, _a) = server.connect("alice", 1).await;
-    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
-    let (raw, _) = server.raw_session("bob", 1).await;
-    let big = bytes::Bytes::from(vec![b'x'; 30_000]);
-    let mut tasks = Vec::new();
-    for _ in 0..120 {
-        let (alice, big) = (alice.clone(), big.clone());
-        tasks.push(tokio::spawn(
-            async move { alice.send(chat, big).await.unwrap() },
-        ));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let closed = tokio::time::timeout(Duration::from_secs(10), raw.conn.closed())
-        .await
-        .expect("disconnected as a slow reader");
-    match closed {
-        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(
-            c.error_code.into_inner(),
-            u64::from(courier_gateway::registry::CLOSE_SLOW_READER)
-        ),
-        quinn::ConnectionError::Reset => {}
-        other => panic!("unexpected close: {other}"),
-    }
-    let (bob, _b) = server.connect("bob", 1).await;
-    assert_eq!(common::all_history(&bob, chat, 500).await.len(), 120);
+    common::a_reader_that_never_reads_is_cut_off(&server).await;
     server.gateway.shutdown().await;
 }
 

@@ -19,6 +19,18 @@ fn sha256(b: &[u8]) -> [u8; 32] {
 }
 
 /// Deterministic bytes that do not compress or repeat.
+/// The first frame of a new upload of `bytes`, with their hash.
+fn new_upload(bytes: &[u8]) -> Frame {
+    Frame::Upload(Upload {
+        request_id: 1,
+        size: bytes.len() as u64,
+        content_type: String::new(),
+        sha256: Some(sha256(bytes)),
+        resume: 0,
+        offset: 0,
+    })
+}
+
 fn data(len: usize, seed: u64) -> Bytes {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
@@ -195,14 +207,7 @@ async fn an_interrupted_upload_resumes_from_the_confirmed_offset() {
     // Send 2.5 MiB, wait until the server confirmed at least 2 MiB, then drop the connection.
     let (raw, _) = server.raw_session("alice", 1).await;
     let (mut send, recv) = raw.conn.open_bi().await.unwrap();
-    let first = Frame::Upload(Upload {
-        request_id: 1,
-        size: bytes.len() as u64,
-        content_type: String::new(),
-        sha256: Some(sha256(&bytes)),
-        resume: 0,
-        offset: 0,
-    });
+    let first = new_upload(&bytes);
     send.write_all(&first.to_bytes()).await.unwrap();
     send.write_all(&bytes[..(5 << 19)]).await.unwrap();
     let mut reader = courier_client::io::FrameReader::new(recv, 1 << 16);
@@ -465,14 +470,7 @@ async fn a_stalled_upload_is_stopped_and_can_be_resumed() {
     let bytes = data(100_000, 9);
     let (raw, _) = server.raw_session("alice", 1).await;
     let (mut send, recv) = raw.conn.open_bi().await.unwrap();
-    let first = Frame::Upload(Upload {
-        request_id: 1,
-        size: bytes.len() as u64,
-        content_type: String::new(),
-        sha256: Some(sha256(&bytes)),
-        resume: 0,
-        offset: 0,
-    });
+    let first = new_upload(&bytes);
     send.write_all(&first.to_bytes()).await.unwrap();
     send.write_all(&bytes[..40_000]).await.unwrap();
     // ... and then nothing more, without finishing the stream.

@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use courier_client::io::FrameReader;
 use courier_store::Store;
 use courier_wire::{ErrorCode, Frame};
@@ -207,10 +206,8 @@ pub(crate) async fn janitor(
     }
 }
 
-/// The error frame for a request on a media stream.
-pub(crate) fn error(request_id: u32, code: ErrorCode, message: impl AsRef<str>) -> Bytes {
-    crate::session::error_frame(request_id, code, message)
-}
+/// The error frame for a request on a media stream (bounded like every error answer).
+pub(crate) use crate::session::error_frame as error;
 
 /// Serves one media stream opened by `user`: reads its first frame and runs the upload or the
 /// download it asks for. Anything else is refused with `UNSUPPORTED` on the stream.

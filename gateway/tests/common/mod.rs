@@ -260,3 +260,37 @@ pub async fn all_history(
 pub fn body(i: usize) -> Bytes {
     Bytes::from(format!("message number {i}"))
 }
+
+/// Bob authenticates and never reads while alice sends him 120 messages of 30 KB: the server
+/// disconnects him as a slow reader (CLOSE_SLOW_READER; the close packet itself can be lost
+/// when his socket buffer is full, and he then learns of it from a stateless reset), and every
+/// message waits in the store for his next connection.
+pub async fn a_reader_that_never_reads_is_cut_off(server: &TestServer) {
+    let (alice, _a) = server.connect("alice", 1).await;
+    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
+    let (raw, _) = server.raw_session("bob", 1).await;
+    let big = Bytes::from(vec![b'x'; 30_000]);
+    let mut tasks = Vec::new();
+    for _ in 0..120 {
+        let (alice, big) = (alice.clone(), big.clone());
+        tasks.push(tokio::spawn(
+            async move { alice.send(chat, big).await.unwrap() },
+        ));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), raw.conn.closed())
+        .await
+        .expect("disconnected as a slow reader");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(
+            c.error_code.into_inner(),
+            u64::from(courier_gateway::registry::CLOSE_SLOW_READER)
+        ),
+        quinn::ConnectionError::Reset => {}
+        other => panic!("unexpected close: {other}"),
+    }
+    let (bob, _b) = server.connect("bob", 1).await;
+    assert_eq!(all_history(&bob, chat, 500).await.len(), 120);
+}
