@@ -121,11 +121,8 @@ impl Client {
         let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME);
         let welcome = match reader.next().await {
             Ok(Some(Frame::Welcome(w))) => w,
-            Ok(Some(Frame::ErrorFrame(e))) => {
-                return Err(ClientError::Server {
-                    code: e.code,
-                    message: e.message,
-                });
+            Ok(Some(f @ (Frame::ErrorFrame(_) | Frame::RetryLater(_)))) => {
+                return Err(ClientError::from_refusal(&f).expect("a refusal"));
             }
             Ok(Some(other)) => return Err(ClientError::Unexpected(other.kind())),
             Ok(None) => return Err(ClientError::Closed(close_reason(&conn))),
@@ -183,11 +180,10 @@ impl Client {
             return Err(ClientError::Closed(close_reason(&self.conn)));
         }
         match rx.await {
-            Ok(Frame::ErrorFrame(e)) => Err(ClientError::Server {
-                code: e.code,
-                message: e.message,
-            }),
-            Ok(f) => Ok(f),
+            Ok(f) => match ClientError::from_refusal(&f) {
+                Some(e) => Err(e),
+                None => Ok(f),
+            },
             Err(_) => Err(ClientError::Closed(close_reason(&self.conn))),
         }
     }
@@ -610,6 +606,7 @@ fn answer_id(f: &Frame) -> Option<u32> {
         Frame::ChatInfo(x) => Some(x.request_id),
         Frame::ChatList(x) => Some(x.request_id),
         Frame::ErrorFrame(x) if x.request_id != 0 => Some(x.request_id),
+        Frame::RetryLater(x) if x.request_id != 0 => Some(x.request_id),
         Frame::Pong(x) => Some(x.request_id),
         Frame::Done(x) => Some(x.request_id),
         Frame::SyncEnd(x) => Some(x.request_id),

@@ -8,13 +8,15 @@ pub enum ClientError {
     /// The connection could not be set up (address, TLS, handshake).
     #[error("connect: {0}")]
     Connect(String),
-    /// The server answered with an error frame.
+    /// The server answered with an error frame (`Error`, or `RetryLater` with a wait).
     #[error("server error {code}: {message}")]
     Server {
         /// The error code.
         code: ErrorCode,
         /// The server's detail text.
         message: String,
+        /// When the server said the request may be sent again (`RetryLater`).
+        retry_after: Option<std::time::Duration>,
     },
     /// The server sent bytes that do not decode.
     #[error("bad frame from server: {0}")]
@@ -44,6 +46,32 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Self::Server { code, .. } | Self::GoAway { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// How long the server asked the client to wait before sending the request again.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Server { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The error a server's refusal frame stands for, or `None` for any other frame.
+    pub fn from_refusal(frame: &courier_wire::Frame) -> Option<Self> {
+        use courier_wire::Frame;
+        match frame {
+            Frame::ErrorFrame(e) => Some(Self::Server {
+                code: e.code,
+                message: e.message.clone(),
+                retry_after: None,
+            }),
+            Frame::RetryLater(r) => Some(Self::Server {
+                code: r.code,
+                message: r.message.clone(),
+                retry_after: Some(r.retry_after()),
+            }),
             _ => None,
         }
     }

@@ -97,11 +97,8 @@ impl Client {
                         };
                     }
                     Some(Frame::MediaInfo(m)) => return Ok(m.media),
-                    Some(Frame::ErrorFrame(e)) => {
-                        return Err(ClientError::Server {
-                            code: e.code,
-                            message: e.message,
-                        })
+                    Some(f @ (Frame::ErrorFrame(_) | Frame::RetryLater(_))) => {
+                        return Err(ClientError::from_refusal(&f).expect("a refusal"))
                     }
                     Some(other) => return Err(ClientError::Unexpected(other.kind())),
                     None => return Err(ClientError::Closed("upload stream ended".into())),
@@ -141,11 +138,8 @@ impl Client {
         let mut reader = FrameReader::new(recv, MAX_MEDIA_FRAME);
         let start = match reader.next().await.map_err(read_err)? {
             Some(Frame::DownloadStart(s)) => s,
-            Some(Frame::ErrorFrame(e)) => {
-                return Err(ClientError::Server {
-                    code: e.code,
-                    message: e.message,
-                })
+            Some(f @ (Frame::ErrorFrame(_) | Frame::RetryLater(_))) => {
+                return Err(ClientError::from_refusal(&f).expect("a refusal"))
             }
             Some(other) => return Err(ClientError::Unexpected(other.kind())),
             None => return Err(ClientError::Closed("download stream ended".into())),

@@ -21,6 +21,10 @@ use crate::connection::new_client_msg_id;
 use crate::inbox::{Inbox, Offer, PositionStore};
 use crate::{Client, ClientError, Event, Events, Trust};
 
+/// Longest wait the Messenger honours from a server's `RetryLater` before trying again (a
+/// broken server cannot park a send for days).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 /// How a [`Messenger`] reaches its gateway.
 #[derive(Clone)]
 pub struct MessengerConfig {
@@ -126,12 +130,22 @@ impl Messenger {
                 .await
             {
                 Ok(ok) => return Ok(ok),
+                // The server said when: wait that long (Telegram's FLOOD_WAIT, Signal's
+                // Retry-After), not the guessed backoff.
+                Err(ClientError::Server {
+                    retry_after: Some(wait),
+                    ..
+                }) => {
+                    tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
+                    continue;
+                }
                 Err(ClientError::Server { code, .. })
                     if [
                         ErrorCode::RATE_LIMITED,
                         ErrorCode::OVERLOADED,
                         ErrorCode::INTERNAL,
                         ErrorCode::SHUTTING_DOWN,
+                        ErrorCode::UNAVAILABLE,
                     ]
                     .contains(&code) => {}
                 Err(

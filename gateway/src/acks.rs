@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use courier_client::io::Outbound;
 use courier_store::Store;
 
-use crate::session::error_frame;
+use crate::session::store_error_frame;
 
 /// Most chats with an ack waiting to be written, per session; an ack for a further chat is
 /// refused with `RATE_LIMITED`. Memory: about 24 bytes per entry, ~24 KB per connection at most.
@@ -88,12 +88,12 @@ impl AckQueue {
 }
 
 /// The writer task: stores the queue's acks in batches until it is empty. Failures are told
-/// to the client under the request id of the ack that was written.
+/// to the client under the request id of the ack that was written. The tuple is the session's
+/// user, device and protocol version.
 pub(crate) async fn write(
     queue: Arc<AckQueue>,
     store: Store,
-    user: String,
-    device: u32,
+    (user, device, version): (String, u32, u16),
     out: Outbound,
 ) {
     loop {
@@ -109,7 +109,7 @@ pub(crate) async fn write(
         for ((_, _, request_id), r) in batch.iter().zip(results) {
             if let Err(e) = r {
                 if out
-                    .send(error_frame(*request_id, e.code(), e.to_string()))
+                    .send(store_error_frame(version, *request_id, &user, &e))
                     .await
                     .is_err()
                 {

@@ -51,6 +51,10 @@ pub struct GatewayConfig {
     pub media: crate::media::MediaConfig,
     /// How long messages are kept (and media their messages attach).
     pub retention: Duration,
+    /// Sends, new chats and media records are refused with `UNAVAILABLE` (retry later) while
+    /// the store's disk has less free space than this, so a full disk does not fail commits;
+    /// acks, receipts and the retention sweep go on. 0: no floor.
+    pub store_min_free: u64,
     /// How long a user's last device may be gone before its watchers see it offline (a
     /// reconnect within this shows nothing).
     pub presence_grace: Duration,
@@ -87,6 +91,7 @@ impl GatewayConfig {
             shutdown_grace: Duration::from_secs(5),
             media: crate::media::MediaConfig::default(),
             retention: Duration::from_secs(30 * 86_400),
+            store_min_free: 64 << 20,
             presence_grace: Duration::from_secs(5),
             push: crate::push::PushConfig::default(),
             clock: std::sync::Arc::new(courier_store::SystemClock),
@@ -104,6 +109,12 @@ impl GatewayConfig {
         }
         if self.media.max_upload == 0 || self.media.max_pixels == 0 {
             return Err("max upload and max pixels must be positive".into());
+        }
+        if self.media.min_free > 0 && self.media.min_free <= self.store_min_free {
+            return Err(format!(
+                "the uploads' free-space floor ({}) must be above the store's ({}): uploads are refused before messages are",
+                self.media.min_free, self.store_min_free
+            ));
         }
         if self.max_inflight == 0
             || self.outbound_queue == 0

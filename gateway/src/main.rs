@@ -104,6 +104,18 @@ struct ServeArgs {
     /// with `--features s3`; credentials and region from the AWS_* environment variables).
     #[arg(long, default_value = "local")]
     blob_store: String,
+    /// Free space (MiB) below which the store refuses sends, new chats and media records with
+    /// UNAVAILABLE (retry later) rather than letting a commit meet a full disk; 0: no floor.
+    #[arg(long, default_value_t = 64)]
+    store_min_free_mib: u64,
+    /// Free space (MiB) an upload must leave on the uploads' disk, above the store's floor so
+    /// uploads are refused before messages are; 0: no floor.
+    #[arg(long, default_value_t = 1024)]
+    upload_min_free_mib: u64,
+    /// Most media one user may have stored (MiB, uploads and thumbnails until they expire with
+    /// their messages); 0: no quota.
+    #[arg(long, default_value_t = 4096)]
+    upload_quota_mib: u64,
     /// Endpoint of an S3-compatible service (e.g. http://127.0.0.1:9000), for `s3://` blob stores.
     #[arg(long)]
     s3_endpoint: Option<String>,
@@ -298,6 +310,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_connections = args.max_connections;
     config.metrics = args.metrics;
     config.media.max_upload = args.max_upload;
+    config.store_min_free = args.store_min_free_mib << 20;
+    config.media.min_free = args.upload_min_free_mib << 20;
+    config.media.user_quota = Some(args.upload_quota_mib << 20).filter(|&q| q > 0);
     config.media.dir = Some(
         args.media_dir
             .clone()

@@ -12,7 +12,7 @@ use courier_client::io::{
 };
 use courier_store::{Store, StoreConfig};
 use courier_wire::frame::{GoAway, Welcome};
-use courier_wire::{ErrorCode, Frame, PROTOCOL_VERSION};
+use courier_wire::{ErrorCode, Frame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -83,6 +83,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let mut store_cfg = StoreConfig::new(&config.store_dir);
         store_cfg.retention = config.retention;
+        store_cfg.min_free_bytes = config.store_min_free;
         store_cfg.clock = config.clock.clone();
         if config.push.enabled() {
             store_cfg.online = Some(registry.clone());
@@ -414,12 +415,13 @@ impl Refusal {
     }
 }
 
-/// Reads `Hello` and checks its version and token: the claims and the Hello's request id.
+/// Reads `Hello` and checks its version and token: the claims, the Hello's request id and the
+/// protocol version the session speaks.
 async fn authenticate(
     reader: &mut FrameReader,
     deadline: tokio::time::Instant,
     verifier: &TokenVerifier,
-) -> Result<(crate::auth::Claims, u32), Refusal> {
+) -> Result<(crate::auth::Claims, u32, u16), Refusal> {
     let hello = match tokio::time::timeout_at(deadline, reader.next()).await {
         Ok(Ok(Some(Frame::Hello(h)))) => h,
         Ok(Ok(Some(other))) => {
@@ -442,9 +444,9 @@ async fn authenticate(
             });
         }
     };
-    if hello.version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.version) {
         let msg = format!(
-            "protocol version {} is not supported; this server speaks {PROTOCOL_VERSION}",
+            "protocol version {} is not supported; this server speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
             hello.version
         );
         return Err(Refusal::new(
@@ -455,7 +457,7 @@ async fn authenticate(
         ));
     }
     match verifier.verify(&hello.token, now_ms() / 1000) {
-        Ok(claims) => Ok((claims, hello.request_id)),
+        Ok(claims) => Ok((claims, hello.request_id, hello.version)),
         Err(e) => Err(Refusal::new(
             hello.request_id,
             ErrorCode::UNAUTHENTICATED,
@@ -477,7 +479,7 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
         spawn_writer_with_handle(send, shared.outbound_queue, shared.outbound_bytes);
     let mut reader = FrameReader::from_clients(recv, shared.limits.max_frame);
 
-    let (claims, hello_request_id) =
+    let (claims, hello_request_id, version) =
         match authenticate(&mut reader, deadline, &shared.verifier).await {
             Ok(c) => c,
             Err(Refusal {
@@ -507,6 +509,7 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
         shared.metrics.clone(),
         shared.registry.clone(),
     )
+    .with_version(version)
     .with_push(shared.push.clone())
     .with_presence(PresenceLink {
         hub: shared.presence.clone(),
@@ -515,7 +518,7 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
     });
     let welcome = Frame::Welcome(Welcome {
         request_id: hello_request_id,
-        version: PROTOCOL_VERSION,
+        version,
         user: claims.user.clone(),
         device: claims.device,
         server_time_ms: now_ms(),
@@ -537,7 +540,7 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
                 tokio::spawn(crate::media::serve_stream(
                     send,
                     recv,
-                    user.clone(),
+                    (user.clone(), version),
                     media.clone(),
                 ));
             }

@@ -9,16 +9,17 @@
 //! [`crate::fanout`].
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_client::io::Outbound;
-use courier_store::{AppendRequest, GroupChange, Store, StoreError};
+use courier_store::logging::limited_error;
+use courier_store::{AppendRequest, GroupChange, LogLimiter, Store, StoreError};
 use courier_wire::frame::{
     ChatInfo, ChatList, ChatSpec, Deliver, Done, ErrorFrame, HistoryPage, MessageKind, Pong,
-    Receipt, ReceiptEvent, SendOk, SyncEnd, Typing, TypingEvent,
+    Receipt, ReceiptEvent, RetryLater, SendOk, SyncEnd, Typing, TypingEvent,
 };
-use courier_wire::{Codec, ErrorCode, Frame, HEADER_LEN};
+use courier_wire::{Codec, ErrorCode, Frame, HEADER_LEN, PROTOCOL_VERSION};
 use tokio::sync::Semaphore;
 
 use crate::acks::{AckQueue, Offered, MAX_PENDING_CHATS};
@@ -34,6 +35,44 @@ const MAX_SYNC_PAGE: u32 = 1000;
 /// every peer's frame limit whatever the message quotes.
 pub(crate) fn error_frame(request_id: u32, code: ErrorCode, message: impl AsRef<str>) -> Bytes {
     Frame::ErrorFrame(ErrorFrame::new(request_id, code, message.as_ref())).to_bytes()
+}
+
+/// Encodes a refusal that a wait cures: `RetryLater` on a version 2 session; on version 1
+/// (which has no such frame) an `Error` whose message says the wait in words.
+pub(crate) fn retry_frame(
+    version: u16,
+    request_id: u32,
+    code: ErrorCode,
+    retry_after: Duration,
+    message: impl AsRef<str>,
+) -> Bytes {
+    let message = message.as_ref();
+    if version >= 2 {
+        Frame::RetryLater(RetryLater::new(request_id, code, retry_after, message)).to_bytes()
+    } else {
+        let ms = retry_after.as_millis();
+        error_frame(request_id, code, format!("{message}; retry after {ms} ms"))
+    }
+}
+
+/// Server faults from the store, logged: one line per interval however many requests fail.
+static STORE_FAULTS: LogLimiter = LogLimiter::new(Duration::from_secs(10));
+
+/// Encodes a store failure for `user`'s request (a `RetryLater` when a wait cures it), and logs
+/// it if it is the server's own fault, rate-limited.
+pub(crate) fn store_error_frame(
+    version: u16,
+    request_id: u32,
+    user: &str,
+    e: &StoreError,
+) -> Bytes {
+    if e.is_server_fault() {
+        limited_error!(STORE_FAULTS, %user, "store: {e}");
+    }
+    match e.retry_after() {
+        Some(wait) => retry_frame(version, request_id, e.code(), wait, e.to_string()),
+        None => error_frame(request_id, e.code(), e.to_string()),
+    }
 }
 
 /// Messages to put in a page asked for with `limit`: 0 asks for the largest page (`max`), and
@@ -78,6 +117,8 @@ impl From<Disconnected> for Stop {
 pub(crate) struct Session {
     pub(crate) user: String,
     pub(crate) device: u32,
+    /// The protocol version of the session (from `Hello`).
+    version: u16,
     store: Store,
     out: Outbound,
     limits: Limits,
@@ -115,6 +156,7 @@ impl Session {
         Self {
             user,
             device,
+            version: PROTOCOL_VERSION,
             store,
             out,
             limits,
@@ -127,6 +169,12 @@ impl Session {
             budget: std::sync::Mutex::new(Budget::new(Instant::now())),
             acks: Arc::default(),
         }
+    }
+
+    /// Speaks protocol `version` (the client's, from `Hello`).
+    pub(crate) fn with_version(mut self, version: u16) -> Self {
+        self.version = version;
+        self
     }
 
     /// Accepts push registrations for the providers `push` configures.
@@ -161,10 +209,26 @@ impl Session {
     }
 
     async fn store_error(&self, request_id: u32, e: &StoreError) -> Result<(), Disconnected> {
-        if matches!(e, StoreError::Engine(_) | StoreError::Corrupt(_)) {
-            tracing::error!(user = %self.user, "store: {e}");
-        }
-        self.fail(request_id, e.code(), e.to_string()).await
+        self.reply(store_error_frame(self.version, request_id, &self.user, e))
+            .await
+    }
+
+    /// Refuses a request for now: the client may send it again after `retry_after`.
+    async fn retry_later(
+        &self,
+        request_id: u32,
+        code: ErrorCode,
+        retry_after: Duration,
+        message: impl AsRef<str>,
+    ) -> Result<(), Disconnected> {
+        self.reply(retry_frame(
+            self.version,
+            request_id,
+            code,
+            retry_after,
+            message,
+        ))
+        .await
     }
 
     /// Handles one frame from the client. Frames other than sends draw from the connection's
@@ -181,11 +245,9 @@ impl Session {
             match verdict {
                 Verdict::Allow => {}
                 Verdict::Refuse { retry_after } => {
-                    let msg = format!(
-                        "more than {REQUESTS_PER_SECOND} requests a second; retry after {} ms",
-                        retry_after.as_millis()
-                    );
-                    return Ok(self.fail(request_id, ErrorCode::RATE_LIMITED, msg).await?);
+                    let msg = format!("more than {REQUESTS_PER_SECOND} requests a second");
+                    let code = ErrorCode::RATE_LIMITED;
+                    return Ok(self.retry_later(request_id, code, retry_after, msg).await?);
                 }
                 Verdict::Close => {
                     let msg = "requests kept coming after RATE_LIMITED; closing";
@@ -347,7 +409,7 @@ impl Session {
             return Err(Disconnected);
         };
         let metrics = self.metrics.clone();
-        let (user, client_msg_id) = (self.user.clone(), f.client_msg_id);
+        let (user, client_msg_id, version) = (self.user.clone(), f.client_msg_id, self.version);
         // Queued in arrival order here; answered when durable, so sends pipeline. If the store
         // is closed, the answer function is dropped unanswered and sends the error itself.
         let _ = self
@@ -363,12 +425,7 @@ impl Session {
                         duplicate: a.duplicate,
                     })
                     .to_bytes(),
-                    Err(e) => {
-                        if matches!(e, StoreError::Engine(_) | StoreError::Corrupt(_)) {
-                            tracing::error!(%user, "store: {e}");
-                        }
-                        error_frame(request_id, e.code(), e.to_string())
-                    }
+                    Err(e) => store_error_frame(version, request_id, &user, &e),
                 };
                 // The send is over: its in-flight place is free before the client can read the
                 // answer and send again (queueing it may wake the connection's writer at once).
@@ -572,17 +629,16 @@ impl Session {
                 tokio::spawn(crate::acks::write(
                     self.acks.clone(),
                     self.store.clone(),
-                    self.user.clone(),
-                    self.device,
+                    (self.user.clone(), self.device, self.version),
                     self.out.clone(),
                 ));
                 Ok(())
             }
             Offered::Full => {
-                let msg = format!(
-                    "acks of more than {MAX_PENDING_CHATS} chats wait to be stored; retry after 100 ms"
-                );
-                self.fail(f.request_id, ErrorCode::RATE_LIMITED, msg).await
+                let msg = format!("acks of more than {MAX_PENDING_CHATS} chats wait to be stored");
+                let wait = Duration::from_millis(100);
+                self.retry_later(f.request_id, ErrorCode::RATE_LIMITED, wait, msg)
+                    .await
             }
         }
     }
@@ -717,6 +773,59 @@ mod tests {
         }
         assert_eq!(seen, 20);
         store.close().await;
+    }
+
+    /// A request over the budget is refused with the wait: a `RetryLater` frame on a version 2
+    /// session, the wait in words in an `Error` on version 1.
+    #[tokio::test]
+    async fn refusals_say_when_to_retry_in_the_sessions_version() {
+        for version in [1, 2] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(StoreConfig::new(dir.path())).unwrap();
+            let (tx, mut rx) = Outbound::channel(4096);
+            let s = Session::new(
+                "alice".into(),
+                1,
+                store.clone(),
+                tx,
+                limits(),
+                Arc::default(),
+                Arc::default(),
+            )
+            .with_version(version);
+            let ping = |request_id| {
+                Frame::Ping(courier_wire::frame::Ping {
+                    request_id,
+                    nonce: 0,
+                })
+            };
+            // The burst drains much faster than the bucket refills (1 a millisecond).
+            let mut refusal = None;
+            for i in 0..10 * crate::budget::REQUEST_BURST {
+                s.handle(ping(i)).await.unwrap();
+                match next(&mut rx).await {
+                    Frame::Pong(_) => {}
+                    other => {
+                        refusal = Some((i, other));
+                        break;
+                    }
+                }
+            }
+            let (id, refusal) = refusal.expect("the budget runs out");
+            assert!(id >= crate::budget::REQUEST_BURST, "the burst passes");
+            match (version, refusal) {
+                (2, Frame::RetryLater(r)) => {
+                    assert_eq!((r.request_id, r.code), (id, ErrorCode::RATE_LIMITED));
+                    assert!((1..=1000).contains(&r.retry_after_ms), "{r:?}");
+                }
+                (1, Frame::ErrorFrame(e)) => {
+                    assert_eq!((e.request_id, e.code), (id, ErrorCode::RATE_LIMITED));
+                    assert!(e.message.contains("retry after"), "{e:?}");
+                }
+                (v, other) => panic!("version {v}: {other:?}"),
+            }
+            store.close().await;
+        }
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ async fn a_hostile_60kb_id_gets_invalid_and_frees_its_slot() {
     .await
     .expect("answered within 10 s");
     match answer {
-        Err(ClientError::Server { code, message }) => {
+        Err(ClientError::Server { code, message, .. }) => {
             assert_eq!(code, ErrorCode::INVALID);
             assert!(
                 message.len() <= courier_wire::text::MAX_MESSAGE,

@@ -755,6 +755,12 @@ async fn receive(
                 }
                 continue;
             }
+            Event::Frame(Frame::RetryLater(e)) => {
+                if let Some(o) = answered(&flight, e.request_id) {
+                    o.failed(&ledger, &e.message);
+                }
+                continue;
+            }
             Event::Closed(reason) => {
                 // Nothing will answer the sends still out: each is an error.
                 let left: Vec<Outstanding> = {

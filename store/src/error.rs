@@ -1,6 +1,14 @@
 //! Errors returned by the store.
 
+use std::time::Duration;
+
 use courier_wire::ErrorCode;
+
+use crate::kv::{KvError, KvErrorKind};
+
+/// How long a caller refused with [`StoreError::Unavailable`] is told to wait: about the time
+/// between two of the writer's attempts to heal the engine.
+pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -23,6 +31,28 @@ pub enum StoreError {
     /// Stored bytes could not be decoded.
     #[error("corrupt record under key {0}")]
     Corrupt(String),
+    /// The store cannot take writes for now (its disk is full, or its engine is recovering
+    /// from a failed write); nothing of the operation was applied. Try again after
+    /// `retry_after`.
+    #[error("storage unavailable: {reason}")]
+    Unavailable {
+        /// What is wrong.
+        reason: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
+}
+
+impl From<KvError> for StoreError {
+    fn from(e: KvError) -> Self {
+        match e.kind {
+            KvErrorKind::Unavailable => Self::Unavailable {
+                reason: e.message,
+                retry_after: UNAVAILABLE_RETRY_AFTER,
+            },
+            KvErrorKind::Retryable | KvErrorKind::Fatal => Self::Engine(e.to_string()),
+        }
+    }
 }
 
 impl StoreError {
@@ -34,6 +64,21 @@ impl StoreError {
             Self::TooLarge(_) => ErrorCode::TOO_LARGE,
             Self::Closed => ErrorCode::SHUTTING_DOWN,
             Self::Engine(_) | Self::Corrupt(_) => ErrorCode::INTERNAL,
+            Self::Unavailable { .. } => ErrorCode::UNAVAILABLE,
         }
+    }
+
+    /// How long to wait before trying again, for failures that a wait cures.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unavailable { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// Whether this is the server's own failure (worth an operator's attention), not the
+    /// caller's or a passing condition.
+    pub fn is_server_fault(&self) -> bool {
+        matches!(self, Self::Engine(_) | Self::Corrupt(_))
     }
 }

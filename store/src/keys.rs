@@ -41,6 +41,9 @@ pub mod tag {
     pub const RECEIPT: u8 = b'E';
     /// `V user` -> whether the user's presence is shown (one byte; absent: shown).
     pub const PRESENCE: u8 = b'V';
+    /// `Q user` -> bytes of the media records the user uploaded (uploads and thumbnails),
+    /// against the upload quota.
+    pub const MEDIA_USAGE: u8 = b'Q';
     /// `K user device` -> the device's push registration (provider, token).
     pub const PUSH_TOKEN: u8 = b'K';
     /// `J user chat` -> the pending push job of a user and chat (coalesced messages).
@@ -275,6 +278,14 @@ pub fn push_token_device(key: &[u8]) -> Option<u32> {
 pub fn presence(u: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + u.len());
     k.push(tag::PRESENCE);
+    user(&mut k, u);
+    k
+}
+
+/// `Q user`.
+pub fn media_usage(u: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + u.len());
+    k.push(tag::MEDIA_USAGE);
     user(&mut k, u);
     k
 }

@@ -6,12 +6,25 @@
 
 use std::fmt;
 
-/// An engine failure. `retryable` ones (a conflict, a too-old read version) are retried by the
-/// writer with the whole batch re-applied in a fresh transaction.
+/// What kind of engine failure a [`KvError`] is: what the writer does about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvErrorKind {
+    /// A fresh transaction may not meet it (a conflict, a too-old read version): the writer
+    /// re-applies the whole batch.
+    Retryable,
+    /// The engine cannot take writes for now (its disk is full; it is reopening after a failed
+    /// write): callers are told to come back later, and the engine heals itself
+    /// ([`Engine::heal`]) without a restart.
+    Unavailable,
+    /// Retrying will not fix it.
+    Fatal,
+}
+
+/// An engine failure.
 #[derive(Debug, Clone)]
 pub struct KvError {
-    /// Whether running the transaction again may succeed.
-    pub retryable: bool,
+    /// What the writer does about it.
+    pub kind: KvErrorKind,
     /// What happened.
     pub message: String,
 }
@@ -20,7 +33,7 @@ impl KvError {
     /// A failure that retrying will not fix.
     pub fn fatal(message: impl fmt::Display) -> Self {
         Self {
-            retryable: false,
+            kind: KvErrorKind::Fatal,
             message: message.to_string(),
         }
     }
@@ -28,19 +41,38 @@ impl KvError {
     /// A failure that a fresh transaction may not meet (conflict, timeout).
     pub fn retryable(message: impl fmt::Display) -> Self {
         Self {
-            retryable: true,
+            kind: KvErrorKind::Retryable,
             message: message.to_string(),
         }
+    }
+
+    /// The engine cannot take writes for now (disk full, reopening).
+    pub fn unavailable(message: impl fmt::Display) -> Self {
+        Self {
+            kind: KvErrorKind::Unavailable,
+            message: message.to_string(),
+        }
+    }
+
+    /// Whether running the transaction again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.kind == KvErrorKind::Retryable
+    }
+
+    /// Whether the engine is unavailable for now (see [`KvErrorKind::Unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == KvErrorKind::Unavailable
     }
 }
 
 impl fmt::Display for KvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
-        if self.retryable {
-            f.write_str(" (retryable)")?;
+        match self.kind {
+            KvErrorKind::Retryable => f.write_str(" (retryable)"),
+            KvErrorKind::Unavailable => f.write_str(" (unavailable for now)"),
+            KvErrorKind::Fatal => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -118,4 +150,16 @@ pub trait Engine: Send + Sync + 'static {
     fn max_batch(&self) -> usize;
     /// Makes sure everything committed is on stable storage (called at shutdown).
     fn sync(&self) -> Result<(), KvError>;
+    /// Recovers from an [`KvErrorKind::Unavailable`] failure if it can: called by the writer,
+    /// with no commit in flight, before it builds a batch after such a failure. `Ok` means the
+    /// engine takes writes again (an engine that needs nothing done returns `Ok`); an error
+    /// means not yet (the writer refuses writes and calls again later).
+    fn heal(&self) -> Result<(), KvError> {
+        Ok(())
+    }
+    /// Bytes free for this engine's data on its disk, for engines that keep data on a local
+    /// disk (`None`: not known, or not local).
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
 }

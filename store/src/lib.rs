@@ -24,6 +24,7 @@
 //! - [`push`] — push registrations and the durable push outbox.
 //! - [`writer`] — the group-commit writer thread.
 //! - [`error`] — [`StoreError`].
+//! - [`logging`] — log lines that cannot flood ([`LogLimiter`]).
 
 #![deny(unsafe_code)]
 
@@ -31,6 +32,7 @@ pub mod engine;
 pub mod error;
 pub mod keys;
 pub mod kv;
+pub mod logging;
 mod media;
 pub mod ops;
 mod presence;
@@ -41,8 +43,9 @@ pub mod record;
 mod store;
 pub mod writer;
 
-pub use error::StoreError;
-pub use media::{MAX_ATTACHMENTS, UNATTACHED_UPLOAD_TTL_MS};
+pub use error::{StoreError, UNAVAILABLE_RETRY_AFTER};
+pub use logging::LogLimiter;
+pub use media::{quota_error, MAX_ATTACHMENTS, UNATTACHED_UPLOAD_TTL_MS};
 pub use ops::{GroupChange, SweepStats, MAX_GROUP_NAME};
 pub use push::{OnlineUsers, PushJob, PushResult};
 pub use reads::SyncPage;

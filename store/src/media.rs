@@ -35,13 +35,42 @@ pub(crate) fn read_media(t: &mut dyn Txn, id: &[u8; 16]) -> Result<Option<Media>
     }
 }
 
+/// The refusal of an upload past the uploader's quota.
+pub fn quota_error(used: u64, quota: u64) -> StoreError {
+    StoreError::TooLarge(format!(
+        "upload quota reached: {} of {} MiB used (media expires with its messages)",
+        used >> 20,
+        quota >> 20
+    ))
+}
+
 /// How long an upload may wait for a message to attach it.
 pub const UNATTACHED_UPLOAD_TTL_MS: u64 = 24 * 3_600_000;
 
 impl Attempt<'_> {
     /// Stores media records (an upload and its thumbnail, together), who uses each blob, and
-    /// (for uploads) when they were made, for expiry unless attached.
-    pub(crate) fn put_media(&mut self, records: &[Media]) -> OpResult<()> {
+    /// (for uploads) when they were made, for expiry unless attached. Their bytes count against
+    /// each uploader's usage; with a `quota`, records that would take an uploader past it are
+    /// refused (nothing is stored).
+    pub(crate) fn put_media(&mut self, records: &[Media], quota: Option<u64>) -> OpResult<()> {
+        let mut added: Vec<(&str, u64)> = Vec::new();
+        for m in records {
+            match added.iter_mut().find(|(u, _)| *u == m.owner) {
+                Some((_, n)) => *n += m.info.size,
+                None => added.push((&m.owner, m.info.size)),
+            }
+        }
+        let mut usage = Vec::with_capacity(added.len());
+        for (owner, n) in added {
+            let used = get_u64(&mut *self.t, &keys::media_usage(owner))?.unwrap_or(0);
+            if let Some(q) = quota.filter(|&q| used.saturating_add(n) > q) {
+                return Ok(Err(quota_error(used, q)));
+            }
+            usage.push((owner, used.saturating_add(n)));
+        }
+        for (owner, n) in usage {
+            self.t.set(&keys::media_usage(owner), &n.to_be_bytes());
+        }
         for m in records {
             let id = &m.info.media_id;
             self.t.set(&keys::media(id), &m.encode());
@@ -98,6 +127,11 @@ impl Attempt<'_> {
             }
         }
         for m in doomed {
+            let usage = keys::media_usage(&m.owner);
+            if let Some(used) = get_u64(&mut *self.t, &usage)? {
+                self.t
+                    .set(&usage, &used.saturating_sub(m.info.size).to_be_bytes());
+            }
             let (id, sha) = (m.info.media_id, m.info.sha256);
             self.t.clear(&keys::media(&id));
             self.t.clear(&keys::blob_user(&sha, &id));
@@ -183,10 +217,27 @@ impl Attempt<'_> {
 }
 
 impl Store {
-    /// Stores media records durably (an upload and its thumbnail in one transaction).
-    pub async fn put_media(&self, records: Vec<Media>) -> Result<(), StoreError> {
-        self.call(|reply| crate::writer::Op::PutMedia(records, reply))
-            .await
+    /// Stores media records durably (an upload and its thumbnail in one transaction), refused
+    /// with `TooLarge` if they would take their uploader past `quota` bytes of media.
+    pub async fn put_media(
+        &self,
+        records: Vec<Media>,
+        quota: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.call(|reply| crate::writer::Op::PutMedia {
+            records,
+            quota,
+            reply,
+        })
+        .await
+    }
+
+    /// Bytes of media `user` uploaded that are still stored (uploads and their thumbnails).
+    pub fn media_usage(&self, user: &str) -> Result<u64, StoreError> {
+        let mut t = self.shared.engine.begin().map_err(engine_err)?;
+        Ok(get_u64(&mut *t, &keys::media_usage(user))
+            .map_err(engine_err)?
+            .unwrap_or(0))
     }
 
     /// The media record `id`, if `user` may read it: its uploader, or a member of a chat where a

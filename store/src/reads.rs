@@ -32,7 +32,7 @@ pub struct SyncPage {
 const MAX_MEMBERSHIPS: usize = 1_000_000;
 
 pub(crate) fn engine_err(e: KvError) -> StoreError {
-    StoreError::Engine(e.to_string())
+    StoreError::from(e)
 }
 
 fn decode_messages(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<Message>, StoreError> {

@@ -78,6 +78,11 @@ pub struct StoreConfig {
     pub max_retries: u32,
     /// Messages and dedupe records older than this are deleted.
     pub retention: Duration,
+    /// Writes that add data (sends, chats, media records) are refused with
+    /// [`StoreError::Unavailable`] while the engine's disk has less free space than this, so a
+    /// full disk does not fail commits; deletions, acks and receipts go on. 0: no floor. Only
+    /// engines on a local disk have one.
+    pub min_free_bytes: u64,
     /// How often the background sweeper deletes expired data (None: only [`Store::sweep`]).
     pub sweep_interval: Option<Duration>,
     /// Most expired entries one sweep transaction deletes.
@@ -103,6 +108,7 @@ impl StoreConfig {
             queue_depth: 65_536,
             max_retries: 20,
             retention: Duration::from_secs(30 * 86_400),
+            min_free_bytes: 64 << 20,
             sweep_interval: Some(Duration::from_secs(60)),
             sweep_limit: 512,
             clock: Arc::new(SystemClock),
@@ -149,6 +155,8 @@ pub(crate) struct Shared {
     pub(crate) engine: Arc<dyn Engine>,
     /// Committed chat records; kept only when the engine is exclusive to this process.
     pub(crate) chats: DashMap<u64, Arc<Chat>>,
+    /// A batch found the engine unavailable: the writer heals it before the next batch.
+    pub(crate) unhealthy: std::sync::atomic::AtomicBool,
     pub(crate) config: StoreConfig,
 }
 
@@ -222,7 +230,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the embedded store in `config.path`.
     pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
-        let engine = Embedded::open(&config.path).map_err(|e| StoreError::Engine(e.to_string()))?;
+        let engine = Embedded::open(&config.path)?;
         Self::with_engine(Arc::new(engine), config)
     }
 
@@ -231,6 +239,7 @@ impl Store {
         let shared = Arc::new(Shared {
             engine,
             chats: DashMap::new(),
+            unhealthy: Default::default(),
             config,
         });
         let (tx, rx) = mpsc::channel(shared.config.queue_depth.max(1));

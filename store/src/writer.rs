@@ -14,12 +14,14 @@
 //! [`CommitListener`]: crate::CommitListener
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::kv::PendingCommit;
+use crate::kv::{KvError, PendingCommit};
+use crate::logging::{limited_error, limited_warn, LogLimiter};
 use crate::ops::{Attempt, GroupChange, SweepStats};
 use crate::push::{PushJob, PushResult};
 use crate::receipts::ReceiptOutcome;
@@ -81,7 +83,11 @@ pub(crate) enum Op {
         limit: usize,
         reply: Reply<SweepStats>,
     },
-    PutMedia(Vec<Media>, Reply<()>),
+    PutMedia {
+        records: Vec<Media>,
+        quota: Option<u64>,
+        reply: Reply<()>,
+    },
     Receipt {
         user: String,
         chat_id: u64,
@@ -115,6 +121,21 @@ impl Op {
         matches!(self, Self::Append(..) | Self::AppendBatch(..))
     }
 
+    /// Whether this operation adds data (refused while the disk is under the free-space floor;
+    /// the others overwrite small records or delete).
+    fn grows(&self) -> bool {
+        matches!(
+            self,
+            Self::Append(..)
+                | Self::AppendBatch(..)
+                | Self::CreateDirect { .. }
+                | Self::CreateGroup { .. }
+                | Self::UpdateGroup { .. }
+                | Self::PutMedia { .. }
+                | Self::RegisterPush { .. }
+        )
+    }
+
     /// How much of a batch this operation fills.
     fn weight(&self) -> usize {
         match self {
@@ -136,7 +157,7 @@ enum Answer {
     None,
 }
 
-fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, crate::kv::KvError> {
+fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, KvError> {
     Ok(match op {
         Op::Append(req, _) => Answer::Appended(a.append(req)?),
         Op::AppendBatch(reqs, _) => Answer::Batch(
@@ -165,7 +186,7 @@ fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, crate::kv::KvError> {
                 .collect::<Result<Vec<_>, _>>()?,
         ),
         Op::Sweep { limit, .. } => Answer::Sweep(a.sweep(*limit)?),
-        Op::PutMedia(records, _) => Answer::Unit(a.put_media(records)?),
+        Op::PutMedia { records, quota, .. } => Answer::Unit(a.put_media(records, *quota)?),
         Op::Receipt {
             user,
             chat_id,
@@ -202,7 +223,7 @@ fn answer(op: Op, answer: Answer) {
         (Op::Ack { reply, .. }, Answer::Seqs(r)) => drop(reply.send(Ok(r))),
         (Op::Sweep { reply, .. }, Answer::Sweep(r)) => drop(reply.send(r)),
         (
-            Op::PutMedia(_, reply)
+            Op::PutMedia { reply, .. }
             | Op::SetPresence { reply, .. }
             | Op::RegisterPush { reply, .. }
             | Op::PushDone { reply, .. },
@@ -225,7 +246,7 @@ fn fail(op: Op, e: StoreError) {
         | Op::UpdateGroup { reply, .. } => drop(reply.send(Err(e))),
         Op::Ack { reply, .. } => drop(reply.send(Err(e))),
         Op::Sweep { reply, .. } => drop(reply.send(Err(e))),
-        Op::PutMedia(_, reply)
+        Op::PutMedia { reply, .. }
         | Op::SetPresence { reply, .. }
         | Op::RegisterPush { reply, .. }
         | Op::PushDone { reply, .. } => drop(reply.send(Err(e))),
@@ -236,6 +257,42 @@ fn fail(op: Op, e: StoreError) {
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
+}
+
+/// Failed batches logged: one line per interval however many fail (a full disk fails them all).
+static FAILED_BATCHES: LogLimiter = LogLimiter::new(Duration::from_secs(10));
+
+/// Logs a batch that failed; an unavailable engine is marked for healing.
+fn failed(shared: &Shared, e: &KvError, n: usize) {
+    if e.is_unavailable() {
+        shared.unhealthy.store(true, Ordering::Release);
+        limited_warn!(FAILED_BATCHES, "batch of {n} refused: {e}");
+    } else {
+        limited_error!(FAILED_BATCHES, "batch of {n} failed: {e}");
+    }
+}
+
+/// Least time between two attempts to heal the engine.
+const HEAL_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a free-space reading is trusted.
+const FREE_SPACE_FRESH: Duration = Duration::from_millis(100);
+
+/// What the writer knows of the engine's health and the disk's room.
+struct Health {
+    /// When the engine may next be asked to heal.
+    next_heal: Instant,
+    /// The last free-space reading, and when it was taken.
+    free: Option<(Instant, Option<u64>)>,
+}
+
+impl Health {
+    fn new() -> Self {
+        Self {
+            next_heal: Instant::now(),
+            free: None,
+        }
+    }
 }
 
 /// A batch whose transaction is built and whose commit is under way.
@@ -262,8 +319,8 @@ impl Prepared {
         } = self;
         let n = ops.len();
         if let Err(e) = pending.finish() {
-            tracing::error!("commit of a batch of {n} failed: {e}");
-            let err = StoreError::Engine(e.to_string());
+            failed(shared, &e, n);
+            let err = StoreError::from(e);
             for op in ops {
                 fail(op, err.clone());
             }
@@ -373,6 +430,7 @@ impl Writer {
                 }
             };
             let mut ops = Vec::with_capacity(max_batch);
+            let mut health = Health::new();
             while let Some(first) = rx.blocking_recv() {
                 let mut shutdown = false;
                 let mut weight = 0;
@@ -388,7 +446,7 @@ impl Writer {
                     }
                 }
                 if !ops.is_empty() {
-                    self.apply(std::mem::take(&mut ops), &mut committer);
+                    self.apply(std::mem::take(&mut ops), &mut committer, &mut health);
                 }
                 if shutdown {
                     break;
@@ -407,8 +465,21 @@ impl Writer {
     /// commits, reading its writes. Anything else (chat changes, acks, sweeps) waits for the
     /// commit in flight before it begins and for its own commit before the next batch begins, so
     /// the chat cache and range deletions never race a commit.
-    fn apply(&self, ops: Vec<Op>, committer: &mut Committer) {
+    fn apply(&self, ops: Vec<Op>, committer: &mut Committer, health: &mut Health) {
         let shared = &*self.shared;
+        if shared.unhealthy.load(Ordering::Acquire) {
+            committer.idle();
+            if let Err(e) = self.heal(health) {
+                for op in ops {
+                    fail(op, e.clone());
+                }
+                return;
+            }
+        }
+        let ops = self.refuse_below_floor(ops, health);
+        if ops.is_empty() {
+            return;
+        }
         let barrier = ops.iter().any(|op| !op.is_append());
         if barrier {
             committer.idle();
@@ -452,13 +523,13 @@ impl Writer {
                     }
                     return;
                 }
-                Err(e) if e.retryable && tries < shared.config.max_retries => {
+                Err(e) if e.is_retryable() && tries < shared.config.max_retries => {
                     tries += 1;
                     tracing::debug!("retrying batch of {} after: {e}", ops.len());
                 }
                 Err(e) => {
-                    tracing::error!("batch of {} failed: {e}", ops.len());
-                    let err = StoreError::Engine(e.to_string());
+                    failed(shared, &e, ops.len());
+                    let err = StoreError::from(e);
                     for op in ops {
                         fail(op, err.clone());
                     }
@@ -466,5 +537,74 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Asks the engine to heal after a batch found it unavailable (at most once per
+    /// [`HEAL_EVERY`]); with no commit in flight. Afterwards the chat cache is dropped: a batch
+    /// whose commit failed may have landed after all.
+    fn heal(&self, health: &mut Health) -> Result<(), StoreError> {
+        let shared = &*self.shared;
+        let now = Instant::now();
+        if now < health.next_heal {
+            return Err(StoreError::Unavailable {
+                reason: "the storage engine is recovering from a failed write".into(),
+                retry_after: health.next_heal - now,
+            });
+        }
+        health.next_heal = now + HEAL_EVERY;
+        match shared.engine.heal() {
+            Ok(()) => {
+                shared.unhealthy.store(false, Ordering::Release);
+                shared.chats.clear();
+                Ok(())
+            }
+            Err(e) => {
+                limited_warn!(FAILED_BATCHES, "the storage engine is not healed yet: {e}");
+                Err(StoreError::Unavailable {
+                    reason: e.message,
+                    retry_after: HEAL_EVERY,
+                })
+            }
+        }
+    }
+
+    /// Fails the operations that add data while the engine's disk has less free space than
+    /// the configured floor, and returns the others. The floor keeps a full disk from failing
+    /// a commit (which forces a reopen) and leaves room for the deletions that free space.
+    fn refuse_below_floor(&self, ops: Vec<Op>, health: &mut Health) -> Vec<Op> {
+        let shared = &*self.shared;
+        let floor = shared.config.min_free_bytes;
+        if floor == 0 || !ops.iter().any(Op::grows) {
+            return ops;
+        }
+        let now = Instant::now();
+        let free = match health.free {
+            Some((at, free)) if now.saturating_duration_since(at) < FREE_SPACE_FRESH => free,
+            _ => {
+                let free = shared.engine.free_bytes();
+                health.free = Some((now, free));
+                free
+            }
+        };
+        let Some(free) = free.filter(|&f| f < floor) else {
+            return ops;
+        };
+        limited_warn!(
+            FAILED_BATCHES,
+            "{free} bytes free on the store's disk, under the floor of {floor}: refusing writes that add data"
+        );
+        let err = StoreError::Unavailable {
+            reason: format!(
+                "the server's disk is nearly full ({} MiB free, floor {} MiB)",
+                free >> 20,
+                floor >> 20
+            ),
+            retry_after: crate::UNAVAILABLE_RETRY_AFTER,
+        };
+        let (refused, kept): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(Op::grows);
+        for op in refused {
+            fail(op, err.clone());
+        }
+        kept
     }
 }

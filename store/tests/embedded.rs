@@ -29,19 +29,4 @@ macro_rules! conformance {
     )*};
 }
 
-conformance!(
-    concurrent_appends_are_dense_deduplicated_and_durable,
-    history_pages_both_ways_for_members_only,
-    groups_record_changes_in_their_own_sequence,
-    chat_lists_page_by_id,
-    sync_resumes_from_positions_and_pages,
-    sync_reads_only_chats_with_news,
-    retention_expires_messages_and_dedupe_and_says_so,
-    retention_entries_open_and_close_per_hour,
-    batches_keep_every_guarantee,
-    answers_by_function_after_the_listener,
-    media_attachments_and_access,
-    media_expires_with_its_messages,
-    receipts_move_forward_and_say_whom_to_tell,
-    push_jobs_are_durable_coalesced_and_retried,
-);
+conformance::every_test!(conformance);

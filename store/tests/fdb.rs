@@ -6,7 +6,7 @@
 mod conformance;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conformance::Harness;
 use courier_store::engine::fdb::{stop_network, FdbEngine};
@@ -38,6 +38,13 @@ async fn conformance_on_foundationdb() {
         file,
         run: format!("{nanos}-{}", std::process::id()),
     };
-    conformance::run_all(&cluster).await;
+    macro_rules! run_all {
+        ($($name:ident),* $(,)?) => {$(
+            tokio::time::timeout(Duration::from_secs(120), conformance::$name(&cluster))
+                .await
+                .unwrap_or_else(|_| panic!("{} timed out", stringify!($name)));
+        )*};
+    }
+    conformance::every_test!(run_all);
     stop_network();
 }

@@ -79,6 +79,9 @@ codes! {
     INVALID = 11,
     /// The server is shutting down (in GoAway).
     SHUTTING_DOWN = 12,
+    /// The server cannot store anything right now (its disk is full, its storage engine is
+    /// recovering); retry after the wait it names. Nothing of the refused request was applied.
+    UNAVAILABLE = 13,
 }
 
 impl fmt::Debug for ErrorCode {

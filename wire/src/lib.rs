@@ -1,4 +1,4 @@
-//! Courier's wire protocol, version 1, as a sans-IO codec.
+//! Courier's wire protocol, versions 1 and 2, as a sans-IO codec.
 //!
 //! This crate turns bytes into [`Frame`]s and frames into bytes. It has no sockets, no async
 //! runtime and no clocks: the gateway, the client SDK, the load generator and the benchmarks all
@@ -31,8 +31,12 @@ pub use error::{DecodeError, ErrorCode};
 pub use frame::Frame;
 pub use header::{Header, HEADER_LEN};
 
-/// The protocol version this crate speaks, sent in `Hello` and `Welcome`.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this crate speaks, sent in `Hello` and `Welcome`. Version 2 is
+/// version 1 plus [`frame::RetryLater`] (a refusal that says when to retry).
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest protocol version this crate still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// The ALPN identifier a Courier connection negotiates in TLS.
 pub const ALPN: &[u8] = b"courier/1";

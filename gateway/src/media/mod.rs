@@ -51,6 +51,13 @@ pub struct MediaConfig {
     pub stall_timeout: Duration,
     /// Where blobs live.
     pub blobs: BlobStoreConfig,
+    /// Most bytes of media one user may have stored (uploads and thumbnails, until they
+    /// expire with their messages), and uploading at once; None: no quota.
+    pub user_quota: Option<u64>,
+    /// Uploads are refused with `UNAVAILABLE` while the uploads directory's disk would have
+    /// less free space than this after them; set above the store's floor, so uploads are
+    /// refused before messages are. 0: no floor.
+    pub min_free: u64,
 }
 
 /// Where media blobs live.
@@ -101,6 +108,8 @@ impl Default for MediaConfig {
             max_streams: 8,
             stall_timeout: Duration::from_secs(30),
             blobs: BlobStoreConfig::Local,
+            user_quota: Some(4 << 30),
+            min_free: 1 << 30,
         }
     }
 }
@@ -116,6 +125,9 @@ pub struct MediaService {
     /// writing it): the janitor must not delete these. Held across the janitor's check and
     /// delete, so an upload either registers first or finds the blob gone.
     pub(crate) storing: tokio::sync::Mutex<HashMap<[u8; 32], usize>>,
+    /// Declared bytes of each user's uploads in progress (they count against the quota and the
+    /// free-space floor before any record exists).
+    pub(crate) receiving: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl MediaService {
@@ -134,6 +146,7 @@ impl MediaService {
             thumbnails: Semaphore::new(config.thumbnail_workers.max(1)),
             config,
             storing: tokio::sync::Mutex::default(),
+            receiving: std::sync::Mutex::default(),
         })
     }
 
@@ -160,7 +173,7 @@ impl MediaService {
     }
 
     /// Deletes a released blob unless an upload is storing it or a record uses it again.
-    async fn release(&self, sha256: [u8; 32]) {
+    pub(crate) async fn release(&self, sha256: [u8; 32]) {
         let storing = self.storing.lock().await;
         if storing.contains_key(&sha256) {
             return;
@@ -209,12 +222,12 @@ pub(crate) async fn janitor(
 /// The error frame for a request on a media stream (bounded like every error answer).
 pub(crate) use crate::session::error_frame as error;
 
-/// Serves one media stream opened by `user`: reads its first frame and runs the upload or the
+/// Serves one media stream opened by `user` on a session of protocol `version`: reads its first frame and runs the upload or the
 /// download it asks for. Anything else is refused with `UNSUPPORTED` on the stream.
 pub async fn serve_stream(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
-    user: String,
+    (user, version): (String, u16),
     svc: Arc<MediaService>,
 ) {
     let mut reader = FrameReader::from_clients(recv, MAX_MEDIA_FRAME);
@@ -233,7 +246,7 @@ pub async fn serve_stream(
     match first {
         Frame::Upload(u) => {
             let (recv, leftover) = reader.into_parts();
-            upload::serve(u, leftover, recv, send, &user, &svc).await;
+            upload::serve(u, leftover, recv, send, (&user, version), &svc).await;
         }
         Frame::Download(d) => download::serve(d, send, &user, &svc).await,
         other => {

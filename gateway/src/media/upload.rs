@@ -28,16 +28,102 @@ const CONFIRM_EVERY: u64 = 1 << 20;
 enum Failure {
     /// Refused: told to the client with this code.
     Refused(ErrorCode, String),
+    /// Refused for now (disk nearly full, store unavailable): the client may try again after
+    /// the wait.
+    Later(ErrorCode, Duration, String),
     /// The stream or connection went away: the part file stays for a resume.
     Cut,
     /// Our own failure (disk, store).
     Internal(String),
 }
 
+/// How long an upload refused for lack of disk space is told to wait.
+const NO_ROOM_RETRY_AFTER: Duration = Duration::from_secs(10);
+
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(28 | 122))
+        {
+            return Self::Later(
+                ErrorCode::UNAVAILABLE,
+                NO_ROOM_RETRY_AFTER,
+                "the server's disk is full; upload again later".into(),
+            );
+        }
         Self::Internal(e.to_string())
     }
+}
+
+impl From<courier_store::StoreError> for Failure {
+    fn from(e: courier_store::StoreError) -> Self {
+        match e.retry_after() {
+            Some(wait) => Self::Later(e.code(), wait, e.to_string()),
+            None if e.is_server_fault() => Self::Internal(e.to_string()),
+            None => Self::Refused(e.code(), e.to_string()),
+        }
+    }
+}
+
+/// An upload in progress, counted against its user's quota and the free space until dropped.
+struct Receiving<'a> {
+    svc: &'a MediaService,
+    user: String,
+    bytes: u64,
+}
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        let mut r = self.svc.receiving.lock().expect("receiving lock");
+        if let Some(n) = r.get_mut(&self.user) {
+            *n = n.saturating_sub(self.bytes);
+            if *n == 0 {
+                r.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Admits an upload of `size` bytes of which `remaining` are still to come: within the user's
+/// quota (media stored plus uploads in progress) and leaving the disk its free-space floor.
+fn admit<'a>(
+    svc: &'a MediaService,
+    user: &str,
+    size: u64,
+    remaining: u64,
+) -> Result<Receiving<'a>, Failure> {
+    let floor = svc.config.min_free;
+    if floor > 0 {
+        let free = courier_store::engine::embedded::free_bytes(&svc.uploads);
+        if let Some(free) = free.filter(|&f| f < floor.saturating_add(remaining)) {
+            return Err(Failure::Later(
+                ErrorCode::UNAVAILABLE,
+                NO_ROOM_RETRY_AFTER,
+                format!(
+                    "the server's disk is nearly full ({} MiB free); upload again later",
+                    free >> 20
+                ),
+            ));
+        }
+    }
+    let stored = match svc.config.user_quota {
+        Some(_) => svc.store.media_usage(user)?,
+        None => 0,
+    };
+    let mut r = svc.receiving.lock().expect("receiving lock");
+    let in_progress = r.get(user).copied().unwrap_or(0);
+    if let Some(quota) = svc.config.user_quota {
+        let used = stored.saturating_add(in_progress);
+        if used.saturating_add(size) > quota {
+            let e = courier_store::quota_error(used, quota);
+            return Err(refused(e.code(), e.to_string()));
+        }
+    }
+    *r.entry(user.to_owned()).or_default() += size;
+    Ok(Receiving {
+        svc,
+        user: user.to_owned(),
+        bytes: size,
+    })
 }
 
 fn refused(code: ErrorCode, msg: impl Into<String>) -> Failure {
@@ -88,13 +174,13 @@ impl Meta {
     }
 }
 
-/// Runs one upload stream and answers on it.
+/// Runs one upload stream of `user` (on a session of protocol `version`) and answers on it.
 pub(crate) async fn serve(
     req: Upload,
     leftover: BytesMut,
     mut recv: quinn::RecvStream,
     mut send: quinn::SendStream,
-    user: &str,
+    (user, version): (&str, u16),
     svc: &MediaService,
 ) {
     let request_id = req.request_id;
@@ -108,6 +194,12 @@ pub(crate) async fn serve(
             // Tell the client to stop sending, then why.
             let _ = recv.stop(code.0.into());
             let _ = send.write_all(&error(request_id, code, msg)).await;
+            let _ = send.finish();
+        }
+        Err(Failure::Later(code, wait, msg)) => {
+            let _ = recv.stop(code.0.into());
+            let frame = crate::session::retry_frame(version, request_id, code, wait, msg);
+            let _ = send.write_all(&frame).await;
             let _ = send.finish();
         }
         Err(Failure::Internal(msg)) => {
@@ -258,6 +350,7 @@ async fn receive(
             "offset beyond the declared size",
         ));
     }
+    let _receiving = admit(svc, user, req.size, req.size - req.offset)?;
     let (id, mut file, mut ctx) = open_part(req, user, svc).await?;
     progress(send, req.request_id, id, req.offset).await?;
 
@@ -299,11 +392,18 @@ async fn receive(
                 format!("more bytes than the declared {}", req.size),
             ));
         }
-        file.write_all(&chunk).await?;
+        if let Err(e) = file.write_all(&chunk).await {
+            // Most likely a full disk: what arrived goes, to give the space back.
+            remove(svc, id).await;
+            return Err(e.into());
+        }
         ctx.update(&chunk);
         written += chunk.len() as u64;
         if written - confirmed >= CONFIRM_EVERY {
-            file.sync_data().await?;
+            if let Err(e) = file.sync_data().await {
+                remove(svc, id).await;
+                return Err(e.into());
+            }
             confirmed = written;
             progress(send, req.request_id, id, confirmed).await?;
         }
@@ -334,23 +434,34 @@ async fn receive(
         ));
     }
     svc.storing(&[sha256]).await;
-    let result = store(svc, id, user, req.size, sha256).await;
+    let mut blobs = vec![sha256];
+    let result = store(svc, id, user, req.size, sha256, &mut blobs).await;
     svc.stored(&[sha256]).await;
     remove(svc, id).await;
+    if result.is_err() {
+        // No record uses what this upload stored: delete those blobs (unless another upload
+        // or record uses the same bytes), so a failed upload leaves nothing behind.
+        for b in blobs {
+            svc.release(b).await;
+        }
+    }
     result
 }
 
-/// Detects the type, makes the thumbnail, stores blobs and records.
+/// Detects the type, makes the thumbnail, stores blobs and records; adds the blobs it stored
+/// (beyond the upload's own) to `blobs`.
 async fn store(
     svc: &MediaService,
     id: u64,
     user: &str,
     size: u64,
     sha256: [u8; 32],
+    blobs: &mut Vec<[u8; 32]>,
 ) -> Result<Attachment, Failure> {
     let mut storing = Vec::new();
     let result = store_marked(svc, id, user, size, sha256, &mut storing).await;
     svc.stored(&storing).await;
+    blobs.extend(storing);
     result
 }
 
@@ -451,10 +562,7 @@ async fn store_marked(
             thumbnail_of: None,
         },
     );
-    svc.store
-        .put_media(records)
-        .await
-        .map_err(|e| Failure::Internal(e.to_string()))?;
+    svc.store.put_media(records, svc.config.user_quota).await?;
     Ok(info)
 }
 

@@ -8,12 +8,20 @@
 //! `crate::keys`: messages, dedupe records and metadata each get their own memtables, tables and
 //! bloom filters, so a dedupe lookup does not search the message tree. A scan that crosses tags
 //! walks the keyspaces in tag order, so the engine is still one ordered key space.
+//!
+//! A failed write (a full disk, an I/O error) poisons fjall: it refuses every later write, since
+//! after a failed fsync the page cache cannot be trusted. The engine then reports itself
+//! unavailable and [heals](Engine::heal) by reopening the directory, once every handle of the
+//! poisoned database is gone: recovery replays the journal as it is on disk, so what was
+//! committed before the failure is there, and a batch whose commit failed is either absent or
+//! whole (its caller was told it failed; a retried send finds it by its client message id).
 
 use std::collections::HashMap;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use fjall::{
     Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch as WriteBatch, PersistMode,
@@ -30,6 +38,13 @@ type Writes = HashMap<Slice, Option<Slice>>;
 /// The pipelined commits in flight.
 type InFlight = Arc<Pipeline>;
 
+/// How long [`Engine::heal`] waits for readers of the poisoned database to finish.
+const HEAL_WAIT: Duration = Duration::from_secs(5);
+
+/// Free bytes a reopen needs: with less, the poisoned database is kept (it still serves reads)
+/// rather than closed for an open that would fail.
+const HEAL_MIN_FREE: u64 = 4 << 20;
+
 /// The writes of the pipelined commits in flight, oldest first: the writer's next transaction
 /// reads them as committed. Pushed by [`Txn::commit_pipelined`], removed when its batch is
 /// applied.
@@ -37,15 +52,26 @@ type InFlight = Arc<Pipeline>;
 struct Pipeline {
     writes: Mutex<Vec<Arc<Writes>>>,
     /// Set when a pipelined commit failed: the commits started after it read its writes, so
-    /// none of them may land.
+    /// none of them may land. Cleared when the writer begins a transaction with nothing in
+    /// flight (no transaction can have read the failed writes then).
     failed: AtomicBool,
+}
+
+/// One opened fjall database and its keyspaces. Every transaction holds it: a reopen waits
+/// until none does.
+struct Live {
+    db: Database,
+    /// The keyspace of each first key byte, created on first write.
+    spaces: RwLock<Vec<Option<Keyspace>>>,
 }
 
 /// fjall in a directory.
 pub struct Embedded {
-    db: Database,
-    /// The keyspace of each first key byte, created on first write.
-    spaces: RwLock<Vec<Option<Keyspace>>>,
+    path: PathBuf,
+    /// `None` while a reopen after a failed write has not succeeded yet.
+    live: RwLock<Option<Arc<Live>>>,
+    /// A write failed and fjall refuses writes until the database is reopened.
+    broken: Arc<AtomicBool>,
     in_flight: InFlight,
 }
 
@@ -53,17 +79,55 @@ fn space_name(tag: u8) -> String {
     format!("t{tag:02x}")
 }
 
-impl Embedded {
-    /// Opens (or creates) the engine in `path`.
-    pub fn open(path: &Path) -> Result<Self, KvError> {
-        std::fs::create_dir_all(path)
-            .map_err(|e| KvError::fatal(format!("create {}: {e}", path.display())))?;
+/// Whether an I/O error means the disk (or the user's quota on it) is full.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    // ENOSPC and EDQUOT.
+    e.kind() == std::io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(28 | 122))
+}
+
+/// The error of a failed write. fjall poisons itself on any failed journal write or flush, so
+/// every write failure makes the engine unavailable until it is reopened.
+fn write_failure(e: fjall::Error) -> KvError {
+    match &e {
+        fjall::Error::Io(io) if is_disk_full(io) => {
+            KvError::unavailable(format!("the disk is full: {io}"))
+        }
+        fjall::Error::Poisoned => KvError::unavailable(
+            "the storage engine refuses writes after a failed write; it is being reopened",
+        ),
+        _ => KvError::unavailable(format!(
+            "a write failed ({e}); the engine is being reopened"
+        )),
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(path).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+impl Live {
+    fn open(path: &Path) -> Result<Self, KvError> {
+        std::fs::create_dir_all(path).map_err(|e| {
+            let msg = format!("create {}: {e}", path.display());
+            if is_disk_full(&e) {
+                KvError::unavailable(msg)
+            } else {
+                KvError::fatal(msg)
+            }
+        })?;
         // One background worker: fjall's second worker busy-waits for compaction work, which
         // costs more than it gains on small machines.
         let db = Database::builder(path)
             .worker_threads(1)
             .open()
-            .map_err(KvError::fatal)?;
+            .map_err(|e| match &e {
+                fjall::Error::Io(io) if is_disk_full(io) => {
+                    KvError::unavailable(format!("open {}: the disk is full: {io}", path.display()))
+                }
+                _ => KvError::fatal(format!("open {}: {e}", path.display())),
+            })?;
         let mut spaces = vec![None; 256];
         for tag in 0..=255u8 {
             if db.keyspace_exists(&space_name(tag)) {
@@ -73,13 +137,12 @@ impl Embedded {
         Ok(Self {
             db,
             spaces: RwLock::new(spaces),
-            in_flight: InFlight::default(),
         })
     }
 
     fn create(db: &Database, tag: u8) -> Result<Keyspace, KvError> {
         db.keyspace(&space_name(tag), KeyspaceCreateOptions::default)
-            .map_err(KvError::fatal)
+            .map_err(write_failure)
     }
 
     fn space(&self, tag: u8) -> Option<Keyspace> {
@@ -96,15 +159,49 @@ impl Embedded {
     }
 }
 
+impl Embedded {
+    /// Opens (or creates) the engine in `path`.
+    pub fn open(path: &Path) -> Result<Self, KvError> {
+        let live = Live::open(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            live: RwLock::new(Some(Arc::new(live))),
+            broken: Arc::default(),
+            in_flight: InFlight::default(),
+        })
+    }
+
+    /// The open database, or why there is none.
+    fn live(&self) -> Result<Arc<Live>, KvError> {
+        self.live.read().expect("live lock").clone().ok_or_else(|| {
+            KvError::unavailable(
+                "the storage engine is reopening after a failed write (is the disk full?)",
+            )
+        })
+    }
+
+    fn broken_flag(&self) -> Arc<AtomicBool> {
+        self.broken.clone()
+    }
+
+    /// Notes that a write failed: fjall takes no more writes until reopened.
+    fn broke(&self, e: fjall::Error) -> KvError {
+        self.broken.store(true, Ordering::Release);
+        write_failure(e)
+    }
+}
+
 impl Engine for Embedded {
     fn name(&self) -> &'static str {
         "embedded"
     }
 
     fn begin(&self) -> Result<Box<dyn Txn + '_>, KvError> {
+        let live = self.live()?;
         Ok(Box::new(EmbeddedTxn {
             engine: self,
-            snapshot: self.db.snapshot(),
+            snapshot: live.db.snapshot(),
+            live,
             in_flight: Vec::new(),
             writes: HashMap::new(),
             cleared: Vec::new(),
@@ -112,17 +209,27 @@ impl Engine for Embedded {
     }
 
     fn begin_write(&self) -> Result<Box<dyn Txn + '_>, KvError> {
+        if self.broken.load(Ordering::Acquire) {
+            return Err(KvError::unavailable(
+                "the storage engine refuses writes after a failed write; it is being reopened",
+            ));
+        }
+        let live = self.live()?;
         // The in-flight writes first, then the snapshot: a batch that lands in between is then
         // in both (same values), never in neither.
-        let in_flight = self
-            .in_flight
-            .writes
-            .lock()
-            .expect("in-flight lock")
-            .clone();
+        let in_flight = {
+            let writes = self.in_flight.writes.lock().expect("in-flight lock");
+            if writes.is_empty() {
+                // Only the writer thread begins write transactions and it builds one at a time,
+                // so with nothing in flight no transaction holds writes of a failed commit.
+                self.in_flight.failed.store(false, Ordering::Release);
+            }
+            writes.clone()
+        };
         Ok(Box::new(EmbeddedTxn {
             engine: self,
-            snapshot: self.db.snapshot(),
+            snapshot: live.db.snapshot(),
+            live,
             in_flight,
             writes: HashMap::new(),
             cleared: Vec::new(),
@@ -138,15 +245,57 @@ impl Engine for Embedded {
     }
 
     fn sync(&self) -> Result<(), KvError> {
-        self.db
+        self.live()?
+            .db
             .persist(PersistMode::SyncAll)
-            .map_err(KvError::fatal)
+            .map_err(|e| self.broke(e))
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        free_bytes(&self.path)
+    }
+
+    fn heal(&self) -> Result<(), KvError> {
+        if !self.broken.load(Ordering::Acquire) && self.live.read().expect("live lock").is_some() {
+            return Ok(());
+        }
+        if let Some(free) = free_bytes(&self.path).filter(|&f| f < HEAL_MIN_FREE) {
+            return Err(KvError::unavailable(format!(
+                "the disk is still full ({free} bytes free)"
+            )));
+        }
+        let mut live = self.live.write().expect("live lock");
+        if let Some(old) = live.take() {
+            // Readers still in a transaction hold the old database: wait for them (briefly),
+            // then drop it, which stops its workers and releases its lock file.
+            let deadline = Instant::now() + HEAL_WAIT;
+            while Arc::strong_count(&old) > 1 {
+                if Instant::now() >= deadline {
+                    *live = Some(old);
+                    return Err(KvError::unavailable(
+                        "the storage engine is waiting for readers before it reopens",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(old);
+        }
+        let reopened = Live::open(&self.path)?;
+        *live = Some(Arc::new(reopened));
+        self.broken.store(false, Ordering::Release);
+        tracing::warn!(
+            "storage engine in {} reopened after a failed write; taking writes again",
+            self.path.display()
+        );
+        Ok(())
     }
 }
 
 struct EmbeddedTxn<'a> {
     engine: &'a Embedded,
     snapshot: Snapshot,
+    /// The database the snapshot is of (a reopen waits until no transaction holds it).
+    live: Arc<Live>,
     /// The writes of the pipelined commits that were in flight when this transaction began,
     /// oldest first: read as committed (newer over older), under this transaction's own writes.
     in_flight: Vec<Arc<Writes>>,
@@ -169,7 +318,7 @@ impl EmbeddedTxn<'_> {
         let last = end.first().copied().unwrap_or(0);
         let mut parts = Vec::new();
         for tag in first..=last {
-            let Some(ks) = self.engine.space(tag) else {
+            let Some(ks) = self.live.space(tag) else {
                 continue;
             };
             let lo = if tag == first {
@@ -209,7 +358,7 @@ impl Txn for EmbeddedTxn<'_> {
         if let Some(w) = self.in_flight.iter().rev().find_map(|f| f.get(key)) {
             return Ok(w.as_ref().map(|v| v.to_vec()));
         }
-        let Some(ks) = key.first().and_then(|&t| self.engine.space(t)) else {
+        let Some(ks) = key.first().and_then(|&t| self.live.space(t)) else {
             return Ok(None);
         };
         Ok(self
@@ -312,7 +461,7 @@ impl Txn for EmbeddedTxn<'_> {
 
     fn commit_pipelined(self: Box<Self>) -> Result<Box<dyn PendingCommit>, KvError> {
         let mut batch = self.batch()?;
-        let mut spaces = Spaces::new(self.engine);
+        let mut spaces = Spaces::new(&self.live);
         // The slices are shared, not copied: the batch and the in-flight map hold the same bytes.
         // In key order: consecutive memtable inserts then walk the same skiplist towers.
         let mut sorted: Vec<(&Slice, &Option<Slice>)> = self.writes.iter().collect();
@@ -335,6 +484,7 @@ impl Txn for EmbeddedTxn<'_> {
             batch: Some(batch),
             writes,
             in_flight: self.engine.in_flight.clone(),
+            broken: self.engine.broken_flag(),
         }))
     }
 }
@@ -344,16 +494,12 @@ impl EmbeddedTxn<'_> {
     /// delete: the keys in a cleared range are deleted one by one, inside the same atomic
     /// batch; callers keep ranges bounded).
     fn batch(&self) -> Result<WriteBatch, KvError> {
-        let mut batch = self
-            .engine
-            .db
-            .batch()
-            .durability(Some(PersistMode::SyncAll));
+        let mut batch = self.live.db.batch().durability(Some(PersistMode::SyncAll));
         for (start, end) in &self.cleared {
             for g in self.snapshot_range(start, end, false) {
                 let key = g.key().map_err(KvError::fatal)?;
                 if !self.writes.contains_key(key.as_ref()) {
-                    let ks = self.engine.space_or_create(key[0])?;
+                    let ks = self.live.space_or_create(key[0])?;
                     batch.remove(&ks, key);
                 }
             }
@@ -364,14 +510,14 @@ impl EmbeddedTxn<'_> {
 
 /// The keyspace of each tag, looked up once per commit.
 struct Spaces<'a> {
-    engine: &'a Embedded,
+    live: &'a Live,
     spaces: Vec<Option<Keyspace>>,
 }
 
 impl<'a> Spaces<'a> {
-    fn new(engine: &'a Embedded) -> Self {
+    fn new(live: &'a Live) -> Self {
         Self {
-            engine,
+            live,
             spaces: vec![None; 256],
         }
     }
@@ -380,7 +526,7 @@ impl<'a> Spaces<'a> {
         let tag = key.first().copied().unwrap_or(0);
         let slot = &mut self.spaces[tag as usize];
         if slot.is_none() {
-            *slot = Some(self.engine.space_or_create(tag)?);
+            *slot = Some(self.live.space_or_create(tag)?);
         }
         Ok(slot.as_ref().expect("filled above"))
     }
@@ -392,17 +538,22 @@ struct EmbeddedPending {
     batch: Option<WriteBatch>,
     writes: Arc<Writes>,
     in_flight: InFlight,
+    /// The engine's flag for a write that poisoned fjall.
+    broken: Arc<AtomicBool>,
 }
 
 impl PendingCommit for EmbeddedPending {
     fn finish(mut self: Box<Self>) -> Result<(), KvError> {
         let batch = self.batch.take().expect("finished once");
         let result = if self.in_flight.failed.load(Ordering::Acquire) {
-            Err(KvError::fatal(
+            Err(KvError::unavailable(
                 "an earlier pipelined commit failed, and this one read its writes",
             ))
         } else {
-            batch.commit().map_err(KvError::fatal)
+            batch.commit().map_err(|e| {
+                self.broken.store(true, Ordering::Release);
+                write_failure(e)
+            })
         };
         if result.is_err() {
             // Commits started after this one read its writes: none of them may land.

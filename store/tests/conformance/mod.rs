@@ -1,6 +1,7 @@
 //! The conformance suite: every guarantee of the message log, run against any engine.
 //!
-//! Each engine's test file implements [`Harness`] and calls every `pub async fn` here.
+//! Each engine's test file implements [`Harness`] and runs the whole list, [`every_test!`]:
+//! a test added here is run on every engine, none can be left out.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -17,6 +18,31 @@ use courier_store::{
     StoreError,
 };
 use courier_wire::frame::{ChatKind, Direction, MessageKind, SystemEvent, SystemEventKind};
+
+/// The suite, written once: `every_test!(m)` expands to `m!(name, name, ...)` with every test.
+macro_rules! every_test {
+    ($m:ident) => {
+        $m!(
+            concurrent_appends_are_dense_deduplicated_and_durable,
+            history_pages_both_ways_for_members_only,
+            groups_record_changes_in_their_own_sequence,
+            chat_lists_page_by_id,
+            sync_resumes_from_positions_and_pages,
+            sync_reads_only_chats_with_news,
+            retention_expires_messages_and_dedupe_and_says_so,
+            retention_entries_open_and_close_per_hour,
+            two_writers_stay_dense,
+            batches_keep_every_guarantee,
+            answers_by_function_after_the_listener,
+            media_attachments_and_access,
+            media_expires_with_its_messages,
+            media_usage_counts_against_the_quota,
+            receipts_move_forward_and_say_whom_to_tell,
+            push_jobs_are_durable_coalesced_and_retried,
+        );
+    };
+}
+pub(crate) use every_test;
 
 /// Gives each test a fresh, isolated engine; the same name again reopens the same data.
 pub trait Harness {
@@ -841,10 +867,13 @@ pub async fn media_attachments_and_access(h: &dyn Harness) {
     let mut photo = media(1, "alice", None);
     photo.info.thumbnail_id = Some([2; 16]);
     store
-        .put_media(vec![photo.clone(), media(2, "alice", Some([1; 16]))])
+        .put_media(vec![photo.clone(), media(2, "alice", Some([1; 16]))], None)
         .await
         .unwrap();
-    store.put_media(vec![media(3, "bob", None)]).await.unwrap();
+    store
+        .put_media(vec![media(3, "bob", None)], None)
+        .await
+        .unwrap();
     let chat = store.create_direct("alice", "bob").await.unwrap();
 
     // Before any message: only the uploader.
@@ -945,9 +974,9 @@ pub async fn media_expires_with_its_messages(h: &dyn Harness) {
     photo.info.thumbnail_id = Some([2; 16]);
     let mut thumb = at(2, "alice", 1_000 * DAY);
     thumb.thumbnail_of = Some([1; 16]);
-    store.put_media(vec![photo, thumb]).await.unwrap();
+    store.put_media(vec![photo, thumb], None).await.unwrap();
     store
-        .put_media(vec![at(3, "alice", 1_000 * DAY)])
+        .put_media(vec![at(3, "alice", 1_000 * DAY)], None)
         .await
         .unwrap();
     let chat = store.create_direct("alice", "bob").await.unwrap();
@@ -972,7 +1001,7 @@ pub async fn media_expires_with_its_messages(h: &dyn Harness) {
     // Upload 4 shares photo 1's bytes, made just before the photo's message expires.
     let mut same = at(4, "alice", 1_030 * DAY);
     same.info.sha256 = [1; 32];
-    store.put_media(vec![same]).await.unwrap();
+    store.put_media(vec![same], None).await.unwrap();
     clock.0.store(1_031 * DAY, Ordering::SeqCst);
     let s = store.sweep().await.unwrap();
     assert_eq!(s.messages, 1);
@@ -990,6 +1019,48 @@ pub async fn media_expires_with_its_messages(h: &dyn Harness) {
     clock.0.store(1_031 * DAY + DAY, Ordering::SeqCst);
     let s = store.sweep().await.unwrap();
     assert_eq!((s.media, s.released_blobs), (1, vec![[1; 32]]));
+    store.close().await;
+}
+
+/// Media usage: an uploader's records count against the quota (a thumbnail too), a record
+/// past it is refused whole, and media the sweeper deletes gives its bytes back.
+pub async fn media_usage_counts_against_the_quota(h: &dyn Harness) {
+    const DAY: u64 = 86_400_000;
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000 * DAY)));
+    let mut cfg = config();
+    cfg.clock = clock.clone();
+    let store = open(h, "media-quota", cfg);
+    let sized = |id: u8, size: u64| {
+        let mut m = media(id, "alice", None);
+        m.info.size = size;
+        m.created_ts = 1_000 * DAY;
+        m
+    };
+    let mut photo = sized(1, 600);
+    photo.info.thumbnail_id = Some([2; 16]);
+    let mut thumb = sized(2, 100);
+    thumb.thumbnail_of = Some([1; 16]);
+    store
+        .put_media(vec![photo, thumb], Some(1000))
+        .await
+        .unwrap();
+    assert_eq!(store.media_usage("alice").unwrap(), 700);
+    assert_eq!(store.media_usage("bob").unwrap(), 0);
+    let e = store
+        .put_media(vec![sized(3, 301)], Some(1000))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::TooLarge(_)), "{e}");
+    assert!(store.media(&[3; 16]).unwrap().is_none(), "nothing stored");
+    store
+        .put_media(vec![sized(3, 300)], Some(1000))
+        .await
+        .unwrap();
+    assert_eq!(store.media_usage("alice").unwrap(), 1000);
+    // Nothing attached them: a day later they are deleted, and the quota is free again.
+    clock.0.store(1_001 * DAY + 3_600_000, Ordering::SeqCst);
+    assert_eq!(store.sweep().await.unwrap().media, 3);
+    assert_eq!(store.media_usage("alice").unwrap(), 0);
     store.close().await;
 }
 
@@ -1197,52 +1268,4 @@ pub async fn answers_by_function_after_the_listener(h: &dyn Harness) {
         rx.recv_timeout(Duration::from_secs(10)).unwrap(),
         Err(StoreError::Closed)
     ));
-}
-
-pub async fn run_all(h: &dyn Harness) {
-    let t = Duration::from_secs(120);
-    for (name, fut) in [
-        (
-            "dense",
-            Box::pin(concurrent_appends_are_dense_deduplicated_and_durable(h))
-                as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
-        ),
-        (
-            "history",
-            Box::pin(history_pages_both_ways_for_members_only(h)),
-        ),
-        (
-            "groups",
-            Box::pin(groups_record_changes_in_their_own_sequence(h)),
-        ),
-        ("lists", Box::pin(chat_lists_page_by_id(h))),
-        ("sync", Box::pin(sync_resumes_from_positions_and_pages(h))),
-        (
-            "fanout-on-read",
-            Box::pin(sync_reads_only_chats_with_news(h)),
-        ),
-        (
-            "retention",
-            Box::pin(retention_expires_messages_and_dedupe_and_says_so(h)),
-        ),
-        (
-            "retention-index",
-            Box::pin(retention_entries_open_and_close_per_hour(h)),
-        ),
-        ("two-writers", Box::pin(two_writers_stay_dense(h))),
-        ("batches", Box::pin(batches_keep_every_guarantee(h))),
-        (
-            "answer-functions",
-            Box::pin(answers_by_function_after_the_listener(h)),
-        ),
-        ("media", Box::pin(media_attachments_and_access(h))),
-        (
-            "media-retention",
-            Box::pin(media_expires_with_its_messages(h)),
-        ),
-    ] {
-        tokio::time::timeout(t, fut)
-            .await
-            .unwrap_or_else(|_| panic!("{name} timed out"));
-    }
 }

@@ -22,7 +22,7 @@ pub use chat::{
 };
 pub use media::{Download, DownloadStart, MediaInfo, Upload, UploadProgress};
 pub use message::{Ack, Attachment, Deliver, Message, MessageKind, Send, SendOk};
-pub use session::{Done, ErrorFrame, GoAway, Hello, Ping, Pong, Welcome};
+pub use session::{Done, ErrorFrame, GoAway, Hello, Ping, Pong, RetryLater, Welcome};
 pub use signal::{
     PresenceEvent, PresenceSetting, PresenceSubscribe, PushProvider, Receipt, ReceiptEvent,
     ReceiptKind, RegisterPush, Typing, TypingEvent,
@@ -171,6 +171,8 @@ frames! {
     MediaInfo = 0x90,
     /// Server: a download's bytes follow.
     DownloadStart = 0x91,
+    /// Server (version 2): a request refused for now, with when to retry.
+    RetryLater = 0x92,
 }
 
 impl Frame {
@@ -256,6 +258,12 @@ mod tests {
                 Frame::ErrorFrame(ErrorFrame::new(request_id, crate::ErrorCode(code), &input)),
                 Frame::ErrorFrame(ErrorFrame::new(request_id, crate::ErrorCode(code), &message)),
                 Frame::GoAway(GoAway::new(crate::ErrorCode(code), &input)),
+                Frame::RetryLater(RetryLater::new(
+                    request_id,
+                    crate::ErrorCode(code),
+                    std::time::Duration::from_millis(u64::from(code) << 30),
+                    &message,
+                )),
             ] {
                 let bytes = frame.to_bytes();
                 prop_assert_eq!(bytes.len(), frame.encoded_len());

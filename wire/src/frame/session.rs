@@ -75,6 +75,24 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// Server to client (protocol version 2 and later): a request was refused for now, and may
+    /// be sent again after `retry_after_ms`. Sent instead of [`ErrorFrame`] for refusals that a
+    /// wait cures (`RATE_LIMITED`, `OVERLOADED`, `UNAVAILABLE`); version 1 sessions get an
+    /// `ErrorFrame` whose message says the wait in words.
+    pub struct RetryLater {
+        /// The refused request's id (0 when the refusal belongs to no request).
+        pub request_id: u32,
+        /// Why.
+        pub code: ErrorCode,
+        /// Milliseconds to wait before sending the request again.
+        pub retry_after_ms: u32,
+        /// Human-readable detail.
+        #[cfg_attr(test, proptest(strategy = "crate::codec::strategy::text()"))]
+        pub message: String,
+    }
+}
+
+wire_struct! {
     /// Server to client: a generic success answer for requests that return nothing else.
     pub struct Done {
         /// The request's id.
@@ -102,6 +120,29 @@ impl ErrorFrame {
             code,
             message: crate::text::truncate(message, crate::text::MAX_MESSAGE).to_owned(),
         }
+    }
+}
+
+impl RetryLater {
+    /// A refusal whose message is cut to [`crate::text::MAX_MESSAGE`] bytes; waits longer than
+    /// `u32::MAX` milliseconds are sent as `u32::MAX`.
+    pub fn new(
+        request_id: u32,
+        code: ErrorCode,
+        retry_after: std::time::Duration,
+        message: &str,
+    ) -> Self {
+        Self {
+            request_id,
+            code,
+            retry_after_ms: u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX),
+            message: crate::text::truncate(message, crate::text::MAX_MESSAGE).to_owned(),
+        }
+    }
+
+    /// How long to wait.
+    pub fn retry_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.retry_after_ms.into())
     }
 }
 
