@@ -43,6 +43,11 @@ pub struct GatewayConfig {
     pub max_history_page: u32,
     /// Time allowed for the TLS handshake plus `Hello`.
     pub handshake_timeout: Duration,
+    /// Bounds on connections that have not sent `Hello` yet (handshake floods): address
+    /// validation past a count, and a cap per source address. The per-source cap must exceed
+    /// what one load generator opens at once (`loadgen connect --parallel`, 512 at most by
+    /// default use).
+    pub handshakes: crate::handshakes::HandshakeLimits,
     /// A connection silent this long is closed (clients send keep-alives well within it).
     pub idle_timeout: Duration,
     /// On shutdown, how long in-flight sends may take to commit and be acknowledged.
@@ -87,6 +92,7 @@ impl GatewayConfig {
             outbound_bytes: 2 * 1024 * 1024,
             max_history_page: 500,
             handshake_timeout: Duration::from_secs(10),
+            handshakes: crate::handshakes::HandshakeLimits::default(),
             idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             media: crate::media::MediaConfig::default(),

@@ -26,6 +26,7 @@ pub mod auth;
 mod budget;
 pub mod config;
 mod fanout;
+pub mod handshakes;
 pub mod media;
 pub mod metrics;
 mod presence;

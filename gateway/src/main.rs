@@ -87,6 +87,14 @@ struct ServeArgs {
     /// Most connections held by this node.
     #[arg(long, default_value_t = 1_000_000)]
     max_connections: usize,
+    /// Connections without Hello (node-wide) beyond which new, unvalidated addresses are asked
+    /// to validate first (QUIC Retry).
+    #[arg(long, default_value_t = 256)]
+    handshake_retry_above: usize,
+    /// Most connections without Hello from one source address (a load generator on one address
+    /// needs its --parallel or more).
+    #[arg(long, default_value_t = 1024)]
+    handshakes_per_source: u32,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -308,6 +316,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_body = args.max_body;
     config.max_inflight = args.max_inflight;
     config.max_connections = args.max_connections;
+    config.handshakes = courier_gateway::handshakes::HandshakeLimits {
+        retry_above: args.handshake_retry_above,
+        per_source: args.handshakes_per_source,
+    };
     config.metrics = args.metrics;
     config.media.max_upload = args.max_upload;
     config.store_min_free = args.store_min_free_mib << 20;

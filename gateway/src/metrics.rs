@@ -25,6 +25,8 @@ pub struct Metrics {
     pub handshakes: Counter,
     /// Connections refused before a session opened (bad token, version, frame, limit).
     pub refused: Counter,
+    /// New connections answered with a QUIC Retry (address validation under a handshake flood).
+    pub handshake_retries: Counter,
     /// Frames received from clients.
     pub frames_in: Counter,
     /// Bytes of frames received from clients.
@@ -61,6 +63,7 @@ impl Metrics {
         let m = Self {
             handshakes: Counter::default(),
             refused: Counter::default(),
+            handshake_retries: Counter::default(),
             frames_in: Counter::default(),
             bytes_in: Counter::default(),
             frames_out: Counter::default(),
@@ -80,6 +83,11 @@ impl Metrics {
             "refused",
             "Connections refused before a session opened",
             m.refused.clone(),
+        );
+        registry.register(
+            "handshake_retries",
+            "New connections asked to validate their address (QUIC Retry) under a handshake flood",
+            m.handshake_retries.clone(),
         );
         registry.register("frames_in", "Frames received", m.frames_in.clone());
         registry.register("bytes_in", "Bytes of frames received", m.bytes_in.clone());

@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use crate::auth::TokenVerifier;
 use crate::config::GatewayConfig;
 use crate::fanout::Fanout;
+use crate::handshakes::{Admission, Pending};
 use crate::media::MediaService;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -39,6 +40,8 @@ struct Shared {
     outbound_bytes: usize,
     max_connections: usize,
     handshake_timeout: Duration,
+    /// Connections that have not sent Hello yet.
+    handshakes: Arc<crate::handshakes::Handshakes>,
     shutdown_grace: Duration,
     shutdown: watch::Receiver<bool>,
     connections: AtomicUsize,
@@ -169,6 +172,7 @@ impl Gateway {
             outbound_bytes: config.outbound_bytes,
             max_connections: config.max_connections,
             handshake_timeout: config.handshake_timeout,
+            handshakes: crate::handshakes::Handshakes::new(config.handshakes),
             shutdown_grace: config.shutdown_grace,
             shutdown: shutdown_rx,
             connections: AtomicUsize::new(0),
@@ -308,6 +312,23 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shard: usiz
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                let pending = match shared.handshakes.admit(
+                    incoming.remote_address().ip(),
+                    incoming.remote_address_validated(),
+                    incoming.may_retry(),
+                ) {
+                    Admission::Accept(p) => p,
+                    Admission::Retry => {
+                        shared.metrics.handshake_retries.inc();
+                        let _ = incoming.retry();
+                        continue;
+                    }
+                    Admission::Refuse => {
+                        shared.metrics.refused.inc();
+                        incoming.refuse();
+                        continue;
+                    }
+                };
                 if shared.connections.fetch_add(1, Ordering::Relaxed) >= shared.max_connections {
                     shared.connections.fetch_sub(1, Ordering::Relaxed);
                     shared.metrics.refused.inc();
@@ -317,7 +338,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shard: usiz
                 shared.shard_connections[shard].fetch_add(1, Ordering::Relaxed);
                 let slot = ConnectionSlot { shared: shared.clone(), shard };
                 sessions.spawn(async move {
-                    if let Err(e) = connection(incoming, &slot.shared).await {
+                    if let Err(e) = connection(incoming, pending, &slot.shared).await {
                         tracing::debug!("connection ended: {e:#}");
                     }
                     drop(slot);
@@ -467,7 +488,11 @@ async fn authenticate(
     }
 }
 
-async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Result<()> {
+async fn connection(
+    incoming: quinn::Incoming,
+    pending: Pending,
+    shared: &Shared,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
     let conn = tokio::time::timeout_at(deadline, incoming)
         .await
@@ -481,7 +506,10 @@ async fn connection(incoming: quinn::Incoming, shared: &Shared) -> anyhow::Resul
 
     let (claims, hello_request_id, version) =
         match authenticate(&mut reader, deadline, &shared.verifier).await {
-            Ok(c) => c,
+            Ok(c) => {
+                drop(pending);
+                c
+            }
             Err(Refusal {
                 frame,
                 code,

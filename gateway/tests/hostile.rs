@@ -340,3 +340,67 @@ async fn a_server_kind_from_a_client_is_unsupported_and_the_connection_goes_on()
     assert!(matches!(raw.read_frame().await, Some(Frame::Pong(_))));
     server.gateway.shutdown().await;
 }
+
+/// Opens `n` QUIC connections from `local` that complete the handshake and never send Hello;
+/// returns those the server accepted (kept open) and how many it refused.
+async fn hello_less_flood(
+    server: &TestServer,
+    local: &str,
+    n: usize,
+) -> (quinn::Endpoint, Vec<quinn::Connection>, usize) {
+    let cfg = courier_client::tls::client_config(&server.trust()).unwrap();
+    let mut endpoint = quinn::Endpoint::client(local.parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(cfg);
+    let tries = (0..n).map(|_| {
+        let connecting = endpoint.connect(server.addr(), "localhost").unwrap();
+        async move { tokio::time::timeout(Duration::from_secs(5), connecting).await }
+    });
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for r in futures::future::join_all(tries).await {
+        match r {
+            Ok(Ok(c)) => open.push(c),
+            _ => refused += 1,
+        }
+    }
+    (endpoint, open, refused)
+}
+
+/// 300 handshakes that never send Hello, from one source, used to fill every connection slot
+/// so fresh clients could not connect (9 of 11 failed). Now one source may hold only so many
+/// connections without Hello, and past a node-wide count new addresses are asked to validate
+/// (QUIC Retry): the flood is refused, other clients connect and are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_less_flood_from_one_source_locks_nobody_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), |c| {
+        c.max_connections = 64;
+        c.handshakes.per_source = 16;
+        c.handshakes.retry_above = 8;
+    })
+    .await;
+    // Linux routes all of 127/8 to loopback: the flood comes from 127.0.0.2.
+    let (_flood_endpoint, open, refused) = hello_less_flood(&server, "127.0.0.2:0", 300).await;
+    // Retried handshakes complete (a real client answers a Retry), but only 16 hold a place.
+    let alive = open.iter().filter(|c| c.close_reason().is_none()).count();
+    eprintln!(
+        "flood: {} handshakes completed, {refused} refused, {alive} still open",
+        open.len()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let alive = open.iter().filter(|c| c.close_reason().is_none()).count();
+    assert!(
+        alive <= 16,
+        "{alive} Hello-less connections from one source held"
+    );
+
+    let mut served = 0;
+    for i in 0..11 {
+        let (c, _e) = server.connect(&format!("fresh{i}"), 1).await;
+        c.ping().await.unwrap();
+        served += 1;
+    }
+    assert_eq!(served, 11);
+    drop(open);
+    server.gateway.shutdown().await;
+}

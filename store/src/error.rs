@@ -13,9 +13,10 @@ pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The chat does not exist, or the caller is not a member (indistinguishable on purpose).
-    #[error("no such chat, or not a member")]
-    Forbidden,
+    /// The caller may not do this. For chats, a missing chat and one the caller is not a
+    /// member of are the same [`Forbid::NotMember`] (indistinguishable on purpose).
+    #[error("{0}")]
+    Forbidden(Forbid),
     /// A field was well-formed but not acceptable.
     #[error("invalid: {0}")]
     Invalid(String),
@@ -43,6 +44,24 @@ pub enum StoreError {
     },
 }
 
+/// Why a request is forbidden: the class of reason, named in the error's text so a client (and
+/// its user) knows what to fix, never revealing whether a chat exists to a non-member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Forbid {
+    /// The chat does not exist, or the caller is not a member.
+    #[error("no such chat, or you are not a member")]
+    NotMember,
+    /// Only the group's owner may do this (remove other members).
+    #[error("only the group's owner may remove other members")]
+    NotOwner,
+    /// The media does not exist, or it is not the caller's to attach.
+    #[error("no such media, or it is not yours to attach (upload it yourself)")]
+    NotYourMedia,
+    /// The media does not exist, or it is not shared with the caller.
+    #[error("no such media, or it is not shared with you")]
+    NotShared,
+}
+
 impl From<KvError> for StoreError {
     fn from(e: KvError) -> Self {
         match e.kind {
@@ -59,7 +78,7 @@ impl StoreError {
     /// The wire error code a client is told.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Forbidden => ErrorCode::FORBIDDEN,
+            Self::Forbidden(_) => ErrorCode::FORBIDDEN,
             Self::Invalid(_) => ErrorCode::INVALID,
             Self::TooLarge(_) => ErrorCode::TOO_LARGE,
             Self::Closed => ErrorCode::SHUTTING_DOWN,

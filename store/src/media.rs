@@ -13,6 +13,7 @@
 
 use courier_wire::frame::Attachment;
 
+use crate::error::Forbid;
 use crate::kv::{KvError, Txn};
 use crate::ops::{get_u64, Attempt, OpResult, SweepStats};
 use crate::reads::engine_err;
@@ -195,10 +196,10 @@ impl Attempt<'_> {
         let mut out = Vec::with_capacity(claimed.len());
         for a in claimed {
             let Some(m) = read_media(&mut *self.t, &a.media_id)? else {
-                return Ok(Err(StoreError::Forbidden));
+                return Ok(Err(StoreError::Forbidden(Forbid::NotYourMedia)));
             };
             if m.owner != sender {
-                return Ok(Err(StoreError::Forbidden));
+                return Ok(Err(StoreError::Forbidden(Forbid::NotYourMedia)));
             }
             if m.thumbnail_of.is_some() {
                 return Ok(Err(StoreError::Invalid(
@@ -246,7 +247,7 @@ impl Store {
     pub fn media_for(&self, user: &str, id: &[u8; 16]) -> Result<Media, StoreError> {
         let mut t = self.shared.engine.begin().map_err(engine_err)?;
         let Some(media) = read_media(&mut *t, id).map_err(engine_err)? else {
-            return Err(StoreError::Forbidden);
+            return Err(StoreError::Forbidden(Forbid::NotShared));
         };
         if media.owner == user {
             return Ok(media);
@@ -266,7 +267,7 @@ impl Store {
                 }
             }
         }
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(Forbid::NotShared))
     }
 
     /// Whether any media record's bytes are this blob.

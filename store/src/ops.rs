@@ -11,6 +11,7 @@ use bytes::Bytes;
 use courier_wire::frame::{ChatKind, Message, MessageKind, SystemEvent, SystemEventKind};
 use courier_wire::valid_user_id;
 
+use crate::error::Forbid;
 use crate::kv::{KvError, Txn};
 use crate::record::{self, Chat, DedupeRecord};
 use crate::store::{AppendRequest, Appended, Committed, Shared};
@@ -249,7 +250,7 @@ impl<'a> Attempt<'a> {
             return invalid("client_msg_id is a UUIDv7 more than a day in the future");
         }
         let Some(chat) = self.member_chat(&req.sender_user, req.chat_id)? else {
-            return Ok(Err(StoreError::Forbidden));
+            return Ok(Err(StoreError::Forbidden(Forbid::NotMember)));
         };
         if let Some(raw) = self
             .t
@@ -411,7 +412,7 @@ impl<'a> Attempt<'a> {
         change: &GroupChange,
     ) -> OpResult<Arc<Chat>> {
         let Some(chat) = self.member_chat(actor, chat_id)? else {
-            return Ok(Err(StoreError::Forbidden));
+            return Ok(Err(StoreError::Forbidden(Forbid::NotMember)));
         };
         if chat.kind != ChatKind::Group {
             return invalid("a direct chat has no name or members to change");
@@ -428,7 +429,7 @@ impl<'a> Attempt<'a> {
             return Ok(Err(e));
         }
         if change.remove.iter().any(|u| u != actor) && chat.owner != actor {
-            return Ok(Err(StoreError::Forbidden));
+            return Ok(Err(StoreError::Forbidden(Forbid::NotOwner)));
         }
         let mut added: Vec<String> = change
             .add
@@ -511,7 +512,7 @@ impl<'a> Attempt<'a> {
     /// positions only move forward). Returns the stored position.
     pub(crate) fn ack(&mut self, user: &str, device: u32, chat_id: u64, seq: u64) -> OpResult<u64> {
         if self.member_chat(user, chat_id)?.is_none() {
-            return Ok(Err(StoreError::Forbidden));
+            return Ok(Err(StoreError::Forbidden(Forbid::NotMember)));
         }
         let last = self.last_seq(chat_id)?;
         let key = keys::position(user, device, chat_id);

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use courier_wire::frame::{Direction, Message};
 
+use crate::error::Forbid;
 use crate::kv::{KvError, Txn};
 use crate::ops::{get_last_seq, get_u64};
 use crate::record::{self, Chat};
@@ -55,7 +56,7 @@ impl Store {
     ) -> Result<Arc<Chat>, StoreError> {
         match self.shared.chat_in(t, id).map_err(engine_err)? {
             Some(c) if c.is_member(user) => Ok(c),
-            _ => Err(StoreError::Forbidden),
+            _ => Err(StoreError::Forbidden(Forbid::NotMember)),
         }
     }
 

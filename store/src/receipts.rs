@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use courier_wire::frame::{ChatKind, ReceiptKind};
 
+use crate::error::Forbid;
 use crate::kv::{KvError, Txn};
 use crate::ops::{Attempt, OpResult};
 use crate::reads::engine_err;
@@ -91,7 +92,7 @@ impl Attempt<'_> {
         seq: u64,
     ) -> OpResult<ReceiptOutcome> {
         let Some(chat) = self.member_chat(user, chat_id)? else {
-            return Ok(Err(StoreError::Forbidden));
+            return Ok(Err(StoreError::Forbidden(Forbid::NotMember)));
         };
         let seq = seq.min(self.last_seq(chat_id)?);
         let before = read_pointers(&mut *self.t, user, chat_id)?;

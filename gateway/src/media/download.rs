@@ -21,7 +21,7 @@ pub(crate) async fn serve(
     let id = req.request_id;
     let media = match svc.store.media_for(user, &req.media_id) {
         Ok(m) => m,
-        Err(StoreError::Forbidden) => {
+        Err(StoreError::Forbidden(_)) => {
             let msg = "no such media, or not shared with you";
             let _ = send.write_all(&error(id, ErrorCode::FORBIDDEN, msg)).await;
             let _ = send.finish();

@@ -193,19 +193,19 @@ pub async fn history_pages_both_ways_for_members_only(h: &dyn Harness) {
 
     assert!(matches!(
         store.history("mallory", chat.id, Direction::After, 0, 4),
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(_))
     ));
     assert!(matches!(
         store.history("alice", 999, Direction::After, 0, 4),
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(_))
     ));
     assert!(matches!(
         store.append(msg("mallory", chat.id, 1)).await,
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(_))
     ));
     assert!(matches!(
         store.append(msg("alice", 999, 1)).await,
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(_))
     ));
     assert!(matches!(
         store.create_direct("alice", "bad id").await,
@@ -290,11 +290,13 @@ pub async fn groups_record_changes_in_their_own_sequence(h: &dyn Harness) {
     };
     assert!(matches!(
         store.update_group("u1", g.id, rm.clone()).await,
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(
+            courier_store::error::Forbid::NotOwner
+        ))
     ));
     assert!(matches!(
         store.update_group("stranger", g.id, add.clone()).await,
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(_))
     ));
     let g2 = store.update_group("owner", g.id, rm).await.unwrap();
     assert!(!g2.is_member("u2"));
@@ -332,11 +334,11 @@ pub async fn groups_record_changes_in_their_own_sequence(h: &dyn Harness) {
     // The removed member can no longer read or write.
     assert!(matches!(
         store.append(msg("u2", g.id, 9)).await,
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(_))
     ));
     assert!(matches!(
         store.history("u2", g.id, Direction::After, 0, 10),
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(_))
     ));
     // The owner leaves: ownership passes to the first remaining member.
     let g4 = store
@@ -440,7 +442,7 @@ pub async fn sync_resumes_from_positions_and_pages(h: &dyn Harness) {
     );
     assert!(matches!(
         store.ack("mallory", 1, a.id, 1).await,
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(_))
     ));
     let p = store.sync("bob", 1, &[], 100).unwrap();
     assert_eq!(order(&p), vec![(a.id, 4), (a.id, 5)]);
@@ -798,7 +800,7 @@ pub async fn batches_keep_every_guarantee(h: &dyn Harness) {
     let retry = rc[50].as_ref().unwrap();
     assert!(retry.duplicate);
     assert_eq!(retry.seq, ra[7].as_ref().unwrap().seq);
-    assert!(matches!(rc[51], Err(StoreError::Forbidden)));
+    assert!(matches!(rc[51], Err(StoreError::Forbidden(_))));
     assert!(matches!(rc[52], Err(StoreError::Invalid(_))));
 
     // A removal between two queued batches: the second batch's sends by the removed member fail.
@@ -818,7 +820,7 @@ pub async fn batches_keep_every_guarantee(h: &dyn Harness) {
     assert!(r3
         .unwrap()
         .iter()
-        .all(|r| matches!(r, Err(StoreError::Forbidden))));
+        .all(|r| matches!(r, Err(StoreError::Forbidden(_)))));
 
     // Dense, and the listener heard every message once, in commit order.
     let last = store.last_seq(group.id).unwrap();
@@ -880,11 +882,11 @@ pub async fn media_attachments_and_access(h: &dyn Harness) {
     assert_eq!(store.media_for("alice", &[1; 16]).unwrap(), photo);
     assert!(matches!(
         store.media_for("bob", &[1; 16]),
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(_))
     ));
     assert!(matches!(
         store.media_for("alice", &[9; 16]),
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(_))
     ));
 
     let claim = |id: u8| courier_wire::frame::Attachment {
@@ -900,10 +902,15 @@ pub async fn media_attachments_and_access(h: &dyn Harness) {
     req.attachments = vec![claim(1), claim(3)]; // bob's upload: refused as a whole
     assert!(matches!(
         store.append(req).await,
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(
+            courier_store::error::Forbid::NotYourMedia
+        ))
     ));
     assert!(
-        matches!(store.media_for("bob", &[1; 16]), Err(StoreError::Forbidden)),
+        matches!(
+            store.media_for("bob", &[1; 16]),
+            Err(StoreError::Forbidden(_))
+        ),
         "a refused send grants nothing"
     );
     let mut req = msg("alice", chat.id, 2);
@@ -916,7 +923,7 @@ pub async fn media_attachments_and_access(h: &dyn Harness) {
     req.attachments = vec![claim(9)];
     assert!(matches!(
         store.append(req).await,
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(_))
     ));
 
     let mut req = msg("alice", chat.id, 4);
@@ -938,11 +945,11 @@ pub async fn media_attachments_and_access(h: &dyn Harness) {
     );
     assert!(matches!(
         store.media_for("carol", &[1; 16]),
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(_))
     ));
     assert!(matches!(
         store.media_for("alice", &[3; 16]),
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(_))
     ));
     store.close().await;
 }
@@ -1108,7 +1115,7 @@ pub async fn receipts_move_forward_and_say_whom_to_tell(h: &dyn Harness) {
     assert_eq!((r.count, r.notify.clone()), (2, vec!["bob".to_owned()]));
     assert!(matches!(
         store.receipt("dave", g.id, Read, 1).await,
-        Err(StoreError::Forbidden)
+        Err(StoreError::Forbidden(_))
     ));
     store.close().await;
     drop(store);
@@ -1256,7 +1263,7 @@ pub async fn answers_by_function_after_the_listener(h: &dyn Harness) {
     }
     let retry = answers[20].1.as_ref().unwrap();
     assert!(retry.duplicate && retry.seq == 4, "{retry:?}");
-    assert!(matches!(answers[21].1, Err(StoreError::Forbidden)));
+    assert!(matches!(answers[21].1, Err(StoreError::Forbidden(_))));
 
     store.close().await;
     let (tx, rx) = std::sync::mpsc::channel();
