@@ -781,18 +781,8 @@ mod tests {
     async fn refusals_say_when_to_retry_in_the_sessions_version() {
         for version in [1, 2] {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(StoreConfig::new(dir.path())).unwrap();
-            let (tx, mut rx) = Outbound::channel(4096);
-            let s = Session::new(
-                "alice".into(),
-                1,
-                store.clone(),
-                tx,
-                limits(),
-                Arc::default(),
-                Arc::default(),
-            )
-            .with_version(version);
+            let (s, store, mut rx) = alice_session(dir.path());
+            let s = s.with_version(version);
             let ping = |request_id| {
                 Frame::Ping(courier_wire::frame::Ping {
                     request_id,

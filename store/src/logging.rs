@@ -47,34 +47,34 @@ impl LogLimiter {
     }
 }
 
-/// Logs at ERROR through `limiter`, saying how many like lines were left out.
+/// Logs at `$level` (`error`, `warn`, ...) through `limiter`, saying how many like lines
+/// were left out.
 #[macro_export]
 #[doc(hidden)]
-macro_rules! __limited_error {
-    ($limiter:expr, $($arg:tt)+) => {
+macro_rules! __limited {
+    ($level:ident, $limiter:expr, $($arg:tt)+) => {
         if let Some(left_out) = $limiter.allow(::std::time::Instant::now()) {
             if left_out > 0 {
-                ::tracing::error!(left_out, $($arg)+);
+                ::tracing::$level!(left_out, $($arg)+);
             } else {
-                ::tracing::error!($($arg)+);
+                ::tracing::$level!($($arg)+);
             }
         }
     };
 }
 
-/// Logs at WARN through `limiter`, saying how many like lines were left out.
+/// Logs at ERROR through a [`LogLimiter`].
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __limited_error {
+    ($($arg:tt)+) => { $crate::__limited!(error, $($arg)+) };
+}
+
+/// Logs at WARN through a [`LogLimiter`].
 #[macro_export]
 #[doc(hidden)]
 macro_rules! __limited_warn {
-    ($limiter:expr, $($arg:tt)+) => {
-        if let Some(left_out) = $limiter.allow(::std::time::Instant::now()) {
-            if left_out > 0 {
-                ::tracing::warn!(left_out, $($arg)+);
-            } else {
-                ::tracing::warn!($($arg)+);
-            }
-        }
-    };
+    ($($arg:tt)+) => { $crate::__limited!(warn, $($arg)+) };
 }
 
 pub use crate::__limited_error as limited_error;

@@ -180,10 +180,6 @@ impl Embedded {
         })
     }
 
-    fn broken_flag(&self) -> Arc<AtomicBool> {
-        self.broken.clone()
-    }
-
     /// Notes that a write failed: fjall takes no more writes until reopened.
     fn broke(&self, e: fjall::Error) -> KvError {
         self.broken.store(true, Ordering::Release);
@@ -484,7 +480,7 @@ impl Txn for EmbeddedTxn<'_> {
             batch: Some(batch),
             writes,
             in_flight: self.engine.in_flight.clone(),
-            broken: self.engine.broken_flag(),
+            broken: self.engine.broken.clone(),
         }))
     }
 }
