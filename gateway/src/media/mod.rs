@@ -42,8 +42,13 @@ pub struct MediaConfig {
     pub max_pixels: u64,
     /// How long an interrupted upload can be resumed.
     pub resume_window: Duration,
-    /// Thumbnails made at once (each on a blocking thread).
+    /// Thumbnails made at once (each on a thread of its own that ends with the decode).
     pub thumbnail_workers: usize,
+    /// Called on the decoding thread after each image decode, when its memory has been freed,
+    /// to hand that memory back to the system: the binary, which chooses the allocator, passes
+    /// mimalloc's `mi_collect`. None: the allocator returns it in its own time (mimalloc: on a
+    /// later allocation a second or more after the free, so never while the node is idle).
+    pub release_memory: Option<fn()>,
     /// Media streams one connection may have open at once.
     pub max_streams: u32,
     /// An upload stream that brings no bytes for this long is answered `Error(INVALID)` and
@@ -105,6 +110,7 @@ impl Default for MediaConfig {
             max_pixels: 50_000_000,
             resume_window: Duration::from_secs(3600),
             thumbnail_workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            release_memory: None,
             max_streams: 8,
             stall_timeout: Duration::from_secs(30),
             blobs: BlobStoreConfig::Local,

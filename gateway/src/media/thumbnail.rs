@@ -1,8 +1,16 @@
 //! Image dimensions and thumbnails, decoded with bounds: the header's dimensions are checked
 //! against a pixel budget before any pixel is decoded, and the decoder's allocations are capped,
 //! so a decompression bomb is an error, not an out-of-memory kill.
+//!
+//! [`thumbnail_file`] runs a decode on a thread of its own that ends with it, and then calls the
+//! allocator's release hook there. mimalloc keeps a thread's freed pages for that thread's later
+//! use, and gives pages back to the system only from a later allocator call a second after the
+//! free: on tokio's blocking pool (up to 512 threads, kept alive by any file I/O) each thread that
+//! once decoded a 50-megapixel image could hold its hundreds of MiB, and an idle node kept the
+//! peak of its last decodes for good (docs/PERFORMANCE.md, "Memory after large image decodes").
 
 use std::io::Cursor;
+use std::path::PathBuf;
 
 use image::{ImageReader, Limits};
 
@@ -27,6 +35,9 @@ pub enum ImageError {
     /// The bytes do not decode as the detected format.
     #[error("image does not decode: {0}")]
     Decode(String),
+    /// The file could not be read, or the decoding thread could not run.
+    #[error("image file: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// An image's dimensions and its thumbnail (JPEG, or PNG when the image has transparency).
@@ -40,6 +51,47 @@ pub struct Thumbnailed {
     pub thumbnail: Vec<u8>,
     /// The thumbnail's MIME type.
     pub thumbnail_type: &'static str,
+}
+
+/// A decode that used at least this much (file bytes plus RGBA pixels) is followed by the
+/// release hook; smaller ones leave their memory to the allocator, for the next to reuse.
+const RELEASE_ABOVE: u64 = 16 << 20;
+
+/// Reads the image at `path` and makes its thumbnail ([`thumbnail`]) on a new thread that
+/// ends when it is done; there, after a large decode ([`RELEASE_ABOVE`]), once the file's bytes
+/// and the decoded pixels are freed, it calls `release` (the allocator's hook that gives freed
+/// memory back to the system). Call it under a bound on concurrent decodes (the media service's
+/// `thumbnail_workers` slots).
+pub async fn thumbnail_file(
+    path: PathBuf,
+    kind: ImageKind,
+    max_pixels: u64,
+    release: Option<fn()>,
+) -> Result<Thumbnailed, ImageError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("courier-thumbnail".into())
+        .spawn(move || {
+            let mut used = 0;
+            let made = std::fs::read(&path)
+                .map_err(ImageError::from)
+                .and_then(|bytes| {
+                    used = bytes.len() as u64;
+                    thumbnail(&bytes, kind, max_pixels)
+                });
+            if let Ok(t) = &made {
+                used += u64::from(t.width) * u64::from(t.height) * 4;
+            }
+            if let Some(release) = release.filter(|_| used >= RELEASE_ABOVE) {
+                release();
+            }
+            let _ = tx.send(made);
+        })?;
+    rx.await.unwrap_or_else(|_| {
+        Err(ImageError::Decode(
+            "the decoding thread ended without an answer".into(),
+        ))
+    })
 }
 
 /// Reads the dimensions, checks the pixel budget, decodes and scales to a thumbnail whose longest
@@ -155,5 +207,41 @@ mod tests {
             "{err}"
         );
         assert!(thumbnail(b"\x89PNG\r\n\x1a\nnot really", ImageKind::Png, 1 << 20).is_err());
+    }
+
+    /// The threads the release hook ran on.
+    static RELEASED_ON: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+    fn record_release() {
+        let name = std::thread::current().name().unwrap_or_default().to_owned();
+        RELEASED_ON.lock().unwrap().push(name);
+    }
+
+    #[tokio::test]
+    async fn files_are_decoded_on_a_thread_of_their_own_that_releases_large_decodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.png");
+        std::fs::write(&small, png(640, 480)).unwrap();
+        let large = dir.path().join("large.png");
+        std::fs::write(&large, png(2100, 2100)).unwrap(); // 17.6 MB of RGBA
+        let t = thumbnail_file(small, ImageKind::Png, 50_000_000, Some(record_release))
+            .await
+            .unwrap();
+        assert_eq!((t.width, t.height), (640, 480));
+        assert!(
+            RELEASED_ON.lock().unwrap().is_empty(),
+            "small decodes keep their memory"
+        );
+        let t = thumbnail_file(large, ImageKind::Png, 50_000_000, Some(record_release))
+            .await
+            .unwrap();
+        assert_eq!((t.width, t.height), (2100, 2100));
+        assert_eq!(
+            *RELEASED_ON.lock().unwrap(),
+            ["courier-thumbnail"],
+            "the hook runs once, on the decoding thread"
+        );
+        let gone = thumbnail_file(dir.path().join("none.png"), ImageKind::Png, 1 << 20, None).await;
+        assert!(matches!(gone, Err(ImageError::Io(_))), "{gone:?}");
     }
 }

@@ -504,11 +504,14 @@ async fn store_marked(
     if let Some(kind) = image_kind {
         // A worker slot first: at most `thumbnail_workers` images are in memory at once.
         let _worker = svc.thumbnails.acquire().await.map_err(|_| Failure::Cut)?;
-        let bytes = tokio::fs::read(&part).await?;
-        let max_pixels = svc.config.max_pixels;
-        let made = tokio::task::spawn_blocking(move || img::thumbnail(&bytes, kind, max_pixels))
-            .await
-            .map_err(|e| Failure::Internal(e.to_string()))?;
+        let config = &svc.config;
+        let made = img::thumbnail_file(
+            part.to_path_buf(),
+            kind,
+            config.max_pixels,
+            config.release_memory,
+        )
+        .await;
         let t = match made {
             Ok(t) => t,
             Err(e @ ImageError::TooManyPixels { .. }) => {
@@ -517,6 +520,7 @@ async fn store_marked(
             Err(e @ ImageError::Decode(_)) => {
                 return Err(refused(ErrorCode::INVALID, e.to_string()))
             }
+            Err(ImageError::Io(e)) => return Err(e.into()),
         };
         let thumb_sha: [u8; 32] = ring::digest::digest(&SHA256, &t.thumbnail)
             .as_ref()
