@@ -23,6 +23,36 @@ use tokio::io::AsyncBufReadExt;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// FCM's settings from the flags: None when neither a service account nor a token file is
+/// named.
+fn fcm_config(args: &ServeArgs) -> anyhow::Result<Option<courier_gateway::push::fcm::FcmConfig>> {
+    use courier_gateway::push::fcm::{FcmAuth, FcmConfig};
+    use courier_gateway::push::oauth::ServiceAccount;
+    let (auth, default_project) = match (&args.fcm_service_account, &args.fcm_token_file) {
+        (Some(file), _) => {
+            let json = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+            let account = ServiceAccount::from_json(&json).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not a usable service-account key: {e}",
+                    file.display()
+                )
+            })?;
+            let project = account.project_id.clone();
+            (FcmAuth::ServiceAccount(account), project)
+        }
+        (None, Some(file)) => (FcmAuth::AccessTokenFile(file.clone()), None),
+        (None, None) => return Ok(None),
+    };
+    let Some(project_id) = args.fcm_project.clone().or(default_project) else {
+        bail!("FCM needs a project: --fcm-project, or a project_id in the service-account key");
+    };
+    Ok(Some(FcmConfig {
+        base_url: args.fcm_url.clone(),
+        project_id,
+        auth,
+    }))
+}
+
 /// Hands the memory this thread and the others have freed back to the system now (mimalloc's
 /// `mi_collect(force)`), instead of at a later allocation; run after each large image decode
 /// (`MediaConfig::release_memory`).
@@ -172,11 +202,17 @@ struct ServeArgs {
     /// APNs: the API's base URL.
     #[arg(long, default_value = "https://api.push.apple.com")]
     apns_url: String,
-    /// FCM: the Firebase project id (enables the FCM provider with --fcm-token-file).
-    #[arg(long, requires = "fcm_token_file")]
-    fcm_project: Option<String>,
-    /// FCM: a file holding a current OAuth 2 access token (re-read every minute).
+    /// FCM: the project's service-account key file (the JSON the Cloud console downloads);
+    /// enables the FCM provider. Access tokens are exchanged for signed assertions and renewed
+    /// before they expire.
+    #[arg(long, conflicts_with = "fcm_token_file")]
+    fcm_service_account: Option<PathBuf>,
+    /// FCM: the Firebase project id (default: the service account's project).
     #[arg(long)]
+    fcm_project: Option<String>,
+    /// FCM, instead of --fcm-service-account: a file holding a current OAuth 2 access token
+    /// that other tooling keeps fresh (re-read every minute); needs --fcm-project.
+    #[arg(long, requires = "fcm_project")]
     fcm_token_file: Option<PathBuf>,
     /// FCM: the API's base URL.
     #[arg(long, default_value = "https://fcm.googleapis.com")]
@@ -374,13 +410,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             topic: topic.clone(),
         });
     }
-    if let (Some(project), Some(token_file)) = (&args.fcm_project, &args.fcm_token_file) {
-        config.push.fcm = Some(courier_gateway::push::fcm::FcmConfig {
-            base_url: args.fcm_url.clone(),
-            project_id: project.clone(),
-            access_token_file: token_file.clone(),
-        });
-    }
+    config.push.fcm = fcm_config(&args)?;
     if let Some(n) = args.shards {
         if n == 0 {
             bail!("--shards must be at least 1");

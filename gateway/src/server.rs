@@ -138,11 +138,8 @@ impl Gateway {
         let media = Arc::new(media);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         if config.push.enabled() {
-            tokio::spawn(crate::push::worker(
-                store.clone(),
-                config.push.clone(),
-                shutdown_rx.clone(),
-            ));
+            let worker = crate::push::worker(store.clone(), config.push.clone())?;
+            tokio::spawn(crate::push::run(worker, shutdown_rx.clone()));
         }
         tokio::spawn(crate::media::janitor(
             media.clone(),

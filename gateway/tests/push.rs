@@ -25,11 +25,12 @@ struct Hit {
 }
 
 /// A webhook on 127.0.0.1: answers each request with the next scripted status (200 when the
-/// script is used up) and records it.
+/// script is used up) and body (empty when those are used up), and records it.
 #[derive(Clone)]
 struct Webhook {
     hits: Arc<Mutex<Vec<Hit>>>,
     script: Arc<Mutex<Vec<u16>>>,
+    bodies: Arc<Mutex<Vec<String>>>,
 }
 
 impl Webhook {
@@ -37,6 +38,7 @@ impl Webhook {
         let hook = Self {
             hits: Arc::default(),
             script: Arc::new(Mutex::new(script)),
+            bodies: Arc::default(),
         };
         let h = hook.clone();
         tokio::spawn(async move {
@@ -102,7 +104,19 @@ impl Webhook {
                                 s.remove(0)
                             }
                         };
-                        let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                        let body = {
+                            let mut b = h.bodies.lock().unwrap();
+                            if b.is_empty() {
+                                String::new()
+                            } else {
+                                b.remove(0)
+                            }
+                        };
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
                         if s.write_all(reply.as_bytes()).await.is_err() {
                             return;
                         }
@@ -111,6 +125,13 @@ impl Webhook {
             }
         });
         hook
+    }
+
+    /// A server whose answers carry these bodies, in turn.
+    async fn start_with_bodies(script: Vec<u16>, bodies: Vec<String>) -> (Self, String) {
+        let (hook, url) = Self::start(script).await;
+        *hook.bodies.lock().unwrap() = bodies;
+        (hook, url)
     }
 
     async fn start(script: Vec<u16>) -> (Self, String) {
@@ -433,7 +454,7 @@ async fn fcm_requests_use_the_http_v1_format_and_a_bearer_token() {
         c.push.fcm = Some(courier_gateway::push::fcm::FcmConfig {
             base_url: base,
             project_id: "courier-proj".into(),
-            access_token_file: token_file,
+            auth: courier_gateway::push::fcm::FcmAuth::AccessTokenFile(token_file),
         });
         c.push.coalesce = Duration::from_millis(100);
         c.push.poll = Duration::from_millis(20);
@@ -457,5 +478,114 @@ async fn fcm_requests_use_the_http_v1_format_and_a_bearer_token() {
     alice.send(chat, "three").await.unwrap();
     hook.wait_for(2, Duration::from_secs(10)).await;
     until_no_tokens(&server, "bob", "404 UNREGISTERED removes the FCM token").await;
+    server.gateway.shutdown().await;
+}
+
+/// A test-only RSA key for a made-up service account.
+const TEST_ACCOUNT_KEY: &str = include_str!("data/fcm-test-service-account.key.pem");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fcm_access_tokens_are_exchanged_for_signed_assertions_and_renewed_before_they_expire() {
+    use base64::Engine as _;
+    use courier_gateway::push::fcm::{FcmAuth, FcmConfig};
+    use courier_gateway::push::oauth::{ServiceAccount, FCM_SCOPE};
+    use ring::signature::{RsaKeyPair, UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+
+    let answer = |token: &str, expires_in: u64| {
+        serde_json::json!({"access_token": token, "expires_in": expires_in, "token_type": "Bearer"})
+            .to_string()
+    };
+    // The first token lives 2 s (renewed after 1 s); FCM refuses the second (401): the third
+    // is exchanged for the retry.
+    let (oauth, token_url) = Webhook::start_with_bodies(
+        vec![200, 200, 200],
+        vec![
+            answer("tok-1", 2),
+            answer("tok-2", 3600),
+            answer("tok-3", 3600),
+        ],
+    )
+    .await;
+    let (fcm, url) = Webhook::start(vec![200, 401, 200]).await;
+    let base = url.trim_end_matches("/push").to_owned();
+    let key_json = serde_json::json!({
+        "type": "service_account",
+        "project_id": "courier-proj",
+        "private_key_id": "key-1",
+        "private_key": TEST_ACCOUNT_KEY,
+        "client_email": "push@courier-proj.iam.gserviceaccount.com",
+        "token_uri": token_url,
+    });
+    let account = ServiceAccount::from_json(key_json.to_string().as_bytes()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), move |c| {
+        c.push.fcm = Some(FcmConfig {
+            base_url: base,
+            project_id: "courier-proj".into(),
+            auth: FcmAuth::ServiceAccount(account),
+        });
+        c.push.coalesce = Duration::from_millis(100);
+        c.push.retry_base = Duration::from_millis(100);
+        c.push.poll = Duration::from_millis(20);
+    })
+    .await;
+    offline_with_token(&server, "bob", PushProvider::Fcm, "fcm-device-token").await;
+    let (alice, _a) = server.connect("alice", 1).await;
+    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
+
+    alice.send(chat, "one").await.unwrap();
+    let hits = fcm.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(hits[0].authorization, "Bearer tok-1");
+    // The exchange: a form with the JWT-bearer grant and an RS256 assertion from the account.
+    let exchanges = oauth.hits();
+    assert_eq!(exchanges.len(), 1, "one exchange for the first push");
+    let form = String::from_utf8(exchanges[0].raw.clone()).unwrap();
+    let assertion = form
+        .strip_prefix("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=")
+        .expect("the JWT-bearer grant");
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let head: serde_json::Value = serde_json::from_slice(&b64.decode(parts[0]).unwrap()).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(
+        (head["alg"].as_str(), head["kid"].as_str()),
+        (Some("RS256"), Some("key-1"))
+    );
+    assert_eq!(claims["iss"], "push@courier-proj.iam.gserviceaccount.com");
+    assert_eq!(claims["scope"], FCM_SCOPE);
+    assert_eq!(claims["aud"], token_url.as_str());
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        3600
+    );
+    let der = rustls_pemfile::private_key(&mut TEST_ACCOUNT_KEY.as_bytes())
+        .unwrap()
+        .unwrap();
+    let public = RsaKeyPair::from_pkcs8(der.secret_der())
+        .unwrap()
+        .public()
+        .as_ref()
+        .to_vec();
+    UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, public)
+        .verify(
+            format!("{}.{}", parts[0], parts[1]).as_bytes(),
+            &b64.decode(parts[2]).unwrap(),
+        )
+        .expect("signed with the service account's key");
+
+    // Past half of the first token's life: a new one before the next push.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    alice.send(chat, "two").await.unwrap();
+    let hits = fcm.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(hits.len(), 3, "the refused push was retried");
+    assert_eq!(
+        hits[1].authorization, "Bearer tok-2",
+        "renewed before it expired"
+    );
+    assert_eq!(
+        hits[2].authorization, "Bearer tok-3",
+        "a refused token is not used again"
+    );
+    assert_eq!(oauth.hits().len(), 3);
     server.gateway.shutdown().await;
 }

@@ -3,8 +3,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use courier_store::PushJob;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -56,31 +54,20 @@ impl Apns {
     }
 
     /// The provider token (a fresh one every 50 minutes).
-    pub(crate) fn provider_token(&self) -> String {
-        let made = self.token.get(|| {
+    pub(crate) fn provider_token(&self) -> Result<String, String> {
+        self.token.get(|| {
             let iat = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let header = serde_json::json!({"alg": "ES256", "kid": self.config.key_id});
             let claims = serde_json::json!({"iss": self.config.team_id, "iat": iat});
-            let signing_input = format!(
-                "{}.{}",
-                URL_SAFE_NO_PAD.encode(header.to_string()),
-                URL_SAFE_NO_PAD.encode(claims.to_string())
-            );
-            let sig = self
-                .key
-                .sign(&SystemRandom::new(), signing_input.as_bytes())
-                .expect("ECDSA signing");
-            Ok::<_, std::convert::Infallible>(format!(
-                "{signing_input}.{}",
-                URL_SAFE_NO_PAD.encode(sig.as_ref())
-            ))
-        });
-        match made {
-            Ok(t) => t,
-            Err(never) => match never {},
-        }
+            super::jwt(&header, &claims, |input| {
+                self.key
+                    .sign(&SystemRandom::new(), input)
+                    .map(|sig| sig.as_ref().to_vec())
+                    .map_err(|_| "APNs: ECDSA signing failed".to_owned())
+            })
+        })
     }
 
     /// Sends `job` to one device.
@@ -91,6 +78,10 @@ impl Apns {
         device_token: &[u8],
         include_content: bool,
     ) -> Outcome {
+        let token = match self.provider_token() {
+            Ok(t) => t,
+            Err(e) => return Outcome::Failed(e),
+        };
         let device = String::from_utf8_lossy(device_token);
         let url = format!(
             "{}/3/device/{device}",
@@ -112,7 +103,7 @@ impl Apns {
         });
         let sent = http
             .post(url)
-            .header("authorization", format!("bearer {}", self.provider_token()))
+            .header("authorization", format!("bearer {token}"))
             .header("apns-topic", &self.config.topic)
             .header("apns-push-type", "alert")
             .header("apns-id", super::uuid_of(&job.idempotency_key()))

@@ -11,8 +11,8 @@
 
 pub mod apns;
 pub mod fcm;
+pub mod oauth;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use courier_store::{OnlineUsers, PushJob, PushResult, Store};
@@ -145,13 +145,31 @@ fn webhook_body(job: &PushJob, device: u32, token: &[u8], include_content: bool)
     v.to_string()
 }
 
+/// A signed JWT: `base64url(header).base64url(claims).base64url(sign(those two))`.
+pub(crate) fn jwt(
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<String, String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = sign(input.as_bytes())?;
+    Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+}
+
 /// The signature header value of a webhook body.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
     format!("sha256={}", hex(hmac::sign(&key, body).as_ref()))
 }
 
-struct Worker {
+/// The push worker's state (see [`worker`]).
+pub(crate) struct Worker {
     store: Store,
     config: PushConfig,
     http: reqwest::Client,
@@ -236,33 +254,32 @@ impl Worker {
     }
 }
 
-/// Runs the push worker until shutdown.
-pub(crate) async fn worker(store: Store, config: PushConfig, mut shutdown: watch::Receiver<bool>) {
-    let http = match reqwest::Client::builder()
+/// Makes the push worker: its HTTP client and providers (a bad APNs key is an error here,
+/// at start, not a worker that never runs).
+pub(crate) fn worker(store: Store, config: PushConfig) -> anyhow::Result<Worker> {
+    use anyhow::Context as _;
+    let http = reqwest::Client::builder()
         .timeout(config.request_timeout)
         .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("push worker cannot start its HTTP client: {e}");
-            return;
-        }
-    };
-    let apns = match config.apns.clone().map(apns::Apns::new).transpose() {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!("push worker: APNs: {e:#}");
-            return;
-        }
-    };
+        .context("push: HTTP client")?;
+    let apns = config
+        .apns
+        .clone()
+        .map(apns::Apns::new)
+        .transpose()
+        .context("push: APNs")?;
     let fcm = config.fcm.clone().map(fcm::Fcm::new);
-    let w = Arc::new(Worker {
+    Ok(Worker {
         store,
         config,
         http,
         apns,
         fcm,
-    });
+    })
+}
+
+/// Runs the push worker until shutdown.
+pub(crate) async fn run(w: Worker, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(w.config.poll) => {}
@@ -298,5 +315,25 @@ mod tests {
             sign(b"Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[tokio::test]
+    async fn a_bad_apns_key_stops_the_start_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(courier_store::StoreConfig::new(dir.path().join("s"))).unwrap();
+        let config = PushConfig {
+            apns: Some(apns::ApnsConfig {
+                base_url: "http://127.0.0.1:9".into(),
+                team_id: "T".into(),
+                key_id: "K".into(),
+                key_pem: b"not a key".to_vec(),
+                topic: "t".into(),
+            }),
+            ..PushConfig::default()
+        };
+        let Err(err) = worker(store, config) else {
+            panic!("a worker with an unusable key")
+        };
+        assert!(format!("{err:#}").contains("APNs"), "{err:#}");
     }
 }
