@@ -3,10 +3,10 @@
 //! recipient holds its `Deliver`; `e2e/window_256` streams 256 messages with all of them in flight
 //! and counts until every one was acknowledged to the sender and delivered to the recipient.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use courier_auth::{Claims, IssuerKey, TokenVerifier};
 use courier_client::{Client, Event, Events, Trust};
-use courier_gateway::auth::{Claims, IssuerKey, TokenVerifier};
 use courier_gateway::tls::TlsIdentity;
 use courier_gateway::{Gateway, GatewayConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -38,11 +38,7 @@ async fn setup() -> Setup {
     );
     config.shards = 1;
     let gateway = Gateway::start(config).await.unwrap();
-    let expires_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
+    let expires_at = courier_wire::time::now_secs() + 3600;
     let token = |user: &str| {
         issuer.mint(&Claims {
             user: user.into(),

@@ -26,10 +26,7 @@ fn request(chat: u64, sender: &str) -> AppendRequest {
     let n = u64::from(NEXT.fetch_add(1, Ordering::Relaxed)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut random = [0u8; 10];
     random[..8].copy_from_slice(&n.to_be_bytes());
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let ms = courier_wire::time::now_ms();
     let id = courier_wire::uuid_v7(ms, random);
     AppendRequest {
         sender_user: sender.to_owned(),

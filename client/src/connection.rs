@@ -2,7 +2,7 @@
 //!
 //! A reader task decodes frames from the control stream: answers (frames that carry a request
 //! id) complete the matching request; everything else (delivered messages, GoAway, events) goes
-//! to [`Events`]. Writes go through a coalescing writer task ([`crate::io::spawn_writer`]).
+//! to [`Events`]. Writes go through a coalescing writer task ([`courier_net::io::spawn_writer`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,9 +19,10 @@ use courier_wire::frame::{
 use courier_wire::{Frame, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::io::{spawn_writer, FrameReader, ReadError};
+use crate::error::Closer;
 use crate::tls::{client_config, Trust};
 use crate::ClientError;
+use courier_net::io::{spawn_writer, FrameReader, ReadError};
 
 /// Something the server sent that is not the answer to a request.
 #[derive(Debug, Clone)]
@@ -56,7 +57,7 @@ const EVENT_QUEUE: usize = 8192;
 #[derive(Clone)]
 pub struct Client {
     pub(crate) conn: quinn::Connection,
-    out: crate::io::Outbound,
+    out: courier_net::io::Outbound,
     pending: Pending,
     next_id: Arc<AtomicU32>,
     inflight: Arc<Semaphore>,
@@ -100,13 +101,13 @@ impl Client {
         let endpoint = endpoint.clone();
         let conn = endpoint
             .connect(addr, server_name)
-            .map_err(|e| ClientError::Connect(e.to_string()))?
+            .map_err(ClientError::config)?
             .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+            .map_err(|e| ClientError::handshake(&e))?;
         let (send, recv) = conn
             .open_bi()
             .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+            .map_err(|e| ClientError::handshake(&e))?;
         let out = spawn_writer(send, 1024);
         let hello = Frame::Hello(Hello {
             request_id: 0,
@@ -115,7 +116,7 @@ impl Client {
         });
         out.send(hello.to_bytes())
             .await
-            .map_err(|_| ClientError::Closed("writer stopped".into()))?;
+            .map_err(|_| ClientError::ended(&conn))?;
 
         // The server's limits are not known before Welcome: read it with the protocol's default.
         let mut reader = FrameReader::new(recv, DEFAULT_MAX_FRAME);
@@ -125,9 +126,9 @@ impl Client {
                 return Err(ClientError::from_refusal(&f).expect("a refusal"));
             }
             Ok(Some(other)) => return Err(ClientError::Unexpected(other.kind())),
-            Ok(None) => return Err(ClientError::Closed(close_reason(&conn))),
+            Ok(None) => return Err(ClientError::ended(&conn)),
             Err(ReadError::Decode(e)) => return Err(e.into()),
-            Err(ReadError::Stream(e)) => return Err(ClientError::Closed(e)),
+            Err(ReadError::Stream(e)) => return Err(ClientError::stream(&e)),
         };
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let pending: Pending = Arc::default();
@@ -171,20 +172,20 @@ impl Client {
         {
             let mut pending = self.pending.lock().expect("pending lock");
             if pending.closed {
-                return Err(ClientError::Closed(close_reason(&self.conn)));
+                return Err(ClientError::ended(&self.conn));
             }
             pending.by_id.insert(id, tx);
         }
         if self.out.send(frame.to_bytes()).await.is_err() {
             self.pending.lock().expect("pending lock").by_id.remove(&id);
-            return Err(ClientError::Closed(close_reason(&self.conn)));
+            return Err(ClientError::ended(&self.conn));
         }
         match rx.await {
             Ok(f) => match ClientError::from_refusal(&f) {
                 Some(e) => Err(e),
                 None => Ok(f),
             },
-            Err(_) => Err(ClientError::Closed(close_reason(&self.conn))),
+            Err(_) => Err(ClientError::ended(&self.conn)),
         }
     }
 
@@ -193,7 +194,7 @@ impl Client {
         self.out
             .send(frame.to_bytes())
             .await
-            .map_err(|_| ClientError::Closed(close_reason(&self.conn)))
+            .map_err(|_| ClientError::ended(&self.conn))
     }
 
     /// Sends raw bytes on the control stream, exactly as given (for protocol tests).
@@ -201,7 +202,7 @@ impl Client {
         self.out
             .send(bytes)
             .await
-            .map_err(|_| ClientError::Closed(close_reason(&self.conn)))
+            .map_err(|_| ClientError::ended(&self.conn))
     }
 
     /// The 1:1 chat with `peer` (created on first use).
@@ -302,7 +303,7 @@ impl Client {
             .inflight
             .acquire()
             .await
-            .map_err(|_| ClientError::Closed("client closed".into()))?;
+            .map_err(|_| ClientError::closed(Closer::Client, "client closed"))?;
         let frame = |request_id| {
             Frame::Send(Send {
                 request_id,
@@ -526,8 +527,7 @@ pub fn client_endpoint(addr: SocketAddr, trust: &Trust) -> Result<quinn::Endpoin
     }
     .parse()
     .expect("literal address");
-    let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(ClientError::config)?;
     endpoint.set_default_client_config(client_config(trust)?);
     Ok(endpoint)
 }
@@ -537,10 +537,7 @@ pub fn client_endpoint(addr: SocketAddr, trust: &Trust) -> Result<quinn::Endpoin
 pub fn new_client_msg_id() -> [u8; 16] {
     // The thread's ChaCha generator (seeded from the OS): no system call per message.
     let random: [u8; 10] = rand::random();
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    courier_wire::uuid_v7(ms, random)
+    courier_wire::uuid_v7(courier_wire::time::now_ms(), random)
 }
 
 fn close_reason(conn: &quinn::Connection) -> String {

@@ -12,23 +12,21 @@
 //! - [`tls`] — which server certificates to trust ([`Trust`]) and the QUIC client configuration.
 //! - [`connection`] — [`Client`], [`Events`] and the tasks that read and write the control stream.
 //! - [`media`] — uploads and downloads on streams of their own.
-//! - [`io`] — framed reading and coalesced writing on a QUIC stream (shared with the gateway).
 //! - [`inbox`] — per-chat positions, duplicate removal, gap detection; [`PositionStore`].
 //! - [`messenger`] — [`Messenger`]: reconnects, syncs, fills gaps, retries sends.
-//! - [`error`] — [`ClientError`].
+//! - [`error`] — [`ClientError`], with [`ConnectKind`] and [`Closer`] to branch on.
 
 #![forbid(unsafe_code)]
 
 pub mod connection;
 pub mod error;
 pub mod inbox;
-pub mod io;
 pub mod media;
 pub mod messenger;
 pub mod tls;
 
 pub use connection::{Client, Event, Events};
-pub use error::ClientError;
+pub use error::{ClientError, Closer, ConnectKind};
 pub use inbox::{Inbox, MemoryPositions, Offer, PositionStore};
 pub use media::{UploadOptions, UploadState};
 pub use messenger::{Messenger, MessengerConfig, Update};

@@ -5,8 +5,9 @@ use bytes::{Bytes, BytesMut};
 use courier_wire::frame::{Attachment, Download, Upload};
 use courier_wire::Frame;
 
-use crate::io::{FrameReader, ReadError};
+use crate::error::Closer;
 use crate::{Client, ClientError};
+use courier_net::io::{FrameReader, ReadError};
 
 /// Largest frame a media stream carries.
 const MAX_MEDIA_FRAME: u32 = 64 * 1024;
@@ -37,12 +38,8 @@ pub struct UploadState {
 fn read_err(e: ReadError) -> ClientError {
     match e {
         ReadError::Decode(d) => ClientError::Decode(d),
-        ReadError::Stream(s) => ClientError::Closed(s),
+        ReadError::Stream(s) => ClientError::stream(&s),
     }
-}
-
-fn stream_err(e: impl std::fmt::Display) -> ClientError {
-    ClientError::Closed(e.to_string())
 }
 
 impl Client {
@@ -62,7 +59,11 @@ impl Client {
                 "resume offset beyond the data".into(),
             ));
         }
-        let (mut send, recv) = self.conn.open_bi().await.map_err(stream_err)?;
+        let (mut send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::connection(&e))?;
         let request_id = 1;
         let first = Frame::Upload(Upload {
             request_id,
@@ -74,7 +75,7 @@ impl Client {
         });
         send.write_all(&first.to_bytes())
             .await
-            .map_err(stream_err)?;
+            .map_err(|e| ClientError::write(&e))?;
         let body = data.slice(offset_len..);
         let writing = async move {
             for piece in body.chunks(WRITE_PIECE) {
@@ -101,7 +102,7 @@ impl Client {
                         return Err(ClientError::from_refusal(&f).expect("a refusal"))
                     }
                     Some(other) => return Err(ClientError::Unexpected(other.kind())),
-                    None => return Err(ClientError::Closed("upload stream ended".into())),
+                    None => return Err(ClientError::closed(Closer::Server, "upload stream ended")),
                 }
             }
         };
@@ -124,7 +125,11 @@ impl Client {
         offset: u64,
         length: u64,
     ) -> Result<(Attachment, Bytes), ClientError> {
-        let (mut send, recv) = self.conn.open_bi().await.map_err(stream_err)?;
+        let (mut send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::connection(&e))?;
         let first = Frame::Download(Download {
             request_id: 1,
             media_id,
@@ -133,7 +138,7 @@ impl Client {
         });
         send.write_all(&first.to_bytes())
             .await
-            .map_err(stream_err)?;
+            .map_err(|e| ClientError::write(&e))?;
         let _ = send.finish();
         let mut reader = FrameReader::new(recv, MAX_MEDIA_FRAME);
         let start = match reader.next().await.map_err(read_err)? {
@@ -142,7 +147,7 @@ impl Client {
                 return Err(ClientError::from_refusal(&f).expect("a refusal"))
             }
             Some(other) => return Err(ClientError::Unexpected(other.kind())),
-            None => return Err(ClientError::Closed("download stream ended".into())),
+            None => return Err(ClientError::closed(Closer::Server, "download stream ended")),
         };
         let (mut recv, first_bytes) = reader.into_parts();
         let want = usize::try_from(start.length)
@@ -153,14 +158,14 @@ impl Client {
             match recv.read_chunk(want - out.len(), true).await {
                 Ok(Some(c)) => out.extend_from_slice(&c.bytes),
                 Ok(None) => break,
-                Err(e) => return Err(stream_err(e)),
+                Err(e) => return Err(ClientError::stream(&e)),
             }
         }
         if out.len() != want {
-            return Err(ClientError::Closed(format!(
-                "download ended after {} of {want} bytes",
-                out.len()
-            )));
+            return Err(ClientError::closed(
+                Closer::Server,
+                format!("download ended after {} of {want} bytes", out.len()),
+            ));
         }
         Ok((start.media, out.freeze()))
     }

@@ -18,6 +18,7 @@ use courier_wire::ErrorCode;
 use tokio::sync::{mpsc, watch};
 
 use crate::connection::new_client_msg_id;
+use crate::error::Closer;
 use crate::inbox::{Inbox, Offer, PositionStore};
 use crate::{Client, ClientError, Event, Events, Trust};
 
@@ -114,7 +115,7 @@ impl Messenger {
         let got = current
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| ClientError::Closed("messenger stopped".into()))?;
+            .map_err(|_| ClientError::closed(Closer::Client, "messenger stopped"))?;
         Ok(got.clone().expect("waited for Some"))
     }
 
@@ -148,9 +149,7 @@ impl Messenger {
                         ErrorCode::UNAVAILABLE,
                     ]
                     .contains(&code) => {}
-                Err(
-                    ClientError::Closed(_) | ClientError::Connect(_) | ClientError::GoAway { .. },
-                ) => {}
+                Err(e) if e.is_transient() => {}
                 Err(e) => return Err(e),
             }
             tokio::time::sleep(delay).await;
@@ -317,7 +316,7 @@ async fn session(
     loop {
         tokio::select! {
             ev = events.recv() => {
-                let Some(ev) = ev else { return Err(ClientError::Closed("event stream ended".into())) };
+                let Some(ev) = ev else { return Err(ClientError::closed(Closer::Client, "event stream ended")) };
                 if !handle(client, ev, inbox, config, updates).await? {
                     return Ok(());
                 }
@@ -336,7 +335,7 @@ async fn handle(
 ) -> Result<bool, ClientError> {
     match ev {
         Event::Message(m) => take(client, m, inbox, config, updates).await,
-        Event::Closed(reason) => Err(ClientError::Closed(reason)),
+        Event::Closed(reason) => Err(ClientError::closed(Closer::Server, reason)),
         Event::GoAway(g) => Err(ClientError::GoAway {
             code: g.code,
             reason: g.reason,

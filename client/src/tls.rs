@@ -31,12 +31,12 @@ pub enum Trust {
 /// Reads every certificate in a PEM file.
 pub fn read_pem_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
     let pem = std::fs::read(path)
-        .map_err(|e| ClientError::Connect(format!("read {}: {e}", path.display())))?;
+        .map_err(|e| ClientError::config(format!("read {}: {e}", path.display())))?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ClientError::Connect(format!("parse {}: {e}", path.display())))?;
+        .map_err(|e| ClientError::config(format!("parse {}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(ClientError::Connect(format!(
+        return Err(ClientError::config(format!(
             "{}: no certificate in file",
             path.display()
         )));
@@ -61,13 +61,13 @@ pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, ClientError> 
     };
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ClientError::Connect(e.to_string()))?
+        .map_err(ClientError::config)?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     tls.alpn_protocols = vec![courier_wire::ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    let quic =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(ClientError::config)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(10)));
@@ -96,7 +96,7 @@ impl PinnedOrCa {
             Some(
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
                     .build()
-                    .map_err(|e| ClientError::Connect(e.to_string()))?,
+                    .map_err(ClientError::config)?,
             )
         };
         Ok(Self {

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use courier_client::io::Outbound;
+use courier_net::io::Outbound;
 use courier_store::Store;
 
 use crate::session::store_error_frame;

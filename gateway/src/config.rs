@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::auth::TokenVerifier;
 use crate::tls::TlsIdentity;
+use courier_auth::TokenVerifier;
 
 /// Everything a gateway needs to start. CLI parsing lives in `main.rs`; tests build this directly.
 #[derive(Debug)]

@@ -4,11 +4,12 @@
 //! token, and serves the control stream's frames against the message store. Every committed
 //! message is pushed to every online device of every member of its chat.
 //!
-//! It is not the store (that is `courier-store`) and not the client (`courier-client`).
+//! It is not the store (that is `courier-store`), not the token format (`courier-auth`), not the
+//! framed stream I/O it shares with the SDK (`courier-net`), and it does not use the SDK; only
+//! the binary's `courier chat` (cargo feature `chat`, on by default) does.
 //!
 //! # Layout
 //! - [`config`] — [`GatewayConfig`], every limit with its memory cost.
-//! - [`auth`] — issuer keys and tokens.
 //! - [`tls`] — the TLS identity (self-signed or from PEM files).
 //! - [`util`] — wall-clock milliseconds, hex, cached provider tokens.
 //! - [`server`] — the endpoint, handshakes, the control-stream loop and graceful shutdown.
@@ -22,7 +23,6 @@
 #![forbid(unsafe_code)]
 
 mod acks;
-pub mod auth;
 mod budget;
 pub mod config;
 mod fanout;

@@ -179,25 +179,6 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-/// Fetches `path` from an HTTP server on `addr` (a gateway's metrics listener): the whole
-/// response, status line and headers included. For load generators and tests.
-pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
-}
-
-/// The value of the sample `name` (labels included, e.g. `courier_connections{shard="0"}`) in a
-/// Prometheus text exposition.
-pub fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// Serves `GET /metrics` on `addr` until `shutdown` turns true. Returns the bound address.
 pub async fn serve(
     addr: SocketAddr,

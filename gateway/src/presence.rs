@@ -17,7 +17,7 @@ use courier_wire::Frame;
 use dashmap::DashMap;
 
 use crate::registry::{Device, Registry};
-use crate::util::now_ms;
+use courier_wire::time::now_ms;
 
 /// The presence hub of a gateway.
 pub(crate) struct Presence {

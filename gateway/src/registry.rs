@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_client::io::{Outbound, PushError};
+use courier_net::io::{Outbound, PushError};
 use dashmap::DashMap;
 
 /// Application close code for a connection dropped because it did not read fast enough.

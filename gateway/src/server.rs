@@ -7,16 +7,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use courier_client::io::{
-    spawn_writer_with_handle, FrameReader, Outbound, ReadError, LAST_WORDS_END,
-};
+use courier_net::io::{spawn_writer_with_handle, FrameReader, Outbound, ReadError, LAST_WORDS_END};
 use courier_store::{Store, StoreConfig};
 use courier_wire::frame::{GoAway, Welcome};
 use courier_wire::{ErrorCode, Frame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::auth::TokenVerifier;
 use crate::config::GatewayConfig;
 use crate::fanout::Fanout;
 use crate::handshakes::{Admission, Pending};
@@ -25,7 +22,8 @@ use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::registry::{Device, Registry};
 use crate::session::{error_frame, Limits, PresenceLink, Session, Stop};
-use crate::util::now_ms;
+use courier_auth::TokenVerifier;
+use courier_wire::time::now_ms;
 
 struct Shared {
     store: Store,
@@ -439,7 +437,7 @@ async fn authenticate(
     reader: &mut FrameReader,
     deadline: tokio::time::Instant,
     verifier: &TokenVerifier,
-) -> Result<(crate::auth::Claims, u32, u16), Refusal> {
+) -> Result<(courier_auth::Claims, u32, u16), Refusal> {
     let hello = match tokio::time::timeout_at(deadline, reader.next()).await {
         Ok(Ok(Some(Frame::Hello(h)))) => h,
         Ok(Ok(Some(other))) => {
@@ -474,7 +472,7 @@ async fn authenticate(
             "version",
         ));
     }
-    match verifier.verify(&hello.token, now_ms() / 1000) {
+    match verifier.verify(&hello.token, courier_wire::time::now_secs()) {
         Ok(claims) => Ok((claims, hello.request_id, hello.version)),
         Err(e) => Err(Refusal::new(
             hello.request_id,

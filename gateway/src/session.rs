@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_client::io::Outbound;
+use courier_net::io::Outbound;
 use courier_store::logging::limited_error;
 use courier_store::{AppendRequest, GroupChange, LogLimiter, Store, StoreError};
 use courier_wire::frame::{

@@ -1,15 +1,8 @@
-//! Small helpers the gateway's modules share: wall-clock milliseconds, hex, a cached
+//! Small helpers the gateway's modules share: hex, a cached
 //! credential that is renewed after a while, and the transparent-huge-page check.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use std::time::{Duration, Instant};
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {

@@ -389,8 +389,15 @@ async fn in_flight_sends_and_connections_are_limited() {
     let (_bob, _) = server.connect("bob", 1).await;
     let refused = server.try_connect(&server.token("carol", 1)).await;
     assert!(
-        matches!(refused, Err(ClientError::Connect(_))),
-        "fourth connection refused"
+        matches!(
+            refused,
+            Err(ClientError::Connect {
+                kind: courier_client::ConnectKind::Refused,
+                ..
+            })
+        ),
+        "fourth connection refused: {:?}",
+        refused.as_ref().err()
     );
     drop(raw);
     let mut admitted = false;

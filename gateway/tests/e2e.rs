@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{body, next_message, TestServer};
+use courier_auth::{Claims, IssuerKey};
 use courier_client::Event;
-use courier_gateway::auth::{Claims, IssuerKey};
-use courier_gateway::metrics::{http_get, sample};
+use courier_net::scrape::{http_get, sample};
 use courier_wire::frame::{Direction, Hello, MessageKind, Ping, Send};
 use courier_wire::{ErrorCode, Frame, Header};
 use tokio::sync::Semaphore;

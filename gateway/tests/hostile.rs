@@ -85,7 +85,16 @@ async fn a_request_after_the_server_closed_ends_with_closed() {
     let answer = tokio::time::timeout(Duration::from_secs(5), client.ping())
         .await
         .expect("the request ends instead of hanging");
-    assert!(matches!(answer, Err(ClientError::Closed(_))), "{answer:?}");
+    assert!(
+        matches!(
+            answer,
+            Err(ClientError::Closed {
+                by: courier_client::Closer::Server,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
     server.gateway.shutdown().await;
 }
 
@@ -165,8 +174,8 @@ async fn an_ack_flood_is_refused_then_closed_and_the_acks_coalesce() {
 async fn a_session_ends_when_its_token_expires_and_the_messenger_renews_it() {
     use std::sync::Arc;
 
+    use courier_auth::Claims;
     use courier_client::{MemoryPositions, Messenger, MessengerConfig, Update};
-    use courier_gateway::auth::Claims;
 
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
@@ -203,7 +212,7 @@ async fn a_session_ends_when_its_token_expires_and_the_messenger_renews_it() {
         Arc::new(MemoryPositions::default()),
     );
     cfg.refresh_token = Some(Arc::new(move || {
-        let issuer = courier_gateway::auth::IssuerKey::read_file(&key_path).unwrap();
+        let issuer = courier_auth::IssuerKey::read_file(&key_path).unwrap();
         issuer.mint(&Claims {
             user: "bob".into(),
             device: 1,

@@ -168,7 +168,7 @@ async fn limits_and_hashes_are_enforced_while_streaming() {
     send.write_all(&first.to_bytes()).await.unwrap();
     let flood = data(900_000, 3);
     let _ = send.write_all(&flood).await; // the server may stop the stream mid-way
-    let mut reader = courier_client::io::FrameReader::new(recv, 1 << 16);
+    let mut reader = courier_net::io::FrameReader::new(recv, 1 << 16);
     let mut refused = None;
     while let Ok(Some(f)) = reader.next().await {
         if let Frame::ErrorFrame(e) = f {
@@ -210,7 +210,7 @@ async fn an_interrupted_upload_resumes_from_the_confirmed_offset() {
     let first = new_upload(&bytes);
     send.write_all(&first.to_bytes()).await.unwrap();
     send.write_all(&bytes[..(5 << 19)]).await.unwrap();
-    let mut reader = courier_client::io::FrameReader::new(recv, 1 << 16);
+    let mut reader = courier_net::io::FrameReader::new(recv, 1 << 16);
     let (mut upload, mut confirmed) = (0, 0);
     while confirmed < 2 << 20 {
         match tokio::time::timeout(Duration::from_secs(10), reader.next())
@@ -403,10 +403,7 @@ impl courier_store::Clock for ManualClock {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_an_unattached_upload_and_its_blob() {
     let dir = tempfile::tempdir().unwrap();
-    let start = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let start = courier_wire::time::now_ms();
     let clock = std::sync::Arc::new(ManualClock(start.into()));
     let server = {
         let clock = clock.clone();
@@ -474,7 +471,7 @@ async fn a_stalled_upload_is_stopped_and_can_be_resumed() {
     send.write_all(&first.to_bytes()).await.unwrap();
     send.write_all(&bytes[..40_000]).await.unwrap();
     // ... and then nothing more, without finishing the stream.
-    let mut reader = courier_client::io::FrameReader::new(recv, 1 << 16);
+    let mut reader = courier_net::io::FrameReader::new(recv, 1 << 16);
     let mut upload = 0;
     let error = loop {
         match tokio::time::timeout(Duration::from_secs(10), reader.next())

@@ -3,12 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
+use courier_auth::{Claims, IssuerKey};
 use courier_client::{Client, Events, Trust};
-use courier_gateway::auth::{Claims, IssuerKey};
-use courier_gateway::metrics::{http_get, sample};
+use courier_net::scrape::{http_get, sample};
 
 /// Where the gateway is and how to reach it.
 #[derive(clap::Args, Clone, Debug)]
@@ -142,7 +142,7 @@ impl Target {
             endpoints,
             server: self.server,
             prefix: self.prefix.clone(),
-            expires_at: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600,
+            expires_at: courier_wire::time::now_secs() + 3600,
         })
     }
 

@@ -1,12 +1,12 @@
 //! Courier's wire protocol, versions 1 and 2, as a sans-IO codec.
 //!
 //! This crate turns bytes into [`Frame`]s and frames into bytes. It has no sockets, no async
-//! runtime and no clocks: the gateway, the client SDK, the load generator and the benchmarks all
+//! runtime, and the codec reads no clock: the gateway, the client SDK, the load generator and the benchmarks all
 //! drive the same code, and a decoder never panics on any input. The byte layout of every frame
 //! is documented in `docs/PROTOCOL.md`.
 //!
-//! It is not a transport: QUIC streams, TLS and authentication live in `courier-gateway` and
-//! `courier-client`.
+//! It is not a transport: framed QUIC stream I/O is `courier-net`, tokens are `courier-auth`, TLS
+//! lives in `courier-gateway` and `courier-client`.
 //!
 //! # Layout
 //! - [`header`] — the fixed 8-byte frame header, read by casting with zerocopy.
@@ -15,6 +15,7 @@
 //! - [`frame`] — the [`Frame`] enum, one module per frame family.
 //! - [`decoder`] — [`FrameDecoder`], which cuts frames out of a byte stream with a size limit.
 //! - [`text`] — bounded text for messages that echo a peer's input.
+//! - [`time`] — the wall clock in the units the protocol carries (the codec reads no clock).
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod error;
 pub mod frame;
 pub mod header;
 pub mod text;
+pub mod time;
 
 pub use codec::Codec;
 pub use decoder::FrameDecoder;

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_client::io::FrameReader;
+use courier_net::io::FrameReader;
 use courier_store::Store;
 use courier_wire::{ErrorCode, Frame};
 use tokio::sync::Semaphore;
@@ -239,7 +239,7 @@ pub async fn serve_stream(
     let mut reader = FrameReader::from_clients(recv, MAX_MEDIA_FRAME);
     let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, reader.next()).await {
         Ok(Ok(Some(f))) => f,
-        Ok(Err(courier_client::io::ReadError::Decode(e))) => {
+        Ok(Err(courier_net::io::ReadError::Decode(e))) => {
             let _ = send.write_all(&error(0, e.code(), e.to_string())).await;
             let _ = send.finish();
             return;

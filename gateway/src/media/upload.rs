@@ -19,7 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use super::detect::{self, SNIFF_LEN};
 use super::thumbnail::{self as img, ImageError};
 use super::{error, MediaService};
-use crate::util::{hex, now_ms};
+use courier_wire::time::now_ms;
+
+use crate::util::hex;
 
 /// Bytes between two confirmed offsets.
 const CONFIRM_EVERY: u64 = 1 << 20;

@@ -1,7 +1,7 @@
 //! The APNs provider: Apple's HTTP/2 API (`POST /3/device/<token>`) with an ES256 provider token
 //! (a JWT signed with the team's `.p8` key, reused for 50 minutes as Apple asks).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use courier_store::PushJob;
 use ring::rand::SystemRandom;
@@ -56,9 +56,7 @@ impl Apns {
     /// The provider token (a fresh one every 50 minutes).
     pub(crate) fn provider_token(&self) -> Result<String, String> {
         self.token.get(|| {
-            let iat = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let iat = courier_wire::time::now_secs();
             let header = serde_json::json!({"alg": "ES256", "kid": self.config.key_id});
             let claims = serde_json::json!({"iss": self.config.team_id, "iat": iat});
             super::jwt(&header, &claims, |input| {

@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
@@ -170,9 +170,7 @@ impl TokenSource {
 
     /// One exchange: the token and how long it lives.
     async fn exchange(&self, http: &reqwest::Client) -> Result<(String, Duration), String> {
-        let iat = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let iat = courier_wire::time::now_secs();
         let assertion = self.account.assertion(self.scope, iat)?;
         // The assertion is base64url and dots: nothing in it needs form-encoding.
         let body = format!(

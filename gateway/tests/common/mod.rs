@@ -5,11 +5,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use courier_auth::{Claims, IssuerKey, TokenVerifier};
 use courier_client::{Client, ClientError, Event, Events, Trust};
-use courier_gateway::auth::{Claims, IssuerKey, TokenVerifier};
 use courier_gateway::tls::TlsIdentity;
 use courier_gateway::{Gateway, GatewayConfig};
 use courier_wire::frame::{Hello, Welcome};
@@ -23,12 +23,7 @@ pub struct TestServer {
     pub dir: PathBuf,
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+pub use courier_wire::time::now_secs;
 
 impl TestServer {
     /// Starts a gateway whose data (store, certificate, issuer key) lives in `dir`; a second start

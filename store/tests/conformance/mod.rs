@@ -212,10 +212,7 @@ pub async fn history_pages_both_ways_for_members_only(h: &dyn Harness) {
         Err(StoreError::Invalid(_))
     ));
     // A time-ordered id claiming to be from two days ahead is refused; one from now is fine.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now = courier_wire::time::now_ms();
     let mut ahead = msg("alice", chat.id, 77);
     ahead.client_msg_id = courier_wire::uuid_v7(now + 2 * 86_400_000, [1; 10]);
     assert!(matches!(

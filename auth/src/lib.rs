@@ -1,4 +1,5 @@
-//! Ed25519 bearer tokens.
+//! Ed25519 bearer tokens, below everything that mints or checks them: the gateway verifies,
+//! the `courier token` command, loadgen and an operator's own auth service mint.
 //!
 //! An operator's issuer key pair signs tokens; the gateway holds only the public key. A token is
 //! the URL-safe base64 (no padding) of:
@@ -11,6 +12,8 @@
 //! | 4 | device id, big-endian |
 //! | 8 | expiry, Unix seconds, big-endian |
 //! | 64 | Ed25519 signature over all bytes above |
+
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 

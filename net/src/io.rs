@@ -17,9 +17,9 @@ pub enum ReadError {
     /// The peer sent bytes that are not a valid frame.
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    /// The stream or connection failed.
+    /// The stream or connection failed (quinn's reason, for callers that tell who ended it).
     #[error("stream: {0}")]
-    Stream(String),
+    Stream(#[from] quinn::ReadError),
 }
 
 /// Reads whole frames from a QUIC receive stream.
@@ -74,7 +74,7 @@ impl FrameReader {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
                 Ok(None) if self.buf.is_empty() => return Ok(None),
                 Ok(None) => return Err(ReadError::Decode(DecodeError::Truncated)),
-                Err(e) => return Err(ReadError::Stream(e.to_string())),
+                Err(e) => return Err(ReadError::Stream(e)),
             }
         }
     }

@@ -1,0 +1,10 @@
+//! Network I/O that Courier's SDK, gateway and tools share, below all of them (the gateway
+//! does not depend on the SDK, nor the SDK on the gateway).
+//!
+//! - [`io`] — framed reading and coalesced writing on a QUIC stream.
+//! - [`scrape`] — reading a node's Prometheus metrics over HTTP (loadgen, tests).
+
+#![forbid(unsafe_code)]
+
+pub mod io;
+pub mod scrape;
