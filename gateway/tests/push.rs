@@ -343,6 +343,33 @@ fn pem_of(pkcs8: &[u8]) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A gateway with the push provider `configure` sets up (coalescing 100 ms, retries from
+/// 100 ms, polling every 20 ms), "bob" offline with `token` registered for `kind`, and "alice"
+/// connected, in a direct chat with him.
+async fn provider_setup(
+    dir: &std::path::Path,
+    kind: PushProvider,
+    token: &str,
+    configure: impl FnOnce(&mut courier_gateway::GatewayConfig),
+) -> (
+    TestServer,
+    courier_client::Client,
+    courier_client::Events,
+    u64,
+) {
+    let server = TestServer::start_with(dir, move |c| {
+        configure(c);
+        c.push.coalesce = Duration::from_millis(100);
+        c.push.retry_base = Duration::from_millis(100);
+        c.push.poll = Duration::from_millis(20);
+    })
+    .await;
+    offline_with_token(&server, "bob", kind, token).await;
+    let (alice, events) = server.connect("alice", 1).await;
+    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
+    (server, alice, events, chat)
+}
+
 /// Waits (up to 5 s) until `user` has no push registration left.
 async fn until_no_tokens(server: &TestServer, user: &str, why: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -360,6 +387,28 @@ async fn offline_with_token(server: &TestServer, user: &str, provider: PushProvi
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
+/// A JWT's header and claims, after checking its signature with `public` under `alg`.
+fn verified_jwt(
+    jwt: &str,
+    alg: &'static dyn ring::signature::VerificationAlgorithm,
+    public: &[u8],
+) -> (serde_json::Value, serde_json::Value) {
+    use base64::Engine as _;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3, "header, claims, signature: {jwt}");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let json = |part: &str| -> serde_json::Value {
+        serde_json::from_slice(&b64.decode(part).unwrap()).unwrap()
+    };
+    ring::signature::UnparsedPublicKey::new(alg, public)
+        .verify(
+            format!("{}.{}", parts[0], parts[1]).as_bytes(),
+            &b64.decode(parts[2]).unwrap(),
+        )
+        .expect("signed with the expected key");
+    (json(parts[0]), json(parts[1]))
+}
+
 fn header<'h>(hit: &'h Hit, name: &str) -> &'h str {
     hit.headers
         .iter()
@@ -369,10 +418,8 @@ fn header<'h>(hit: &'h Hit, name: &str) -> &'h str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apns_requests_carry_a_valid_es256_provider_token_and_the_apple_format() {
-    use base64::Engine as _;
     use ring::signature::{
-        EcdsaKeyPair, KeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED,
-        ECDSA_P256_SHA256_FIXED_SIGNING,
+        EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING,
     };
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
@@ -385,21 +432,17 @@ async fn apns_requests_carry_a_valid_es256_provider_token_and_the_apple_format()
     let base = url.trim_end_matches("/push").to_owned();
     let dir = tempfile::tempdir().unwrap();
     let key_pem = pem_of(pkcs8.as_ref());
-    let server = TestServer::start_with(dir.path(), move |c| {
-        c.push.apns = Some(courier_gateway::push::apns::ApnsConfig {
-            base_url: base,
-            team_id: "TEAM123".into(),
-            key_id: "KEY456".into(),
-            key_pem,
-            topic: "com.example.courier".into(),
-        });
-        c.push.coalesce = Duration::from_millis(100);
-        c.push.poll = Duration::from_millis(20);
-    })
-    .await;
-    offline_with_token(&server, "bob", PushProvider::Apns, "a1b2c3").await;
-    let (alice, _a) = server.connect("alice", 1).await;
-    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
+    let (server, alice, _a, chat) =
+        provider_setup(dir.path(), PushProvider::Apns, "a1b2c3", move |c| {
+            c.push.apns = Some(courier_gateway::push::apns::ApnsConfig {
+                base_url: base,
+                team_id: "TEAM123".into(),
+                key_id: "KEY456".into(),
+                key_pem,
+                topic: "com.example.courier".into(),
+            });
+        })
+        .await;
     alice.send(chat, "hello").await.unwrap();
     let hits = hook.wait_for(1, Duration::from_secs(10)).await;
     let h = &hits[0];
@@ -420,21 +463,12 @@ async fn apns_requests_carry_a_valid_es256_provider_token_and_the_apple_format()
         .authorization
         .strip_prefix("bearer ")
         .expect("a bearer provider token");
-    let parts: Vec<&str> = jwt.split('.').collect();
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let head: serde_json::Value = serde_json::from_slice(&b64.decode(parts[0]).unwrap()).unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    let (head, claims) = verified_jwt(jwt, &ECDSA_P256_SHA256_FIXED, &public);
     assert_eq!(
         (head["alg"].as_str(), head["kid"].as_str()),
         (Some("ES256"), Some("KEY456"))
     );
     assert_eq!(claims["iss"], "TEAM123");
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &public)
-        .verify(
-            format!("{}.{}", parts[0], parts[1]).as_bytes(),
-            &b64.decode(parts[2]).unwrap(),
-        )
-        .expect("signed with the team's key");
 
     // Apple says the token is gone: the registration goes.
     alice.send(chat, "again").await.unwrap();
@@ -450,19 +484,19 @@ async fn fcm_requests_use_the_http_v1_format_and_a_bearer_token() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("fcm.token");
     std::fs::write(&token_file, "ya29.test-token\n").unwrap();
-    let server = TestServer::start_with(dir.path(), move |c| {
-        c.push.fcm = Some(courier_gateway::push::fcm::FcmConfig {
-            base_url: base,
-            project_id: "courier-proj".into(),
-            auth: courier_gateway::push::fcm::FcmAuth::AccessTokenFile(token_file),
-        });
-        c.push.coalesce = Duration::from_millis(100);
-        c.push.poll = Duration::from_millis(20);
-    })
+    let (server, alice, _a, chat) = provider_setup(
+        dir.path(),
+        PushProvider::Fcm,
+        "fcm-device-token",
+        move |c| {
+            c.push.fcm = Some(courier_gateway::push::fcm::FcmConfig {
+                base_url: base,
+                project_id: "courier-proj".into(),
+                auth: courier_gateway::push::fcm::FcmAuth::AccessTokenFile(token_file),
+            });
+        },
+    )
     .await;
-    offline_with_token(&server, "bob", PushProvider::Fcm, "fcm-device-token").await;
-    let (alice, _a) = server.connect("alice", 1).await;
-    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
     alice.send(chat, "one").await.unwrap();
     alice.send(chat, "two").await.unwrap();
     let hits = hook.wait_for(1, Duration::from_secs(10)).await;
@@ -486,10 +520,9 @@ const TEST_ACCOUNT_KEY: &str = include_str!("data/fcm-test-service-account.key.p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fcm_access_tokens_are_exchanged_for_signed_assertions_and_renewed_before_they_expire() {
-    use base64::Engine as _;
     use courier_gateway::push::fcm::{FcmAuth, FcmConfig};
     use courier_gateway::push::oauth::{ServiceAccount, FCM_SCOPE};
-    use ring::signature::{RsaKeyPair, UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+    use ring::signature::{RsaKeyPair, RSA_PKCS1_2048_8192_SHA256};
 
     let answer = |token: &str, expires_in: u64| {
         serde_json::json!({"access_token": token, "expires_in": expires_in, "token_type": "Bearer"})
@@ -518,20 +551,19 @@ async fn fcm_access_tokens_are_exchanged_for_signed_assertions_and_renewed_befor
     });
     let account = ServiceAccount::from_json(key_json.to_string().as_bytes()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(dir.path(), move |c| {
-        c.push.fcm = Some(FcmConfig {
-            base_url: base,
-            project_id: "courier-proj".into(),
-            auth: FcmAuth::ServiceAccount(account),
-        });
-        c.push.coalesce = Duration::from_millis(100);
-        c.push.retry_base = Duration::from_millis(100);
-        c.push.poll = Duration::from_millis(20);
-    })
+    let (server, alice, _a, chat) = provider_setup(
+        dir.path(),
+        PushProvider::Fcm,
+        "fcm-device-token",
+        move |c| {
+            c.push.fcm = Some(FcmConfig {
+                base_url: base,
+                project_id: "courier-proj".into(),
+                auth: FcmAuth::ServiceAccount(account),
+            });
+        },
+    )
     .await;
-    offline_with_token(&server, "bob", PushProvider::Fcm, "fcm-device-token").await;
-    let (alice, _a) = server.connect("alice", 1).await;
-    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
 
     alice.send(chat, "one").await.unwrap();
     let hits = fcm.wait_for(1, Duration::from_secs(10)).await;
@@ -543,10 +575,15 @@ async fn fcm_access_tokens_are_exchanged_for_signed_assertions_and_renewed_befor
     let assertion = form
         .strip_prefix("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=")
         .expect("the JWT-bearer grant");
-    let parts: Vec<&str> = assertion.split('.').collect();
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let head: serde_json::Value = serde_json::from_slice(&b64.decode(parts[0]).unwrap()).unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    let der = rustls_pemfile::private_key(&mut TEST_ACCOUNT_KEY.as_bytes())
+        .unwrap()
+        .unwrap();
+    let public = RsaKeyPair::from_pkcs8(der.secret_der())
+        .unwrap()
+        .public()
+        .as_ref()
+        .to_vec();
+    let (head, claims) = verified_jwt(assertion, &RSA_PKCS1_2048_8192_SHA256, &public);
     assert_eq!(
         (head["alg"].as_str(), head["kid"].as_str()),
         (Some("RS256"), Some("key-1"))
@@ -558,20 +595,6 @@ async fn fcm_access_tokens_are_exchanged_for_signed_assertions_and_renewed_befor
         claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
         3600
     );
-    let der = rustls_pemfile::private_key(&mut TEST_ACCOUNT_KEY.as_bytes())
-        .unwrap()
-        .unwrap();
-    let public = RsaKeyPair::from_pkcs8(der.secret_der())
-        .unwrap()
-        .public()
-        .as_ref()
-        .to_vec();
-    UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, public)
-        .verify(
-            format!("{}.{}", parts[0], parts[1]).as_bytes(),
-            &b64.decode(parts[2]).unwrap(),
-        )
-        .expect("signed with the service account's key");
 
     // Past half of the first token's life: a new one before the next push.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
