@@ -10,6 +10,9 @@ use crate::kv::{KvError, KvErrorKind};
 /// between two of the writer's attempts to heal the engine.
 pub const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// How long a caller refused with [`StoreError::Busy`] is told to wait.
+pub const BUSY_RETRY_AFTER: Duration = Duration::from_millis(100);
+
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -32,6 +35,11 @@ pub enum StoreError {
     /// Stored bytes could not be decoded.
     #[error("corrupt record under key {0}")]
     Corrupt(String),
+    /// The engine asked for a retry (a conflict with another writer, a read version too old,
+    /// a storage server behind) and the store's own retries ran out: nothing was applied, or
+    /// a commit that may have been applied was not confirmed. Try again after a short wait.
+    #[error("storage busy: {0}")]
+    Busy(String),
     /// The store cannot take writes for now (its disk is full, or its engine is recovering
     /// from a failed write); nothing of the operation was applied. Try again after
     /// `retry_after`.
@@ -69,7 +77,8 @@ impl From<KvError> for StoreError {
                 reason: e.message,
                 retry_after: UNAVAILABLE_RETRY_AFTER,
             },
-            KvErrorKind::Retryable | KvErrorKind::Fatal => Self::Engine(e.to_string()),
+            KvErrorKind::Retryable | KvErrorKind::MaybeCommitted => Self::Busy(e.to_string()),
+            KvErrorKind::Fatal => Self::Engine(e.to_string()),
         }
     }
 }
@@ -83,7 +92,7 @@ impl StoreError {
             Self::TooLarge(_) => ErrorCode::TOO_LARGE,
             Self::Closed => ErrorCode::SHUTTING_DOWN,
             Self::Engine(_) | Self::Corrupt(_) => ErrorCode::INTERNAL,
-            Self::Unavailable { .. } => ErrorCode::UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Busy(_) => ErrorCode::UNAVAILABLE,
         }
     }
 
@@ -91,6 +100,7 @@ impl StoreError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Unavailable { retry_after, .. } => Some(*retry_after),
+            Self::Busy(_) => Some(BUSY_RETRY_AFTER),
             _ => None,
         }
     }

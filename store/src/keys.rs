@@ -52,6 +52,10 @@ pub mod tag {
     pub const PUSH_DUE: u8 = b'W';
     /// `X user chat` -> a push job that failed for good (dead letter), with its last error.
     pub const PUSH_DEAD: u8 = b'X';
+    /// `Z time_ms token` -> a write batch's commit marker: which of its attempts committed
+    /// (engines that can answer "maybe committed"; cleared by the next batch, or after an hour
+    /// by the sweep).
+    pub const COMMIT_MARKER: u8 = b'Z';
 }
 
 fn user(out: &mut Vec<u8>, user: &str) {
@@ -279,6 +283,23 @@ pub fn presence(u: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + u.len());
     k.push(tag::PRESENCE);
     user(&mut k, u);
+    k
+}
+
+/// `Z time_ms token`.
+pub fn commit_marker(time_ms: u64, token: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(tag::COMMIT_MARKER);
+    k.extend_from_slice(&time_ms.to_be_bytes());
+    k.extend_from_slice(&token.to_be_bytes());
+    k
+}
+
+/// The first commit marker written at `time_ms` or later.
+pub fn commit_markers_from(time_ms: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(tag::COMMIT_MARKER);
+    k.extend_from_slice(&time_ms.to_be_bytes());
     k
 }
 

@@ -16,6 +16,10 @@ pub enum KvErrorKind {
     /// write): callers are told to come back later, and the engine heals itself
     /// ([`Engine::heal`]) without a restart.
     Unavailable,
+    /// The commit may or may not have been applied (FoundationDB's `commit_unknown_result`,
+    /// a timeout during the commit): the writer finds out which in its next attempt, through
+    /// the batch's commit marker, and never applies a batch twice.
+    MaybeCommitted,
     /// Retrying will not fix it.
     Fatal,
 }
@@ -59,6 +63,11 @@ impl KvError {
         self.kind == KvErrorKind::Retryable
     }
 
+    /// Whether the commit may have been applied (see [`KvErrorKind::MaybeCommitted`]).
+    pub fn is_maybe_committed(&self) -> bool {
+        self.kind == KvErrorKind::MaybeCommitted
+    }
+
     /// Whether the engine is unavailable for now (see [`KvErrorKind::Unavailable`]).
     pub fn is_unavailable(&self) -> bool {
         self.kind == KvErrorKind::Unavailable
@@ -71,6 +80,7 @@ impl fmt::Display for KvError {
         match self.kind {
             KvErrorKind::Retryable => f.write_str(" (retryable)"),
             KvErrorKind::Unavailable => f.write_str(" (unavailable for now)"),
+            KvErrorKind::MaybeCommitted => f.write_str(" (may have committed)"),
             KvErrorKind::Fatal => Ok(()),
         }
     }

@@ -43,7 +43,7 @@ pub mod record;
 mod store;
 pub mod writer;
 
-pub use error::{Forbid, StoreError, UNAVAILABLE_RETRY_AFTER};
+pub use error::{Forbid, StoreError, BUSY_RETRY_AFTER, UNAVAILABLE_RETRY_AFTER};
 pub use logging::LogLimiter;
 pub use media::{quota_error, MAX_ATTACHMENTS, UNATTACHED_UPLOAD_TTL_MS};
 pub use ops::{GroupChange, SweepStats, MAX_GROUP_NAME};

@@ -235,54 +235,56 @@ impl Store {
 
     /// Bytes of media `user` uploaded that are still stored (uploads and their thumbnails).
     pub fn media_usage(&self, user: &str) -> Result<u64, StoreError> {
-        let mut t = self.shared.engine.begin().map_err(engine_err)?;
-        Ok(get_u64(&mut *t, &keys::media_usage(user))
-            .map_err(engine_err)?
-            .unwrap_or(0))
+        self.read(|t| {
+            Ok(get_u64(t, &keys::media_usage(user))
+                .map_err(engine_err)?
+                .unwrap_or(0))
+        })
     }
 
     /// The media record `id`, if `user` may read it: its uploader, or a member of a chat where a
     /// message attaches it (for a thumbnail: the media it was made from). Unknown media and
     /// media the user may not read are both `Forbidden`.
     pub fn media_for(&self, user: &str, id: &[u8; 16]) -> Result<Media, StoreError> {
-        let mut t = self.shared.engine.begin().map_err(engine_err)?;
-        let Some(media) = read_media(&mut *t, id).map_err(engine_err)? else {
-            return Err(StoreError::Forbidden(Forbid::NotShared));
-        };
-        if media.owner == user {
-            return Ok(media);
-        }
-        let source = media.thumbnail_of.unwrap_or(*id);
-        let prefix = keys::media_refs(&source);
-        let refs = t
-            .scan(&prefix, &keys::prefix_end(&prefix), MAX_REFS_CHECKED, false)
-            .map_err(engine_err)?;
-        for (k, _) in refs {
-            let Some(chat) = keys::media_ref_chat(&k) else {
-                continue;
+        self.read(|t| {
+            let Some(media) = read_media(t, id).map_err(engine_err)? else {
+                return Err(StoreError::Forbidden(Forbid::NotShared));
             };
-            if let Some(c) = self.shared.chat_in(&mut *t, chat).map_err(engine_err)? {
-                if c.is_member(user) {
-                    return Ok(media);
+            if media.owner == user {
+                return Ok(media);
+            }
+            let source = media.thumbnail_of.unwrap_or(*id);
+            let prefix = keys::media_refs(&source);
+            let refs = t
+                .scan(&prefix, &keys::prefix_end(&prefix), MAX_REFS_CHECKED, false)
+                .map_err(engine_err)?;
+            for (k, _) in refs {
+                let Some(chat) = keys::media_ref_chat(&k) else {
+                    continue;
+                };
+                if let Some(c) = self.shared.chat_in(t, chat).map_err(engine_err)? {
+                    if c.is_member(user) {
+                        return Ok(media);
+                    }
                 }
             }
-        }
-        Err(StoreError::Forbidden(Forbid::NotShared))
+            Err(StoreError::Forbidden(Forbid::NotShared))
+        })
     }
 
     /// Whether any media record's bytes are this blob.
     pub fn blob_in_use(&self, sha256: &[u8; 32]) -> Result<bool, StoreError> {
-        let mut t = self.shared.engine.begin().map_err(engine_err)?;
-        let users = keys::blob_users(sha256);
-        Ok(!t
-            .scan(&users, &keys::prefix_end(&users), 1, false)
-            .map_err(engine_err)?
-            .is_empty())
+        self.read(|t| {
+            let users = keys::blob_users(sha256);
+            Ok(!t
+                .scan(&users, &keys::prefix_end(&users), 1, false)
+                .map_err(engine_err)?
+                .is_empty())
+        })
     }
 
     /// The media record `id`, whoever asks (for the gateway's own use).
     pub fn media(&self, id: &[u8; 16]) -> Result<Option<Media>, StoreError> {
-        let mut t = self.shared.engine.begin().map_err(engine_err)?;
-        read_media(&mut *t, id).map_err(engine_err)
+        self.read(|t| read_media(t, id).map_err(engine_err))
     }
 }

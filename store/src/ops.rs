@@ -20,6 +20,9 @@ use crate::{keys, StoreError};
 /// How far ahead of the server's clock a UUIDv7 client message id may be.
 const MAX_ID_AHEAD_MS: u64 = 86_400_000;
 
+/// How long a batch's commit marker is kept (see `writer`).
+const MARKER_TTL_MS: u64 = 3_600_000;
+
 /// Longest group name, in bytes.
 pub const MAX_GROUP_NAME: usize = 128;
 
@@ -533,6 +536,12 @@ impl<'a> Attempt<'a> {
         let cutoff = keys::hour_of(self.now.saturating_sub(retention));
         let mut stats = SweepStats::default();
         let mut budget = limit.max(1);
+        // Commit markers a batch left behind (its successor clears it, unless the node stopped
+        // first) are of no use after an hour.
+        self.t.clear_range(
+            &keys::commit_markers_from(0),
+            &keys::commit_markers_from(self.now.saturating_sub(MARKER_TTL_MS)),
+        );
         let runs = self.t.scan(
             &keys::time_prefix(0),
             &keys::time_prefix(cutoff),

@@ -41,9 +41,10 @@ impl Store {
 
     /// Whether `user` shows its presence (the default).
     pub fn presence_visible(&self, user: &str) -> Result<bool, StoreError> {
-        let mut t = self.shared.engine.begin().map_err(engine_err)?;
-        let v = t.get(&keys::presence(user)).map_err(engine_err)?;
-        Ok(v.is_none_or(|v| v.first() != Some(&0)))
+        self.read(|t| {
+            let v = t.get(&keys::presence(user)).map_err(engine_err)?;
+            Ok(v.is_none_or(|v| v.first() != Some(&0)))
+        })
     }
 
     /// Whether `a` and `b` are both members of some chat.
@@ -51,33 +52,34 @@ impl Store {
         if a == b {
             return Ok(true);
         }
-        let mut t = self.shared.engine.begin().map_err(engine_err)?;
-        if t.get(&keys::pair(a, b)).map_err(engine_err)?.is_some() {
-            return Ok(true);
-        }
-        let prefix = keys::member_prefix(a);
-        let chats = t
-            .scan(
-                &prefix,
-                &keys::prefix_end(&prefix),
-                MAX_CHATS_CHECKED,
-                false,
-            )
-            .map_err(engine_err)?;
-        for (k, _) in chats {
-            let Some(id) = keys::member_chat(&k) else {
-                continue;
-            };
-            if let Some(c) = self
-                .shared
-                .chat_in(&mut *t as &mut dyn Txn, id)
-                .map_err(engine_err)?
-            {
-                if c.is_member(b) {
-                    return Ok(true);
+        self.read(|t| {
+            if t.get(&keys::pair(a, b)).map_err(engine_err)?.is_some() {
+                return Ok(true);
+            }
+            let prefix = keys::member_prefix(a);
+            let chats = t
+                .scan(
+                    &prefix,
+                    &keys::prefix_end(&prefix),
+                    MAX_CHATS_CHECKED,
+                    false,
+                )
+                .map_err(engine_err)?;
+            for (k, _) in chats {
+                let Some(id) = keys::member_chat(&k) else {
+                    continue;
+                };
+                if let Some(c) = self
+                    .shared
+                    .chat_in(t as &mut dyn Txn, id)
+                    .map_err(engine_err)?
+                {
+                    if c.is_member(b) {
+                        return Ok(true);
+                    }
                 }
             }
-        }
-        Ok(false)
+            Ok(false)
+        })
     }
 }

@@ -276,45 +276,47 @@ impl Store {
 
     /// A user's push registrations: (device, provider, token).
     pub fn push_tokens(&self, user: &str) -> Result<Vec<(u32, PushProvider, Bytes)>, StoreError> {
-        let mut t = self.shared.engine.begin().map_err(engine_err)?;
-        let p = keys::push_tokens(user);
-        let pairs = t
-            .scan(&p, &keys::prefix_end(&p), MAX_PUSH_DEVICES, false)
-            .map_err(engine_err)?;
-        let mut out = Vec::with_capacity(pairs.len());
-        for (k, v) in pairs {
-            let mut b = &v[..];
-            let (Some(device), Ok(provider)) =
-                (keys::push_token_device(&k), PushProvider::decode(&mut b))
-            else {
-                return Err(StoreError::Corrupt(format!("{k:?}")));
-            };
-            out.push((device, provider, Bytes::copy_from_slice(b)));
-        }
-        Ok(out)
+        self.read(|t| {
+            let p = keys::push_tokens(user);
+            let pairs = t
+                .scan(&p, &keys::prefix_end(&p), MAX_PUSH_DEVICES, false)
+                .map_err(engine_err)?;
+            let mut out = Vec::with_capacity(pairs.len());
+            for (k, v) in pairs {
+                let mut b = &v[..];
+                let (Some(device), Ok(provider)) =
+                    (keys::push_token_device(&k), PushProvider::decode(&mut b))
+                else {
+                    return Err(StoreError::Corrupt(format!("{k:?}")));
+                };
+                out.push((device, provider, Bytes::copy_from_slice(b)));
+            }
+            Ok(out)
+        })
     }
 
     /// Up to `limit` jobs due at `now_ms`, earliest first.
     pub fn due_pushes(&self, now_ms: u64, limit: usize) -> Result<Vec<PushJob>, StoreError> {
-        let mut t = self.shared.engine.begin().map_err(engine_err)?;
-        let due = t
-            .scan(
-                &keys::push_due_prefix(0),
-                &keys::push_due_prefix(now_ms.saturating_add(1)),
-                limit,
-                false,
-            )
-            .map_err(engine_err)?;
-        let mut out = Vec::with_capacity(due.len());
-        for (k, _) in due {
-            let Some((user, chat)) = keys::parse_push_due(&k) else {
-                continue;
-            };
-            if let Some(job) = read_job(&mut *t, &user, chat).map_err(engine_err)? {
-                out.push(job);
+        self.read(|t| {
+            let due = t
+                .scan(
+                    &keys::push_due_prefix(0),
+                    &keys::push_due_prefix(now_ms.saturating_add(1)),
+                    limit,
+                    false,
+                )
+                .map_err(engine_err)?;
+            let mut out = Vec::with_capacity(due.len());
+            for (k, _) in due {
+                let Some((user, chat)) = keys::parse_push_due(&k) else {
+                    continue;
+                };
+                if let Some(job) = read_job(t, &user, chat).map_err(engine_err)? {
+                    out.push(job);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Records how delivering `job` went (see [`PushResult`]).
@@ -325,12 +327,13 @@ impl Store {
 
     /// A dead-lettered job of `user` in `chat`, if any.
     pub fn dead_push(&self, user: &str, chat: u64) -> Result<Option<PushJob>, StoreError> {
-        let mut t = self.shared.engine.begin().map_err(engine_err)?;
-        match t.get(&keys::push_dead(user, chat)).map_err(engine_err)? {
-            None => Ok(None),
-            Some(raw) => PushJob::decode(user, chat, &raw)
-                .map(Some)
-                .map_err(|_| StoreError::Corrupt("dead push job".into())),
-        }
+        self.read(
+            |t| match t.get(&keys::push_dead(user, chat)).map_err(engine_err)? {
+                None => Ok(None),
+                Some(raw) => PushJob::decode(user, chat, &raw)
+                    .map(Some)
+                    .map_err(|_| StoreError::Corrupt("dead push job".into())),
+            },
+        )
     }
 }

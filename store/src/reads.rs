@@ -44,8 +44,26 @@ fn decode_messages(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<Message>, Store
 }
 
 impl Store {
-    fn read_txn(&self) -> Result<Box<dyn Txn + '_>, StoreError> {
-        self.shared.engine.begin().map_err(engine_err)
+    /// Runs `f` in a read-only transaction, and again in a fresh one while the engine asks for
+    /// a retry ([`StoreError::Busy`]: FoundationDB's too-old read versions, future versions,
+    /// storage servers behind), up to `StoreConfig::max_retries` times.
+    pub(crate) fn read<T>(
+        &self,
+        mut f: impl FnMut(&mut dyn Txn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut tries = 0;
+        loop {
+            let result = self
+                .shared
+                .engine
+                .begin()
+                .map_err(engine_err)
+                .and_then(|mut t| f(&mut *t));
+            match result {
+                Err(StoreError::Busy(_)) if tries < self.shared.config.max_retries => tries += 1,
+                r => return r,
+            }
+        }
     }
 
     fn member_chat_in(
@@ -63,24 +81,22 @@ impl Store {
     /// The chat `id` if `user` is a member; [`StoreError::Forbidden`] otherwise, also when the
     /// chat does not exist.
     pub fn chat_for(&self, user: &str, id: u64) -> Result<Arc<Chat>, StoreError> {
-        self.member_chat_in(&mut *self.read_txn()?, user, id)
+        self.read(|t| self.member_chat_in(t, user, id))
     }
 
     /// The newest sequence number of a chat (0 when it has no messages).
     pub fn last_seq(&self, chat: u64) -> Result<u64, StoreError> {
-        Ok(get_last_seq(&mut *self.read_txn()?, chat)
-            .map_err(engine_err)?
-            .seq)
+        self.read(|t| Ok(get_last_seq(t, chat).map_err(engine_err)?.seq))
     }
 
     /// Per chat, the furthest position any device of `user` acknowledged: what the user has
     /// seen. (`unread` in chat summaries is the chat's last seq minus this.)
     pub fn user_positions(&self, user: &str) -> Result<HashMap<u64, u64>, StoreError> {
         let prefix = keys::position_user_prefix(user);
-        let pairs = self
-            .read_txn()?
-            .scan(&prefix, &keys::prefix_end(&prefix), MAX_MEMBERSHIPS, false)
-            .map_err(engine_err)?;
+        let pairs = self.read(|t| {
+            t.scan(&prefix, &keys::prefix_end(&prefix), MAX_MEMBERSHIPS, false)
+                .map_err(engine_err)
+        })?;
         let mut out: HashMap<u64, u64> = HashMap::new();
         for (k, v) in pairs {
             if let (Some(chat), Ok(seq)) = (keys::member_chat(&k), record::decode_u64(&v)) {
@@ -94,9 +110,7 @@ impl Store {
     /// The position a device acknowledged in a chat (0 when none).
     pub fn position(&self, user: &str, device: u32, chat: u64) -> Result<u64, StoreError> {
         let key = keys::position(user, device, chat);
-        Ok(get_u64(&mut *self.read_txn()?, &key)
-            .map_err(engine_err)?
-            .unwrap_or(0))
+        self.read(|t| Ok(get_u64(t, &key).map_err(engine_err)?.unwrap_or(0)))
     }
 
     /// Up to `limit` messages of chat `chat_id` beyond `anchor` in `direction`, for member `user`;
@@ -109,8 +123,6 @@ impl Store {
         anchor: u64,
         limit: usize,
     ) -> Result<(Vec<Message>, bool), StoreError> {
-        let mut t = self.read_txn()?;
-        self.member_chat_in(&mut *t, user, chat_id)?;
         let limit = limit.max(1);
         let (start, end, reverse) = match direction {
             Direction::Before => (
@@ -127,9 +139,10 @@ impl Store {
                 None => return Ok((Vec::new(), false)),
             },
         };
-        let mut pairs = t
-            .scan(&start, &end, limit + 1, reverse)
-            .map_err(engine_err)?;
+        let mut pairs = self.read(|t| {
+            self.member_chat_in(t, user, chat_id)?;
+            t.scan(&start, &end, limit + 1, reverse).map_err(engine_err)
+        })?;
         let more = pairs.len() > limit;
         pairs.truncate(limit);
         Ok((decode_messages(pairs)?, more))
@@ -142,21 +155,22 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(Arc<Chat>, u64)>, StoreError> {
-        let mut t = self.read_txn()?;
         let start = keys::member(user, after.saturating_add(1));
         let end = keys::prefix_end(&keys::member_prefix(user));
-        let members = t.scan(&start, &end, limit, false).map_err(engine_err)?;
-        let mut out = Vec::with_capacity(members.len());
-        for (k, _) in members {
-            let Some(id) = keys::member_chat(&k) else {
-                continue;
-            };
-            if let Some(chat) = self.shared.chat_in(&mut *t, id).map_err(engine_err)? {
-                let last = get_last_seq(&mut *t, id).map_err(engine_err)?.seq;
-                out.push((chat, last));
+        self.read(|t| {
+            let members = t.scan(&start, &end, limit, false).map_err(engine_err)?;
+            let mut out = Vec::with_capacity(members.len());
+            for (k, _) in members {
+                let Some(id) = keys::member_chat(&k) else {
+                    continue;
+                };
+                if let Some(chat) = self.shared.chat_in(t, id).map_err(engine_err)? {
+                    let last = get_last_seq(t, id).map_err(engine_err)?.seq;
+                    out.push((chat, last));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Up to `limit` messages that `device` of `user` has not got, across all the user's chats.
@@ -170,75 +184,76 @@ impl Store {
         limit: usize,
     ) -> Result<SyncPage, StoreError> {
         let limit = limit.max(1);
-        let mut t = self.read_txn()?;
-        let member_prefix = keys::member_prefix(user);
-        let chats = t
-            .scan(
-                &member_prefix,
-                &keys::prefix_end(&member_prefix),
-                MAX_MEMBERSHIPS,
-                false,
-            )
-            .map_err(engine_err)?;
-        let pos_prefix = keys::position_prefix(user, device);
-        let stored: HashMap<u64, u64> = t
-            .scan(
-                &pos_prefix,
-                &keys::prefix_end(&pos_prefix),
-                MAX_MEMBERSHIPS,
-                false,
-            )
-            .map_err(engine_err)?
-            .into_iter()
-            .filter_map(|(k, v)| Some((keys::member_chat(&k)?, record::decode_u64(&v).ok()?)))
-            .collect();
-        let given: HashMap<u64, u64> = positions.iter().copied().collect();
-
-        let mut page = SyncPage::default();
-        for (k, _) in chats {
-            let Some(chat) = keys::member_chat(&k) else {
-                continue;
-            };
-            let pos = given
-                .get(&chat)
-                .or_else(|| stored.get(&chat))
-                .copied()
-                .unwrap_or(0);
-            let last = get_last_seq(&mut *t, chat).map_err(engine_err)?.seq;
-            if last <= pos {
-                continue;
-            }
-            let floor = get_u64(&mut *t, &keys::floor(chat))
-                .map_err(engine_err)?
-                .unwrap_or(1);
-            let mut from = pos + 1;
-            if from < floor {
-                page.expired.push(chat);
-                from = floor;
-            }
-            if from > last {
-                continue;
-            }
-            let room = limit - page.messages.len();
-            if room == 0 {
-                page.more = true;
-                break;
-            }
-            let got = t
+        self.read(|t| {
+            let member_prefix = keys::member_prefix(user);
+            let chats = t
                 .scan(
-                    &keys::message(chat, from),
-                    &keys::message(chat, last + 1),
-                    room,
+                    &member_prefix,
+                    &keys::prefix_end(&member_prefix),
+                    MAX_MEMBERSHIPS,
                     false,
                 )
                 .map_err(engine_err)?;
-            let full = got.len() == room;
-            page.messages.extend(decode_messages(got)?);
-            if full && page.messages.last().is_some_and(|m| m.seq < last) {
-                page.more = true;
-                break;
+            let pos_prefix = keys::position_prefix(user, device);
+            let stored: HashMap<u64, u64> = t
+                .scan(
+                    &pos_prefix,
+                    &keys::prefix_end(&pos_prefix),
+                    MAX_MEMBERSHIPS,
+                    false,
+                )
+                .map_err(engine_err)?
+                .into_iter()
+                .filter_map(|(k, v)| Some((keys::member_chat(&k)?, record::decode_u64(&v).ok()?)))
+                .collect();
+            let given: HashMap<u64, u64> = positions.iter().copied().collect();
+
+            let mut page = SyncPage::default();
+            for (k, _) in chats {
+                let Some(chat) = keys::member_chat(&k) else {
+                    continue;
+                };
+                let pos = given
+                    .get(&chat)
+                    .or_else(|| stored.get(&chat))
+                    .copied()
+                    .unwrap_or(0);
+                let last = get_last_seq(t, chat).map_err(engine_err)?.seq;
+                if last <= pos {
+                    continue;
+                }
+                let floor = get_u64(t, &keys::floor(chat))
+                    .map_err(engine_err)?
+                    .unwrap_or(1);
+                let mut from = pos + 1;
+                if from < floor {
+                    page.expired.push(chat);
+                    from = floor;
+                }
+                if from > last {
+                    continue;
+                }
+                let room = limit - page.messages.len();
+                if room == 0 {
+                    page.more = true;
+                    break;
+                }
+                let got = t
+                    .scan(
+                        &keys::message(chat, from),
+                        &keys::message(chat, last + 1),
+                        room,
+                        false,
+                    )
+                    .map_err(engine_err)?;
+                let full = got.len() == room;
+                page.messages.extend(decode_messages(got)?);
+                if full && page.messages.last().is_some_and(|m| m.seq < last) {
+                    page.more = true;
+                    break;
+                }
             }
-        }
-        Ok(page)
+            Ok(page)
+        })
     }
 }

@@ -178,13 +178,14 @@ impl Store {
     /// A user's pointers in every chat where it has any.
     pub fn receipt_pointers(&self, user: &str) -> Result<HashMap<u64, Pointers>, StoreError> {
         let prefix = keys::receipt_prefix(user);
-        let mut t = self.shared.engine.begin().map_err(engine_err)?;
-        let pairs = t
-            .scan(&prefix, &keys::prefix_end(&prefix), usize::MAX, false)
-            .map_err(engine_err)?;
-        Ok(pairs
-            .into_iter()
-            .filter_map(|(k, v)| Some((keys::member_chat(&k)?, Pointers::decode(&v)?)))
-            .collect())
+        self.read(|t| {
+            let pairs = t
+                .scan(&prefix, &keys::prefix_end(&prefix), usize::MAX, false)
+                .map_err(engine_err)?;
+            Ok(pairs
+                .into_iter()
+                .filter_map(|(k, v)| Some((keys::member_chat(&k)?, Pointers::decode(&v)?)))
+                .collect())
+        })
     }
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::keys;
 use crate::kv::{KvError, PendingCommit};
 use crate::logging::{limited_error, limited_warn, LogLimiter};
 use crate::ops::{Attempt, GroupChange, SweepStats};
@@ -278,12 +279,15 @@ const HEAL_EVERY: Duration = Duration::from_secs(1);
 /// How long a free-space reading is trusted.
 const FREE_SPACE_FRESH: Duration = Duration::from_millis(100);
 
-/// What the writer knows of the engine's health and the disk's room.
+/// What the writer knows of the engine's health and the disk's room, and the last batch's
+/// commit marker (cleared by the next batch).
 struct Health {
     /// When the engine may next be asked to heal.
     next_heal: Instant,
     /// The last free-space reading, and when it was taken.
     free: Option<(Instant, Option<u64>)>,
+    /// The commit marker of the last batch that committed, if the engine needs markers.
+    last_marker: Option<Vec<u8>>,
 }
 
 impl Health {
@@ -291,7 +295,40 @@ impl Health {
         Self {
             next_heal: Instant::now(),
             free: None,
+            last_marker: None,
         }
+    }
+}
+
+/// What one attempt at a batch made: its answers and what they change, kept while its commit
+/// may have been applied.
+struct Built {
+    answers: Vec<Answer>,
+    changed: HashMap<u64, Arc<Chat>>,
+    committed: Vec<Committed>,
+}
+
+/// One attempt's start: the batch's commit marker was found (naming the attempt that
+/// committed), or the attempt built its transaction.
+enum Attempted<'t> {
+    Found(usize),
+    Built(Box<dyn crate::kv::Txn + 't>, Built),
+}
+
+/// The attempt number under a commit marker.
+fn marker_attempt(v: &[u8]) -> Result<usize, KvError> {
+    let n: [u8; 4] = v
+        .try_into()
+        .map_err(|_| KvError::fatal("corrupt commit marker"))?;
+    Ok(u32::from_be_bytes(n) as usize)
+}
+
+/// The commit of an attempt that an earlier "maybe committed" turned out to have applied.
+struct AlreadyCommitted;
+
+impl PendingCommit for AlreadyCommitted {
+    fn finish(self: Box<Self>) -> Result<(), KvError> {
+        Ok(())
     }
 }
 
@@ -484,11 +521,24 @@ impl Writer {
         if barrier {
             committer.idle();
         }
+        // Engines that can answer "maybe committed" get a commit marker per batch: each attempt
+        // first reads it (a conflict read) and then writes its own number under it. An
+        // attempt that finds it learns which earlier attempt committed, and answers with that
+        // attempt's answers instead of applying the batch twice; an earlier commit that lands
+        // late makes the later attempt conflict on the marker, and its retry finds it.
+        let marker = (!shared.engine.exclusive())
+            .then(|| keys::commit_marker(shared.config.clock.now_ms(), rand::random::<u64>()));
+        let mut maybe: Vec<Option<Built>> = Vec::new();
         let mut tries = 0;
         loop {
             let started = Instant::now();
             let now = shared.config.clock.now_ms();
-            let result = shared.engine.begin_write().and_then(|t| {
+            let built = shared.engine.begin_write().and_then(|mut t| {
+                if let Some(m) = &marker {
+                    if let Some(v) = t.get(m)? {
+                        return Ok(Attempted::Found(marker_attempt(&v)?));
+                    }
+                }
                 let mut a = Attempt::new(t, shared, now);
                 let answers = ops
                     .iter()
@@ -496,25 +546,63 @@ impl Writer {
                     .collect::<Result<Vec<_>, _>>()?;
                 a.finish();
                 let Attempt {
-                    t,
+                    mut t,
                     changed,
                     committed,
                     ..
                 } = a;
-                // The batch is prepared (sorted, handed to the engine) while the previous one
-                // is still committing; only then does this wait for it.
-                let pending = t.commit_pipelined()?;
-                committer.idle();
-                Ok((answers, pending, changed, committed))
-            });
-            match result {
-                Ok((answers, pending, changed, committed)) => {
-                    let p = Prepared {
-                        ops,
+                if let Some(m) = &marker {
+                    t.set(m, &(maybe.len() as u32).to_be_bytes());
+                    if let Some(prev) = &health.last_marker {
+                        t.clear(prev);
+                    }
+                }
+                Ok(Attempted::Built(
+                    t,
+                    Built {
                         answers,
-                        pending,
                         changed,
                         committed,
+                    },
+                ))
+            });
+            let outcome = match built {
+                Ok(Attempted::Found(i)) => match maybe.get_mut(i).and_then(Option::take) {
+                    Some(b) => {
+                        committer.idle();
+                        Ok((b, Box::new(AlreadyCommitted) as Box<dyn PendingCommit>))
+                    }
+                    None => Err(KvError::fatal(format!(
+                        "commit marker names attempt {i}, which this batch did not make"
+                    ))),
+                },
+                Ok(Attempted::Built(t, b)) => match t.commit_pipelined() {
+                    Ok(pending) => {
+                        // The batch was prepared (sorted, handed to the engine) while the
+                        // previous one was still committing; only now does this wait for it.
+                        committer.idle();
+                        Ok((b, pending))
+                    }
+                    Err(e) => {
+                        if e.is_maybe_committed() {
+                            maybe.push(Some(b));
+                        }
+                        Err(e)
+                    }
+                },
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok((b, pending)) => {
+                    if let Some(m) = marker {
+                        health.last_marker = Some(m);
+                    }
+                    let p = Prepared {
+                        ops,
+                        answers: b.answers,
+                        pending,
+                        changed: b.changed,
+                        committed: b.committed,
                         started,
                     };
                     committer.submit(p, shared);
@@ -523,7 +611,10 @@ impl Writer {
                     }
                     return;
                 }
-                Err(e) if e.is_retryable() && tries < shared.config.max_retries => {
+                Err(e)
+                    if (e.is_retryable() || e.is_maybe_committed())
+                        && tries < shared.config.max_retries =>
+                {
                     tries += 1;
                     tracing::debug!("retrying batch of {} after: {e}", ops.len());
                 }

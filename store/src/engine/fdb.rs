@@ -45,7 +45,12 @@ pub fn stop_network() {
 }
 
 fn kv_err(e: FdbError) -> KvError {
-    if e.is_retryable() {
+    if e.is_maybe_committed() {
+        KvError {
+            kind: crate::kv::KvErrorKind::MaybeCommitted,
+            message: format!("fdb: {e}"),
+        }
+    } else if e.is_retryable() {
         KvError::retryable(format!("fdb: {e}"))
     } else {
         KvError::fatal(format!("fdb: {e}"))

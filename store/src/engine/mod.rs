@@ -2,7 +2,9 @@
 //!
 //! - [`embedded`]: fjall in a local directory (default).
 //! - `fdb`: FoundationDB, behind the cargo feature `fdb`.
+//! - [`sim`]: an in-memory cluster with FoundationDB's semantics and seeded faults, for tests.
 
 pub mod embedded;
 #[cfg(feature = "fdb")]
 pub mod fdb;
+pub mod sim;

@@ -32,6 +32,8 @@ macro_rules! every_test {
             retention_expires_messages_and_dedupe_and_says_so,
             retention_entries_open_and_close_per_hour,
             two_writers_stay_dense,
+            every_committed_message_is_heard_once_on_every_writer,
+            two_writers_creating_one_direct_chat_get_one,
             batches_keep_every_guarantee,
             answers_by_function_after_the_listener,
             media_attachments_and_access,
@@ -75,6 +77,22 @@ pub fn config() -> StoreConfig {
     let mut c = StoreConfig::new("unused");
     c.sweep_interval = None;
     c
+}
+
+/// Reads the engine directly, in a fresh transaction again while it asks for a retry (the
+/// simulation injects read faults), as the store's own reads do.
+pub fn read_raw<T>(
+    engine: &Arc<dyn Engine>,
+    mut f: impl FnMut(&mut dyn Txn) -> Result<T, KvError>,
+) -> T {
+    for _ in 0..100 {
+        match engine.begin().and_then(|mut t| f(&mut *t)) {
+            Ok(v) => return v,
+            Err(e) if e.is_retryable() => continue,
+            Err(e) => panic!("engine read: {e}"),
+        }
+    }
+    panic!("engine read: still asked to retry after 100 tries")
 }
 
 pub fn open(h: &dyn Harness, name: &str, config: StoreConfig) -> Store {
@@ -684,16 +702,15 @@ pub async fn retention_entries_open_and_close_per_hour(h: &dyn Harness) {
         store.append(msg("alice", chat, n)).await.unwrap(); // three commits, one hour
     }
     let entries = |engine: &Arc<dyn Engine>| {
-        let mut t = engine.begin().unwrap();
-        let pairs = t
-            .scan(
+        let (pairs, s) = read_raw(engine, |t| {
+            let pairs = t.scan(
                 &keys::time_prefix(0),
                 &keys::time_prefix(u32::MAX),
                 100,
                 false,
-            )
-            .unwrap();
-        let s = t.get(&keys::last_seq(chat)).unwrap().unwrap();
+            )?;
+            Ok((pairs, t.get(&keys::last_seq(chat))?.unwrap()))
+        });
         let entries: Vec<(u32, u64)> = pairs
             .iter()
             .filter_map(|(k, v)| {
@@ -747,6 +764,93 @@ pub async fn two_writers_stay_dense(h: &dyn Harness) {
     }
     seqs.sort();
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    first.close().await;
+    second.close().await;
+}
+
+/// Every acknowledged message is heard by its writer's listener exactly once, and nothing is
+/// heard that was not acknowledged: also when a commit's outcome was unknown and the writer had
+/// to find out whether it applied (engines that answer "maybe committed").
+pub async fn every_committed_message_is_heard_once_on_every_writer(h: &dyn Harness) {
+    let (heard_a, heard_b) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+    let mut cfg = config();
+    cfg.listener = Some(heard_a.clone());
+    let first = open(h, "heard-once", cfg);
+    let mut cfg = config();
+    cfg.listener = Some(heard_b.clone());
+    let second = if first.engine_exclusive() {
+        None
+    } else {
+        Some(open(h, "heard-once", cfg))
+    };
+    let chats = [
+        first.create_direct("alice", "bob").await.unwrap().id,
+        first.create_direct("alice", "carol").await.unwrap().id,
+        first
+            .create_group("alice", "g", vec!["bob".into()])
+            .await
+            .unwrap()
+            .id,
+    ];
+    // The group's creation is heard too (its system event): start counting after it.
+    heard_a.0.lock().unwrap().clear();
+    let mut tasks = Vec::new();
+    for n in 0..300u32 {
+        let store = match (&second, n % 2) {
+            (Some(s), 1) => s.clone(),
+            _ => first.clone(),
+        };
+        let chat = chats[n as usize % chats.len()];
+        tasks.push(tokio::spawn(async move {
+            let a = store.append(msg("alice", chat, n)).await.unwrap();
+            assert!(!a.duplicate, "a first send is not a duplicate");
+            (chat, a.seq)
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.push(t.await.unwrap());
+    }
+    acked.sort();
+    let mut heard: Vec<(u64, u64)> = heard_a.0.lock().unwrap().clone();
+    heard.extend(heard_b.0.lock().unwrap().iter().copied());
+    heard.sort();
+    assert_eq!(
+        heard, acked,
+        "each acknowledged message heard once, by its own writer"
+    );
+    first.close().await;
+    if let Some(s) = second {
+        s.close().await;
+    }
+}
+
+/// Two writers (two gateway nodes) creating the same direct chat at once get one chat.
+pub async fn two_writers_creating_one_direct_chat_get_one(h: &dyn Harness) {
+    let first = open(h, "one-direct", config());
+    let second = if first.engine_exclusive() {
+        first.clone()
+    } else {
+        open(h, "one-direct", config())
+    };
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        let store = if n % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            store.create_direct("dave", "erin").await.unwrap().id
+        }));
+    }
+    let mut ids = BTreeSet::new();
+    for t in tasks {
+        ids.insert(t.await.unwrap());
+    }
+    assert_eq!(ids.len(), 1, "one chat: {ids:?}");
+    let listed = first.chats_of("erin", 0, 10).unwrap();
+    assert_eq!(listed.len(), 1);
     first.close().await;
     second.close().await;
 }

@@ -1,0 +1,140 @@
+//! The conformance suite on the simulation engine (FoundationDB's semantics, in memory), for
+//! many seeds with faults on: conflicts, timeouts and `commit_unknown_result`, applied or not.
+//!
+//! `COURIER_SIM_SEEDS=N` sets how many seeds each test runs (default 100), `COURIER_SIM_SEED=S`
+//! replays one seed. A failing seed is printed.
+
+mod conformance;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use conformance::Harness;
+use courier_store::engine::sim::{Faults, Sim, SimConfig, SimStats};
+use courier_store::kv::Engine;
+
+/// Faults on about this share of commits, per kind.
+const FAULT_RATE: f64 = 0.03;
+
+struct Cluster {
+    config: SimConfig,
+    /// The same name again is the same cluster (a reopen).
+    sims: Mutex<HashMap<String, Sim>>,
+}
+
+impl Cluster {
+    /// What every cluster of this run saw, summed (the largest transaction: the largest).
+    fn stats(&self) -> SimStats {
+        let mut sum = SimStats::default();
+        for sim in self.sims.lock().unwrap().values() {
+            let s = sim.stats();
+            sum.transactions += s.transactions;
+            sum.round_trips += s.round_trips;
+            sum.commits += s.commits;
+            sum.conflicts += s.conflicts;
+            sum.injected_conflicts += s.injected_conflicts;
+            sum.injected_timeouts += s.injected_timeouts;
+            sum.injected_unknown += s.injected_unknown;
+            sum.injected_applied += s.injected_applied;
+            sum.injected_read_errors += s.injected_read_errors;
+            sum.too_old += s.too_old;
+            sum.largest_transaction = sum.largest_transaction.max(s.largest_transaction);
+        }
+        sum
+    }
+}
+
+impl Harness for Cluster {
+    fn engine(&self, name: &str) -> Arc<dyn Engine> {
+        let mut sims = self.sims.lock().unwrap();
+        Arc::new(
+            sims.entry(name.to_owned())
+                .or_insert_with(|| Sim::new(self.config))
+                .clone(),
+        )
+    }
+}
+
+fn seeds() -> Vec<u64> {
+    if let Some(s) = std::env::var("COURIER_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return vec![s];
+    }
+    let n = std::env::var("COURIER_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    (1..=n).collect()
+}
+
+/// Prints the seed of a test that panics, for a replay.
+struct SaySeedOnPanic(&'static str, u64);
+
+impl Drop for SaySeedOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "{} failed with seed {} (replay: COURIER_SIM_SEED={})",
+                self.0, self.1, self.1
+            );
+        }
+    }
+}
+
+macro_rules! on_the_simulation {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let seeds = seeds();
+            let mut total = SimStats::default();
+            for &seed in &seeds {
+                let cluster = Cluster {
+                    config: SimConfig {
+                        seed,
+                        faults: Faults::all(FAULT_RATE),
+                        ..SimConfig::default()
+                    },
+                    sims: Mutex::default(),
+                };
+                let said = SaySeedOnPanic(stringify!($name), seed);
+                conformance::$name(&cluster).await;
+                drop(said);
+                let s = cluster.stats();
+                total.commits += s.commits;
+                total.conflicts += s.conflicts;
+                total.injected_conflicts += s.injected_conflicts;
+                total.injected_timeouts += s.injected_timeouts;
+                total.injected_unknown += s.injected_unknown;
+                total.injected_applied += s.injected_applied;
+                total.injected_read_errors += s.injected_read_errors;
+                total.largest_transaction = total.largest_transaction.max(s.largest_transaction);
+            }
+            eprintln!(
+                "{}: seeds={} commits={} conflicts={} injected: conflicts={} timeouts={} \
+                 unknown={} (applied {}) read_errors={} largest_transaction={} B",
+                stringify!($name),
+                seeds.len(),
+                total.commits,
+                total.conflicts,
+                total.injected_conflicts,
+                total.injected_timeouts,
+                total.injected_unknown,
+                total.injected_applied,
+                total.injected_read_errors,
+                total.largest_transaction,
+            );
+            if seeds.len() >= 50 {
+                // Not a vacuous pass: the faults this suite is about were there.
+                let injected = total.injected_conflicts
+                    + total.injected_timeouts
+                    + total.injected_unknown
+                    + total.injected_read_errors;
+                assert!(injected > 0 && total.injected_applied > 0, "no faults injected");
+            }
+        }
+    )*};
+}
+
+conformance::every_test!(on_the_simulation);
