@@ -110,6 +110,11 @@ pub trait Txn {
     fn clear(&mut self, key: &[u8]);
     /// Deletes every key with `start <= key < end`.
     fn clear_range(&mut self, start: &[u8], end: &[u8]);
+    /// About how many bytes the transaction holds so far (mutations and conflict ranges, as
+    /// FoundationDB counts a transaction's size); 0 for engines without a size limit.
+    fn size(&self) -> usize {
+        0
+    }
     /// Makes every write durable and visible, atomically.
     fn commit(self: Box<Self>) -> Result<(), KvError>;
     /// Starts the commit and hands back the durable rest of it, to be finished on another
@@ -158,6 +163,13 @@ pub trait Engine: Send + Sync + 'static {
     fn exclusive(&self) -> bool;
     /// Most operations the writer should fold into one transaction.
     fn max_batch(&self) -> usize;
+    /// The size ([`Txn::size`]) past which the writer stops adding operations to a
+    /// transaction and leaves the rest of the batch to the next one. One operation more may
+    /// still go in, so engines set it well under their hard limit (FoundationDB: 10 MB, and
+    /// it advises staying under 1 MB).
+    fn max_transaction_bytes(&self) -> usize {
+        usize::MAX
+    }
     /// Makes sure everything committed is on stable storage (called at shutdown).
     fn sync(&self) -> Result<(), KvError>;
     /// Recovers from an [`KvErrorKind::Unavailable`] failure if it can: called by the writer,

@@ -316,9 +316,22 @@ impl Store {
             .max_batch()
             .min(self.shared.config.max_batch)
             .max(1);
+        // An estimate of each request's bytes in the transaction, so that a chunk stays near
+        // the engine's size target (the writer cannot split inside one operation).
+        let target = self.shared.engine.max_transaction_bytes();
         let mut tickets = Vec::new();
         while !requests.is_empty() {
-            let rest = requests.split_off(requests.len().min(max));
+            let mut bytes = 0usize;
+            let fit = requests
+                .iter()
+                .take(max)
+                .take_while(|r| {
+                    let first = bytes == 0;
+                    bytes = bytes.saturating_add(2 * r.body.len() + 256);
+                    first || bytes <= target
+                })
+                .count();
+            let rest = requests.split_off(fit.max(1));
             let chunk = std::mem::replace(&mut requests, rest);
             let (reply, rx) = oneshot::channel();
             self.tx

@@ -482,8 +482,9 @@ impl Writer {
                         break;
                     }
                 }
-                if !ops.is_empty() {
-                    self.apply(std::mem::take(&mut ops), &mut committer, &mut health);
+                let mut batch = std::mem::take(&mut ops);
+                while !batch.is_empty() {
+                    batch = self.apply(batch, &mut committer, &mut health);
                 }
                 if shutdown {
                     break;
@@ -502,7 +503,11 @@ impl Writer {
     /// commits, reading its writes. Anything else (chat changes, acks, sweeps) waits for the
     /// commit in flight before it begins and for its own commit before the next batch begins, so
     /// the chat cache and range deletions never race a commit.
-    fn apply(&self, ops: Vec<Op>, committer: &mut Committer, health: &mut Health) {
+    ///
+    /// Returns the operations left for the next transaction when this one reached the engine's
+    /// size target ([`crate::kv::Engine::max_transaction_bytes`]).
+    #[must_use]
+    fn apply(&self, ops: Vec<Op>, committer: &mut Committer, health: &mut Health) -> Vec<Op> {
         let shared = &*self.shared;
         if shared.unhealthy.load(Ordering::Acquire) {
             committer.idle();
@@ -510,12 +515,12 @@ impl Writer {
                 for op in ops {
                     fail(op, e.clone());
                 }
-                return;
+                return Vec::new();
             }
         }
         let ops = self.refuse_below_floor(ops, health);
         if ops.is_empty() {
-            return;
+            return Vec::new();
         }
         let barrier = ops.iter().any(|op| !op.is_append());
         if barrier {
@@ -529,6 +534,7 @@ impl Writer {
         let marker = (!shared.engine.exclusive())
             .then(|| keys::commit_marker(shared.config.clock.now_ms(), rand::random::<u64>()));
         let mut maybe: Vec<Option<Built>> = Vec::new();
+        let size_target = shared.engine.max_transaction_bytes();
         let mut tries = 0;
         loop {
             let started = Instant::now();
@@ -540,10 +546,15 @@ impl Writer {
                     }
                 }
                 let mut a = Attempt::new(t, shared, now);
-                let answers = ops
-                    .iter()
-                    .map(|op| run_op(&mut a, op))
-                    .collect::<Result<Vec<_>, _>>()?;
+                // Operations go in until the transaction reaches the engine's size target; the
+                // rest of the batch goes to the next transaction.
+                let mut answers = Vec::with_capacity(ops.len());
+                for op in &ops {
+                    answers.push(run_op(&mut a, op)?);
+                    if a.t.size() >= size_target {
+                        break;
+                    }
+                }
                 a.finish();
                 let Attempt {
                     mut t,
@@ -597,6 +608,8 @@ impl Writer {
                     if let Some(m) = marker {
                         health.last_marker = Some(m);
                     }
+                    let mut ops = ops;
+                    let rest = ops.split_off(b.answers.len());
                     let p = Prepared {
                         ops,
                         answers: b.answers,
@@ -609,7 +622,7 @@ impl Writer {
                     if barrier {
                         committer.idle();
                     }
-                    return;
+                    return rest;
                 }
                 Err(e)
                     if (e.is_retryable() || e.is_maybe_committed())
@@ -624,7 +637,7 @@ impl Writer {
                     for op in ops {
                         fail(op, err.clone());
                     }
-                    return;
+                    return Vec::new();
                 }
             }
         }

@@ -138,3 +138,80 @@ macro_rules! on_the_simulation {
 }
 
 conformance::every_test!(on_the_simulation);
+
+/// An engine whose writer transactions wait until the test opens the gate: the test can queue
+/// everything before the writer takes its batch.
+struct Gated {
+    sim: Sim,
+    open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Engine for Gated {
+    fn name(&self) -> &'static str {
+        "gated sim"
+    }
+    fn begin(&self) -> Result<Box<dyn courier_store::kv::Txn + '_>, courier_store::kv::KvError> {
+        self.sim.begin()
+    }
+    fn begin_write(
+        &self,
+    ) -> Result<Box<dyn courier_store::kv::Txn + '_>, courier_store::kv::KvError> {
+        let (lock, cv) = &*self.open;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+        drop(open);
+        self.sim.begin()
+    }
+    fn exclusive(&self) -> bool {
+        false
+    }
+    fn max_batch(&self) -> usize {
+        self.sim.max_batch()
+    }
+    fn max_transaction_bytes(&self) -> usize {
+        self.sim.max_transaction_bytes()
+    }
+    fn sync(&self) -> Result<(), courier_store::kv::KvError> {
+        Ok(())
+    }
+}
+
+/// 400 separate sends of 32 KiB queued while the writer waits (13 MB in one batch): the
+/// writer cuts the batch at the engine's size target, so no transaction nears FoundationDB's
+/// 10 MB limit, and every send commits, dense and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_batch_is_cut_at_the_size_target() {
+    use courier_store::engine::sim::TRANSACTION_TARGET;
+    let sim = Sim::new(SimConfig::default());
+    let open = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+    let engine = Arc::new(Gated {
+        sim: sim.clone(),
+        open: open.clone(),
+    });
+    let mut cfg = conformance::config();
+    cfg.queue_depth = 1_000;
+    let store = courier_store::Store::with_engine(engine, cfg).unwrap();
+    let chat = store.create_direct("alice", "bob").await.unwrap().id;
+    *open.0.lock().unwrap() = false;
+    let mut tickets = Vec::new();
+    for n in 0..400u32 {
+        let mut m = conformance::msg("alice", chat, n);
+        m.body = bytes::Bytes::from(vec![b'x'; 32 * 1024]);
+        tickets.push(store.submit_append(m).await.unwrap());
+    }
+    *open.0.lock().unwrap() = true;
+    open.1.notify_all();
+    let mut seqs = Vec::new();
+    for t in tickets {
+        seqs.push(t.wait().await.unwrap().seq);
+    }
+    assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
+    let largest = sim.stats().largest_transaction as usize;
+    assert!(
+        largest < TRANSACTION_TARGET + 64 * 1024,
+        "largest transaction {largest} B (one send past the target at most)"
+    );
+    store.close().await;
+}

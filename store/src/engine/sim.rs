@@ -39,6 +39,8 @@ pub const MAX_KEY: usize = 10_000;
 pub const MAX_VALUE: usize = 100_000;
 /// FoundationDB's largest transaction (mutations and conflict ranges), in bytes.
 pub const MAX_TRANSACTION: usize = 10_000_000;
+/// The size past which the writer starts a new transaction (FoundationDB advises under 1 MB).
+pub const TRANSACTION_TARGET: usize = 512 * 1024;
 /// How long a read version stays valid.
 pub const MAX_TRANSACTION_AGE: Duration = Duration::from_secs(5);
 
@@ -366,6 +368,10 @@ impl Engine for Sim {
         1024
     }
 
+    fn max_transaction_bytes(&self) -> usize {
+        TRANSACTION_TARGET
+    }
+
     fn sync(&self) -> Result<(), KvError> {
         Ok(())
     }
@@ -550,6 +556,10 @@ impl Txn for SimTxn<'_> {
         self.overlay.insert(key.to_vec(), None);
         self.writes.push((key.to_vec(), key_after(key)));
         self.mutations.push(Mutation::Clear(key.to_vec()));
+    }
+
+    fn size(&self) -> usize {
+        self.bytes
     }
 
     fn clear_range(&mut self, start: &[u8], end: &[u8]) {

@@ -34,6 +34,7 @@ macro_rules! every_test {
             two_writers_stay_dense,
             every_committed_message_is_heard_once_on_every_writer,
             two_writers_creating_one_direct_chat_get_one,
+            large_batches_are_split_under_the_transaction_limit,
             batches_keep_every_guarantee,
             answers_by_function_after_the_listener,
             media_attachments_and_access,
@@ -823,6 +824,34 @@ pub async fn every_committed_message_is_heard_once_on_every_writer(h: &dyn Harne
     if let Some(s) = second {
         s.close().await;
     }
+}
+
+/// 400 sends of 32 KiB in one `append_batch` (13 MB, past FoundationDB's 10 MB transaction
+/// limit) all commit, dense and in order: the batch is cut at the engine's size target.
+pub async fn large_batches_are_split_under_the_transaction_limit(h: &dyn Harness) {
+    let store = open(h, "large-batches", config());
+    let chat = store.create_direct("alice", "bob").await.unwrap().id;
+    let requests = (0..400u32)
+        .map(|n| {
+            let mut m = msg("alice", chat, n);
+            m.body = Bytes::from(vec![b'x'; 32 * 1024]);
+            m
+        })
+        .collect();
+    let seqs: Vec<u64> = store
+        .append_batch(requests)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap().seq)
+        .collect();
+    assert_eq!(seqs, (1..=400).collect::<Vec<_>>(), "dense, in order");
+    let (page, _) = store
+        .history("bob", chat, Direction::After, 0, 500)
+        .unwrap();
+    assert_eq!(page.len(), 400);
+    assert!(page.iter().all(|m| m.body.len() == 32 * 1024));
+    store.close().await;
 }
 
 /// Two writers (two gateway nodes) creating the same direct chat at once get one chat.
