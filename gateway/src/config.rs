@@ -7,13 +7,53 @@ use std::time::Duration;
 use crate::tls::TlsIdentity;
 use courier_auth::TokenVerifier;
 
+/// Which storage engine the gateway's store runs on.
+#[derive(Clone, Default)]
+pub enum StoreEngine {
+    /// fjall in `store_dir` (the default; one node).
+    #[default]
+    Embedded,
+    /// A FoundationDB cluster (cargo feature `fdb`), every key under `prefix`.
+    #[cfg(feature = "fdb")]
+    Fdb {
+        /// The cluster file; None: FoundationDB's default (`/etc/foundationdb/fdb.cluster`).
+        cluster_file: Option<PathBuf>,
+        /// The key prefix this deployment's data lives under.
+        prefix: Vec<u8>,
+    },
+    /// An engine built by the caller: tests run the gateway on the simulation engine
+    /// (`courier_store::engine::sim`).
+    Custom(std::sync::Arc<dyn courier_store::kv::Engine>),
+}
+
+impl std::fmt::Debug for StoreEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("Embedded"),
+            #[cfg(feature = "fdb")]
+            Self::Fdb {
+                cluster_file,
+                prefix,
+            } => f
+                .debug_struct("Fdb")
+                .field("cluster_file", cluster_file)
+                .field("prefix", &String::from_utf8_lossy(prefix))
+                .finish(),
+            Self::Custom(e) => write!(f, "Custom({})", e.name()),
+        }
+    }
+}
+
 /// Everything a gateway needs to start. CLI parsing lives in `main.rs`; tests build this directly.
 #[derive(Debug)]
 pub struct GatewayConfig {
     /// UDP address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Directory of the embedded store.
+    /// Directory of the embedded store (and, on other engines, the default media directory's
+    /// parent).
     pub store_dir: PathBuf,
+    /// Which engine holds the message log.
+    pub store_engine: StoreEngine,
     /// The TLS certificate and key.
     pub tls: TlsIdentity,
     /// Checks client tokens; holds only the issuer's public key.
@@ -80,6 +120,7 @@ impl GatewayConfig {
         Self {
             listen,
             store_dir,
+            store_engine: StoreEngine::Embedded,
             tls,
             verifier,
             max_frame: courier_wire::DEFAULT_MAX_FRAME,

@@ -37,5 +37,5 @@ mod session;
 pub mod tls;
 pub mod util;
 
-pub use config::GatewayConfig;
+pub use config::{GatewayConfig, StoreEngine};
 pub use server::Gateway;

@@ -14,7 +14,7 @@ use courier_wire::{ErrorCode, Frame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, StoreEngine};
 use crate::fanout::Fanout;
 use crate::handshakes::{Admission, Pending};
 use crate::media::MediaService;
@@ -96,8 +96,25 @@ impl Gateway {
             metrics: metrics.clone(),
             released: released_tx,
         }));
-        let store = Store::open(store_cfg)
-            .with_context(|| format!("open store in {}", config.store_dir.display()))?;
+        let store = match &config.store_engine {
+            StoreEngine::Embedded => Store::open(store_cfg)
+                .with_context(|| format!("open store in {}", config.store_dir.display()))?,
+            #[cfg(feature = "fdb")]
+            StoreEngine::Fdb {
+                cluster_file,
+                prefix,
+            } => {
+                let file = cluster_file
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned());
+                let engine = courier_store::engine::fdb::FdbEngine::open(file.as_deref(), prefix)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                Store::with_engine(Arc::new(engine), store_cfg).context("open the store")?
+            }
+            StoreEngine::Custom(engine) => {
+                Store::with_engine(engine.clone(), store_cfg).context("open the store")?
+            }
+        };
 
         let tls = config.tls.rustls_config()?;
         let quic =

@@ -96,6 +96,11 @@ pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 pub trait Txn {
     /// The value under `key`.
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
+    /// The values under `keys`, in order: a remote engine issues the reads concurrently (one
+    /// round trip for all of them); the default reads them one after another.
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
     /// Up to `limit` pairs with `start <= key < end`, ascending (or descending with `reverse`).
     fn scan(
         &mut self,
@@ -127,6 +132,96 @@ pub trait Txn {
     fn commit_pipelined(self: Box<Self>) -> Result<Box<dyn PendingCommit>, KvError> {
         self.commit()?;
         Ok(Box::new(Committed))
+    }
+}
+
+/// A transaction whose reads of some keys were made ahead, together ([`Txn::get_many`]): a
+/// later `get` of one of them is answered from what was read, as the inner transaction would
+/// answer it (this transaction's own writes since then included).
+pub struct Prefetched<'a> {
+    inner: Box<dyn Txn + 'a>,
+    read: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Prefetched<'a> {
+    /// Reads `keys` in `inner` at once.
+    pub fn new(mut inner: Box<dyn Txn + 'a>, keys: Vec<Vec<u8>>) -> Result<Self, KvError> {
+        let values = if keys.is_empty() {
+            Vec::new()
+        } else {
+            inner.get_many(&keys)?
+        };
+        Ok(Self {
+            inner,
+            read: keys.into_iter().zip(values).collect(),
+        })
+    }
+}
+
+impl Txn for Prefetched<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        match self.read.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.inner.get(key),
+        }
+    }
+
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        let missing: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| !self.read.contains_key(*k))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let values = self.inner.get_many(&missing)?;
+            self.read.extend(missing.into_iter().zip(values));
+        }
+        Ok(keys.iter().map(|k| self.read[k].clone()).collect())
+    }
+
+    fn scan(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, KvError> {
+        self.inner.scan(start, end, limit, reverse)
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        if let Some(v) = self.read.get_mut(key) {
+            *v = Some(value.to_vec());
+        }
+        self.inner.set(key, value);
+    }
+
+    fn clear(&mut self, key: &[u8]) {
+        if let Some(v) = self.read.get_mut(key) {
+            *v = None;
+        }
+        self.inner.clear(key);
+    }
+
+    fn clear_range(&mut self, start: &[u8], end: &[u8]) {
+        for (k, v) in &mut self.read {
+            if start <= k.as_slice() && k.as_slice() < end {
+                *v = None;
+            }
+        }
+        self.inner.clear_range(start, end);
+    }
+
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), KvError> {
+        self.inner.commit()
+    }
+
+    fn commit_pipelined(self: Box<Self>) -> Result<Box<dyn PendingCommit>, KvError> {
+        self.inner.commit_pipelined()
     }
 }
 

@@ -208,23 +208,43 @@ impl Store {
                 .collect();
             let given: HashMap<u64, u64> = positions.iter().copied().collect();
 
-            let mut page = SyncPage::default();
-            for (k, _) in chats {
-                let Some(chat) = keys::member_chat(&k) else {
-                    continue;
+            // Every chat's last seq in one round trip, then the floors of those with news in
+            // one more: a sync costs a constant number of round trips however many chats the
+            // user is in, plus one range read per chat with news.
+            let ids: Vec<u64> = chats.iter().filter_map(|(k, _)| keys::member_chat(k)).collect();
+            let lasts = t
+                .get_many(&ids.iter().map(|&c| keys::last_seq(c)).collect::<Vec<_>>())
+                .map_err(engine_err)?;
+            let mut news = Vec::new();
+            for (&chat, raw) in ids.iter().zip(lasts) {
+                let last = match raw {
+                    None => 0,
+                    Some(raw) => {
+                        record::LastSeq::decode(&raw)
+                            .map_err(|_| StoreError::Corrupt(format!("last seq of chat {chat}")))?
+                            .seq
+                    }
                 };
                 let pos = given
                     .get(&chat)
                     .or_else(|| stored.get(&chat))
                     .copied()
                     .unwrap_or(0);
-                let last = get_last_seq(t, chat).map_err(engine_err)?.seq;
-                if last <= pos {
-                    continue;
+                if last > pos {
+                    news.push((chat, pos, last));
                 }
-                let floor = get_u64(t, &keys::floor(chat))
-                    .map_err(engine_err)?
-                    .unwrap_or(1);
+            }
+            let floors = t
+                .get_many(&news.iter().map(|&(c, _, _)| keys::floor(c)).collect::<Vec<_>>())
+                .map_err(engine_err)?;
+
+            let mut page = SyncPage::default();
+            for (&(chat, pos, last), floor) in news.iter().zip(floors) {
+                let floor = match floor {
+                    None => 1,
+                    Some(raw) => record::decode_u64(&raw)
+                        .map_err(|_| StoreError::Corrupt(format!("floor of chat {chat}")))?,
+                };
                 let mut from = pos + 1;
                 if from < floor {
                     page.expired.push(chat);

@@ -315,6 +315,25 @@ enum Attempted<'t> {
     Built(Box<dyn crate::kv::Txn + 't>, Built),
 }
 
+/// The keys a batch's operations read first, without which nothing else can be decided: each
+/// send's dedupe record, and the record and last seq of each chat sent to.
+fn prefetch_keys(ops: &[Op]) -> Vec<Vec<u8>> {
+    let mut keys = std::collections::BTreeSet::new();
+    let mut add = |r: &AppendRequest| {
+        keys.insert(keys::dedupe(&r.sender_user, &r.client_msg_id));
+        keys.insert(keys::chat(r.chat_id));
+        keys.insert(keys::last_seq(r.chat_id));
+    };
+    for op in ops {
+        match op {
+            Op::Append(r, _) => add(r),
+            Op::AppendBatch(rs, _) => rs.iter().for_each(&mut add),
+            _ => {}
+        }
+    }
+    keys.into_iter().collect()
+}
+
 /// The attempt number under a commit marker.
 fn marker_attempt(v: &[u8]) -> Result<usize, KvError> {
     let n: [u8; 4] = v
@@ -539,7 +558,16 @@ impl Writer {
         loop {
             let started = Instant::now();
             let now = shared.config.clock.now_ms();
-            let built = shared.engine.begin_write().and_then(|mut t| {
+            let built = shared.engine.begin_write().and_then(|t| {
+                // A remote engine reads what the batch's operations will read first all at
+                // once (one round trip), and the commit marker with them.
+                let mut t: Box<dyn crate::kv::Txn + '_> = if shared.engine.exclusive() {
+                    t
+                } else {
+                    let mut keys = prefetch_keys(&ops);
+                    keys.extend(marker.clone());
+                    Box::new(crate::kv::Prefetched::new(t, keys)?)
+                };
                 if let Some(m) = &marker {
                     if let Some(v) = t.get(m)? {
                         return Ok(Attempted::Found(marker_attempt(&v)?));

@@ -25,6 +25,34 @@ pub struct TestServer {
 
 pub use courier_wire::time::now_secs;
 
+/// With `COURIER_TEST_STORE=sim`, the gateway's store runs on the simulation engine with
+/// FoundationDB's semantics and faults on every commit kind (`COURIER_SIM_SEED`, default 1): one
+/// simulated cluster per store directory, so a gateway restarted on the same directory finds
+/// its data, as on a real cluster. Otherwise `None` (the embedded store).
+pub fn simulated_store(dir: &Path) -> Option<std::sync::Arc<dyn courier_store::kv::Engine>> {
+    use courier_store::engine::sim::{Faults, Sim, SimConfig};
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::{Mutex, OnceLock};
+    if std::env::var("COURIER_TEST_STORE").ok()? != "sim" {
+        return None;
+    }
+    static CLUSTERS: OnceLock<Mutex<HashMap<PathBuf, Sim>>> = OnceLock::new();
+    let seed = std::env::var("COURIER_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let mut clusters = CLUSTERS.get_or_init(Mutex::default).lock().unwrap();
+    let sim = clusters.entry(dir.to_owned()).or_insert_with(|| {
+        Sim::new(SimConfig {
+            seed,
+            faults: Faults::all(0.02),
+            ..SimConfig::default()
+        })
+    });
+    Some(std::sync::Arc::new(sim.clone()))
+}
+
 impl TestServer {
     /// Starts a gateway whose data (store, certificate, issuer key) lives in `dir`; a second start
     /// on the same `dir` reuses all three, like a restarted server.
@@ -49,8 +77,17 @@ impl TestServer {
             verifier,
         );
         config.shutdown_grace = Duration::from_secs(3);
+        let simulated = simulated_store(&dir.join("store"));
+        if let Some(sim) = &simulated {
+            config.store_engine = courier_gateway::StoreEngine::Custom(sim.clone());
+        }
         tweak(&mut config);
         let gateway = Gateway::start(config).await.unwrap();
+        assert_eq!(
+            gateway.store().engine_exclusive(),
+            simulated.is_none(),
+            "the store runs on the engine asked for"
+        );
         Self {
             gateway,
             issuer,

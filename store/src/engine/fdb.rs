@@ -23,25 +23,45 @@ use crate::kv::{Engine, KvError, Pairs, Txn};
 
 /// The network thread handle; `None` before the first open and after [`stop_network`].
 static NETWORK: Mutex<Option<NetworkAutoStop>> = Mutex::new(None);
-static BOOTED: std::sync::Once = std::sync::Once::new();
+/// Whether the network was booted in this process (FoundationDB allows it once, even after a
+/// stop), and how the boot went.
+static BOOTED: Mutex<Option<Result<(), String>>> = Mutex::new(None);
 
 /// Transaction timeout, milliseconds (FoundationDB's own limit is 5 s of read version age).
 const TIMEOUT_MS: i32 = 5_000;
 
-fn boot_network() {
-    BOOTED.call_once(|| {
-        // SAFETY: `boot` may run once per process (guarded by `Once`), and its handle must be
-        // dropped before the process exits: it is kept in `NETWORK` and dropped by
-        // `stop_network`, which the gateway calls on shutdown.
+/// Selects the API version and starts the network thread, once per process; a failure is
+/// returned (to every later caller too), not a panic.
+fn boot_network() -> Result<(), KvError> {
+    let mut booted = BOOTED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let result = booted.get_or_insert_with(|| {
+        let builder = foundationdb::api::FdbApiBuilder::default()
+            .build()
+            .map_err(|e| format!("FoundationDB client library: {e}"))?;
+        // SAFETY: the network may be booted once per process (guarded by `BOOTED`), and its
+        // handle must be dropped before the process exits: it is kept in `NETWORK` and dropped
+        // by `stop_network`, which the gateway calls on shutdown.
         #[allow(unsafe_code)]
-        let network = unsafe { foundationdb::boot() };
-        *NETWORK.lock().expect("network lock") = Some(network);
+        let network =
+            unsafe { builder.boot() }.map_err(|e| format!("FoundationDB network thread: {e}"))?;
+        *NETWORK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(network);
+        Ok(())
     });
+    result.clone().map_err(KvError::fatal)
 }
 
 /// Stops the FoundationDB network thread. Call once, before exit, after every store is closed.
 pub fn stop_network() {
-    drop(NETWORK.lock().expect("network lock").take());
+    drop(
+        NETWORK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(),
+    );
 }
 
 fn kv_err(e: FdbError) -> KvError {
@@ -66,12 +86,26 @@ pub struct FdbEngine {
 impl FdbEngine {
     /// Connects with a cluster file (`None`: the default cluster file), keys under `prefix`.
     pub fn open(cluster_file: Option<&str>, prefix: &[u8]) -> Result<Self, KvError> {
-        boot_network();
-        let db = Database::new(cluster_file).map_err(kv_err)?;
-        Ok(Self {
+        boot_network()?;
+        let db = Database::new(cluster_file).map_err(|e| {
+            KvError::fatal(format!(
+                "FoundationDB cluster file {}: {e}",
+                cluster_file.unwrap_or(foundationdb::default_config_path())
+            ))
+        })?;
+        let engine = Self {
             db,
             prefix: prefix.to_vec(),
-        })
+        };
+        // A cluster that does not answer is found now, not at the first send: one read, within
+        // the transaction timeout.
+        engine.begin()?.get(b"").map_err(|e| {
+            KvError::fatal(format!(
+                "the FoundationDB cluster ({}) did not answer a read: {e}",
+                cluster_file.unwrap_or(foundationdb::default_config_path())
+            ))
+        })?;
+        Ok(engine)
     }
 }
 
@@ -132,6 +166,15 @@ impl Txn for FdbTxn<'_> {
         self.bytes += 2 * (self.prefix.len() + key.len()) + 1;
         let v = block_on(self.trx.get(&self.key(key), false)).map_err(kv_err)?;
         Ok(v.map(|s| s.to_vec()))
+    }
+
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        // Every read issued before any is awaited: one round trip for all of them.
+        let full: Vec<Vec<u8>> = keys.iter().map(|k| self.key(k)).collect();
+        self.bytes += full.iter().map(|k| 2 * k.len() + 1).sum::<usize>();
+        let reads = full.iter().map(|k| self.trx.get(k, false));
+        let values = block_on(futures::future::try_join_all(reads)).map_err(kv_err)?;
+        Ok(values.into_iter().map(|v| v.map(|s| s.to_vec())).collect())
     }
 
     fn scan(

@@ -16,7 +16,7 @@
 //! - **Faults**, drawn from the seed by commit number ([`Faults`]): conflicts, timeouts
 //!   (1031) and `commit_unknown_result` (1021), each either having applied the commit or not:
 //!   the last two are reported as [`KvErrorKind::MaybeCommitted`]. Reads fail now and then
-//!   with `future_version` (1009) or `process_behind` (1037), drawn by read number. A latency per round trip
+//!   with `future_version` (1009) or `process_behind` (1037), drawn by transaction number. A latency per round trip
 //!   (the read version, every read, the commit) can be added.
 //!
 //! A replay with the same seed injects the same faults at the same commit numbers (the order
@@ -258,6 +258,8 @@ fn draw(seed: u64, n: u64, salt: u64) -> f64 {
 
 struct Cluster {
     config: SimConfig,
+    /// The latency per round trip now, in microseconds (starts as `config.latency`).
+    latency_us: AtomicU64,
     state: Mutex<State>,
     counters: Counters,
 }
@@ -274,6 +276,7 @@ impl Sim {
         Self {
             cluster: Arc::new(Cluster {
                 config,
+                latency_us: AtomicU64::new(config.latency.as_micros() as u64),
                 state: Mutex::new(State::default()),
                 counters: Counters::default(),
             }),
@@ -283,6 +286,13 @@ impl Sim {
     /// The seed this cluster draws its faults from.
     pub fn seed(&self) -> u64 {
         self.cluster.config.seed
+    }
+
+    /// Sets the latency of every later round trip (a benchmark sets up its data without it).
+    pub fn set_latency(&self, latency: Duration) {
+        self.cluster
+            .latency_us
+            .store(latency.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// What the cluster has seen so far.
@@ -309,9 +319,9 @@ impl Sim {
             .counters
             .round_trips
             .fetch_add(1, Ordering::Relaxed);
-        let latency = self.cluster.config.latency;
-        if !latency.is_zero() {
-            std::thread::sleep(latency);
+        let latency = self.cluster.latency_us.load(Ordering::Relaxed);
+        if latency > 0 {
+            std::thread::sleep(Duration::from_micros(latency));
         }
     }
 
@@ -479,6 +489,33 @@ impl Txn for SimTxn<'_> {
             .state()
             .read(key, self.read_version)
             .map(<[u8]>::to_vec))
+    }
+
+    fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        // Issued together, as FoundationDB's futures are: one round trip for all.
+        let remote = keys
+            .iter()
+            .any(|k| !self.overlay.contains_key(k) && !self.in_cleared(k));
+        if remote {
+            self.check_age()?;
+            self.read_trip()?;
+        }
+        let state = self.sim.state();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(v) = self.overlay.get(key) {
+                out.push(v.clone());
+                continue;
+            }
+            if self.in_cleared(key) {
+                out.push(None);
+                continue;
+            }
+            self.reads.push((key.clone(), key_after(key)));
+            self.bytes += 2 * key.len() + 1;
+            out.push(state.read(key, self.read_version).map(<[u8]>::to_vec));
+        }
+        Ok(out)
     }
 
     fn scan(
@@ -783,5 +820,30 @@ mod tests {
         assert_eq!(a.stats().injected_applied, failed as u64);
         let other = Sim::new(SimConfig { seed: 8, ..config });
         assert_ne!(first, outcomes(&other));
+    }
+
+    #[test]
+    fn prefetched_reads_take_one_round_trip_and_follow_later_writes() {
+        let s = sim();
+        put(&s, b"k1", b"1");
+        put(&s, b"k2", b"2");
+        let before = s.stats().round_trips;
+        let t = s.begin().unwrap();
+        let keys = vec![b"k1".to_vec(), b"k2".to_vec(), b"k9".to_vec()];
+        let mut t = crate::kv::Prefetched::new(t, keys).unwrap();
+        assert_eq!(s.stats().round_trips - before, 2, "the read version and one read");
+        assert_eq!(t.get(b"k1").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(t.get(b"k9").unwrap(), None);
+        assert_eq!(s.stats().round_trips - before, 2, "answered from what was read");
+        t.set(b"k1", b"new");
+        t.clear_range(b"k2", b"k3");
+        assert_eq!(t.get(b"k1").unwrap().as_deref(), Some(&b"new"[..]));
+        assert_eq!(t.get(b"k2").unwrap(), None);
+        assert_eq!(
+            t.get_many(&[b"k2".to_vec(), b"k3".to_vec()]).unwrap(),
+            vec![None, None]
+        );
+        put(&s, b"k1", b"other"); // a conflict on a prefetched read
+        assert!(Box::new(t).commit().unwrap_err().is_retryable());
     }
 }

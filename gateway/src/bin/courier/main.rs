@@ -21,6 +21,34 @@ mod chat;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The store engine the flags name.
+fn store_engine(args: &ServeArgs) -> anyhow::Result<courier_gateway::StoreEngine> {
+    match args.store.as_str() {
+        "embedded" => Ok(courier_gateway::StoreEngine::Embedded),
+        #[cfg(feature = "fdb")]
+        "fdb" => Ok(courier_gateway::StoreEngine::Fdb {
+            cluster_file: args.fdb_cluster_file.clone(),
+            prefix: args.fdb_prefix.clone().into_bytes(),
+        }),
+        #[cfg(not(feature = "fdb"))]
+        "fdb" => bail!(
+            "this courier was built without FoundationDB support: build it with \
+             `cargo build --release -p courier-gateway --features fdb` (needs libclang and \
+             libfdb_c; see docs/STORAGE.md)"
+        ),
+        other => bail!("--store is embedded or fdb, not {other:?}"),
+    }
+}
+
+/// Stops FoundationDB's network thread before the process exits (it must be, once booted).
+fn stop_fdb_network(fdb: bool) {
+    #[cfg(feature = "fdb")]
+    if fdb {
+        courier_store::engine::fdb::stop_network();
+    }
+    let _ = fdb;
+}
+
 /// FCM's settings from the flags: None when neither a service account nor a token file is
 /// named.
 fn fcm_config(args: &ServeArgs) -> anyhow::Result<Option<courier_gateway::push::fcm::FcmConfig>> {
@@ -106,6 +134,17 @@ struct ServeArgs {
     /// Data directory (store, TLS certificate, issuer key).
     #[arg(long, default_value = "./courier-data")]
     data_dir: PathBuf,
+    /// Where the message log lives: `embedded` (fjall in <data-dir>/store) or `fdb` (a
+    /// FoundationDB cluster; a build with `--features fdb`).
+    #[arg(long, default_value = "embedded", value_parser = ["embedded", "fdb"])]
+    store: String,
+    /// FoundationDB: the cluster file (default: FoundationDB's, /etc/foundationdb/fdb.cluster).
+    #[arg(long)]
+    fdb_cluster_file: Option<PathBuf>,
+    /// FoundationDB: the key prefix this deployment's data lives under (nodes of one
+    /// deployment share it).
+    #[arg(long, default_value = "courier/")]
+    fdb_prefix: String,
     /// PEM certificate chain; without it a self-signed certificate is created in the data dir.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -380,14 +419,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         config.shards = n;
     }
-    let gateway = Gateway::start(config).await?;
+    config.store_engine = store_engine(&args)?;
+    let fdb = args.store == "fdb";
+    let where_ = if fdb {
+        format!(
+            "FoundationDB {} under {:?}",
+            args.fdb_cluster_file.as_ref().map_or_else(
+                || "(default cluster file)".to_owned(),
+                |p| p.display().to_string()
+            ),
+            args.fdb_prefix
+        )
+    } else {
+        args.data_dir.join("store").display().to_string()
+    };
+    let gateway = match Gateway::start(config).await {
+        Ok(g) => g,
+        Err(e) => {
+            stop_fdb_network(fdb);
+            return Err(e);
+        }
+    };
     if let Some(m) = gateway.metrics_addr() {
         println!("metrics on http://{m}/metrics");
     }
     println!(
-        "courier listening on {} (store {})",
-        gateway.local_addr(),
-        args.data_dir.join("store").display()
+        "courier listening on {} (store {where_})",
+        gateway.local_addr()
     );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -397,6 +455,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("shutting down");
     gateway.shutdown().await;
+    stop_fdb_network(fdb);
     println!("stopped");
     Ok(())
 }
