@@ -96,6 +96,13 @@ pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 pub trait Txn {
     /// The value under `key`.
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
+    /// The value under `key`, read without a conflict range (FoundationDB's snapshot read): a
+    /// write by another transaction to `key` after this one began does not make this one
+    /// fail. For reads whose staleness is harmless (an ack clamped to a chat's last seq).
+    /// The default is [`Txn::get`].
+    fn get_snapshot(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.get(key)
+    }
     /// The values under `keys`, in order: a remote engine issues the reads concurrently (one
     /// round trip for all of them); the default reads them one after another.
     fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
@@ -163,6 +170,13 @@ impl Txn for Prefetched<'_> {
         match self.read.get(key) {
             Some(v) => Ok(v.clone()),
             None => self.inner.get(key),
+        }
+    }
+
+    fn get_snapshot(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        match self.read.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.inner.get_snapshot(key),
         }
     }
 

@@ -136,6 +136,21 @@ impl<'a> Attempt<'a> {
         Ok(found.seq)
     }
 
+    /// The chat's last seq as this attempt knows it, or else read without a conflict range:
+    /// for acks and receipts, which only clamp to it, so that sends to the chat from other
+    /// writers do not make their batch conflict. Not cached: an append must read it for real.
+    pub(crate) fn last_seq_snapshot(&mut self, chat: u64) -> Result<u64, KvError> {
+        if let Some(&(_, s)) = self.last_seqs.get(&chat) {
+            return Ok(s);
+        }
+        match self.t.get_snapshot(&keys::last_seq(chat))? {
+            None => Ok(0),
+            Some(raw) => record::LastSeq::decode(&raw)
+                .map(|l| l.seq)
+                .map_err(|_| KvError::fatal(format!("corrupt last seq of chat {chat}"))),
+        }
+    }
+
     /// Records `seq` (just assigned: the chat's last seq read first) as the chat's newest.
     fn appended(&mut self, chat: u64, seq: u64) {
         if let Some(e) = self.last_seqs.get_mut(&chat) {
@@ -517,7 +532,7 @@ impl<'a> Attempt<'a> {
         if self.member_chat(user, chat_id)?.is_none() {
             return Ok(Err(StoreError::Forbidden(Forbid::NotMember)));
         }
-        let last = self.last_seq(chat_id)?;
+        let last = self.last_seq_snapshot(chat_id)?;
         let key = keys::position(user, device, chat_id);
         let current = get_u64(&mut *self.t, &key)?.unwrap_or(0);
         let seq = seq.min(last);

@@ -211,7 +211,10 @@ impl Store {
             // Every chat's last seq in one round trip, then the floors of those with news in
             // one more: a sync costs a constant number of round trips however many chats the
             // user is in, plus one range read per chat with news.
-            let ids: Vec<u64> = chats.iter().filter_map(|(k, _)| keys::member_chat(k)).collect();
+            let ids: Vec<u64> = chats
+                .iter()
+                .filter_map(|(k, _)| keys::member_chat(k))
+                .collect();
             let lasts = t
                 .get_many(&ids.iter().map(|&c| keys::last_seq(c)).collect::<Vec<_>>())
                 .map_err(engine_err)?;
@@ -235,7 +238,12 @@ impl Store {
                 }
             }
             let floors = t
-                .get_many(&news.iter().map(|&(c, _, _)| keys::floor(c)).collect::<Vec<_>>())
+                .get_many(
+                    &news
+                        .iter()
+                        .map(|&(c, _, _)| keys::floor(c))
+                        .collect::<Vec<_>>(),
+                )
                 .map_err(engine_err)?;
 
             let mut page = SyncPage::default();

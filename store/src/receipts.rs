@@ -94,7 +94,7 @@ impl Attempt<'_> {
         let Some(chat) = self.member_chat(user, chat_id)? else {
             return Ok(Err(StoreError::Forbidden(Forbid::NotMember)));
         };
-        let seq = seq.min(self.last_seq(chat_id)?);
+        let seq = seq.min(self.last_seq_snapshot(chat_id)?);
         let before = read_pointers(&mut *self.t, user, chat_id)?;
         let mut after = before;
         match kind {

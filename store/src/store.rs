@@ -74,6 +74,12 @@ pub struct StoreConfig {
     pub queue_depth: usize,
     /// How often a batch is retried after a retryable engine error (conflicts on FDB).
     pub max_retries: u32,
+    /// The writer's wait before its first retry of a batch, doubled at each further retry up
+    /// to `retry_backoff_max` (FoundationDB's own `on_error` backoff: 10 ms to 1 s), so that
+    /// writers fighting over one chat spread out instead of colliding again at once.
+    pub retry_backoff: Duration,
+    /// The longest wait between two retries of a batch.
+    pub retry_backoff_max: Duration,
     /// Messages and dedupe records older than this are deleted.
     pub retention: Duration,
     /// Writes that add data (sends, chats, media records) are refused with
@@ -105,6 +111,8 @@ impl StoreConfig {
             max_batch: 4096,
             queue_depth: 65_536,
             max_retries: 20,
+            retry_backoff: Duration::from_millis(10),
+            retry_backoff_max: Duration::from_secs(1),
             retention: Duration::from_secs(30 * 86_400),
             min_free_bytes: 64 << 20,
             sweep_interval: Some(Duration::from_secs(60)),

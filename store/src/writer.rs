@@ -315,6 +315,15 @@ enum Attempted<'t> {
     Built(Box<dyn crate::kv::Txn + 't>, Built),
 }
 
+/// How long the writer waits before retry number `tries` (from 1) of a batch: the configured
+/// first wait, doubled each time, at most the configured longest.
+fn retry_wait(config: &crate::StoreConfig, tries: u32) -> Duration {
+    config
+        .retry_backoff
+        .saturating_mul(1 << tries.saturating_sub(1).min(16))
+        .min(config.retry_backoff_max)
+}
+
 /// The keys a batch's operations read first, without which nothing else can be decided: each
 /// send's dedupe record, and the record and last seq of each chat sent to.
 fn prefetch_keys(ops: &[Op]) -> Vec<Vec<u8>> {
@@ -658,6 +667,7 @@ impl Writer {
                 {
                     tries += 1;
                     tracing::debug!("retrying batch of {} after: {e}", ops.len());
+                    std::thread::sleep(retry_wait(&shared.config, tries));
                 }
                 Err(e) => {
                     failed(shared, &e, ops.len());
@@ -738,5 +748,20 @@ impl Writer {
             fail(op, err.clone());
         }
         kept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_wait_longer_each_time_up_to_the_longest() {
+        let config = crate::StoreConfig::new("unused");
+        let waits: Vec<u64> = (1..=9)
+            .map(|n| retry_wait(&config, n).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        assert_eq!(retry_wait(&config, u32::MAX), Duration::from_secs(1));
     }
 }

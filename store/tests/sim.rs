@@ -215,3 +215,39 @@ async fn a_queued_batch_is_cut_at_the_size_target() {
     );
     store.close().await;
 }
+
+/// Acks from one writer while another sends to the same chat: the ack reads the chat's last
+/// seq without a conflict range (it only clamps to it), so no ack batch conflicts with a send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_do_not_conflict_with_sends_to_the_same_chat() {
+    let sim = Sim::new(SimConfig::default());
+    let (acker, sender) = (
+        courier_store::Store::with_engine(Arc::new(sim.clone()), conformance::config()).unwrap(),
+        courier_store::Store::with_engine(Arc::new(sim.clone()), conformance::config()).unwrap(),
+    );
+    let chat = sender.create_direct("alice", "bob").await.unwrap().id;
+    sender
+        .append(conformance::msg("alice", chat, 0))
+        .await
+        .unwrap();
+    let sending = tokio::spawn(async move {
+        for n in 1..300u32 {
+            sender
+                .append(conformance::msg("alice", chat, n))
+                .await
+                .unwrap();
+        }
+        sender
+    });
+    let mut acked = 0;
+    while !sending.is_finished() {
+        let seq = acker.last_seq(chat).unwrap();
+        acked = acker.ack("bob", 1, chat, seq).await.unwrap().max(acked);
+        tokio::task::yield_now().await;
+    }
+    let sender = sending.await.unwrap();
+    assert!(acked > 0);
+    assert_eq!(sim.stats().conflicts, 0, "{:?}", sim.stats());
+    acker.close().await;
+    sender.close().await;
+}

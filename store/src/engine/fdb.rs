@@ -168,6 +168,11 @@ impl Txn for FdbTxn<'_> {
         Ok(v.map(|s| s.to_vec()))
     }
 
+    fn get_snapshot(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        let v = block_on(self.trx.get(&self.key(key), true)).map_err(kv_err)?;
+        Ok(v.map(|s| s.to_vec()))
+    }
+
     fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
         // Every read issued before any is awaited: one round trip for all of them.
         let full: Vec<Vec<u8>> = keys.iter().map(|k| self.key(k)).collect();

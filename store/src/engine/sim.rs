@@ -491,6 +491,22 @@ impl Txn for SimTxn<'_> {
             .map(<[u8]>::to_vec))
     }
 
+    fn get_snapshot(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        if self.in_cleared(key) {
+            return Ok(None);
+        }
+        self.check_age()?;
+        self.read_trip()?;
+        Ok(self
+            .sim
+            .state()
+            .read(key, self.read_version)
+            .map(<[u8]>::to_vec))
+    }
+
     fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
         // Issued together, as FoundationDB's futures are: one round trip for all.
         let remote = keys
@@ -831,10 +847,18 @@ mod tests {
         let t = s.begin().unwrap();
         let keys = vec![b"k1".to_vec(), b"k2".to_vec(), b"k9".to_vec()];
         let mut t = crate::kv::Prefetched::new(t, keys).unwrap();
-        assert_eq!(s.stats().round_trips - before, 2, "the read version and one read");
+        assert_eq!(
+            s.stats().round_trips - before,
+            2,
+            "the read version and one read"
+        );
         assert_eq!(t.get(b"k1").unwrap().as_deref(), Some(&b"1"[..]));
         assert_eq!(t.get(b"k9").unwrap(), None);
-        assert_eq!(s.stats().round_trips - before, 2, "answered from what was read");
+        assert_eq!(
+            s.stats().round_trips - before,
+            2,
+            "answered from what was read"
+        );
         t.set(b"k1", b"new");
         t.clear_range(b"k2", b"k3");
         assert_eq!(t.get(b"k1").unwrap().as_deref(), Some(&b"new"[..]));
