@@ -142,6 +142,16 @@ pub(crate) struct PresenceLink {
 }
 
 impl Session {
+    /// Runs store reads for this session's user off the shard's thread when the engine is
+    /// remote ([`Store::reading`]).
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store, &str) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let user = self.user.clone();
+        self.store.reading(move |s| f(s, &user)).await
+    }
+
     pub(crate) fn new(
         user: String,
         device: u32,
@@ -275,7 +285,7 @@ impl Session {
                     Err(e) => self.store_error(request_id, &e).await,
                 }
             }
-            Frame::GetChat(f) => match self.store.chat_for(&self.user, f.chat_id) {
+            Frame::GetChat(f) => match self.read(move |s, u| s.chat_for(u, f.chat_id)).await {
                 Ok(chat) => self.chat_info(request_id, &chat).await,
                 Err(e) => self.store_error(request_id, &e).await,
             },
@@ -475,7 +485,8 @@ impl Session {
             let msg = format!("at most {TYPING_PER_SECOND} typing events per second");
             return self.fail(f.request_id, ErrorCode::RATE_LIMITED, msg).await;
         }
-        let chat = match self.store.chat_for(&self.user, f.chat_id) {
+        let chat_id = f.chat_id;
+        let chat = match self.read(move |s, u| s.chat_for(u, chat_id)).await {
             Ok(c) => c,
             Err(e) => return self.store_error(f.request_id, &e).await,
         };
@@ -496,11 +507,15 @@ impl Session {
         request_id: u32,
         chat: &courier_store::Chat,
     ) -> Result<(), Disconnected> {
-        let read = match self.store.receipt_pointers(&self.user) {
+        let id = chat.id;
+        let read = self
+            .read(move |s, u| Ok((s.receipt_pointers(u)?, s.last_seq(id))))
+            .await;
+        let (read, last) = match read {
             Ok(p) => p,
             Err(e) => return self.store_error(request_id, &e).await,
         };
-        match self.store.last_seq(chat.id) {
+        match last {
             Ok(last) => {
                 let unread = last.saturating_sub(read.get(&chat.id).map_or(0, |p| p.read));
                 let chat = chat.summary(last, unread);
@@ -519,12 +534,11 @@ impl Session {
     ) -> Result<(), Disconnected> {
         // A summary can hold up to 100 members of 64 bytes: keep pages well inside one frame.
         let limit = page_limit(limit, 50);
-        let chats = match self.store.chats_of(&self.user, after, limit + 1) {
-            Ok(c) => c,
-            Err(e) => return self.store_error(request_id, &e).await,
-        };
-        let read = match self.store.receipt_pointers(&self.user) {
-            Ok(p) => p,
+        let read = self
+            .read(move |s, u| Ok((s.chats_of(u, after, limit + 1)?, s.receipt_pointers(u)?)))
+            .await;
+        let (chats, read) = match read {
+            Ok(r) => r,
             Err(e) => return self.store_error(request_id, &e).await,
         };
         let mut more = chats.len() > limit;
@@ -567,10 +581,11 @@ impl Session {
 
     async fn history(&self, f: courier_wire::frame::History) -> Result<(), Disconnected> {
         let limit = page_limit(f.limit, self.limits.max_history_page);
+        let (chat_id, direction, anchor) = (f.chat_id, f.direction, f.seq);
         let (mut messages, mut more) =
             match self
-                .store
-                .history(&self.user, f.chat_id, f.direction, f.seq, limit)
+                .read(move |s, u| s.history(u, chat_id, direction, anchor, limit))
+                .await
             {
                 Ok(r) => r,
                 Err(e) => return self.store_error(f.request_id, &e).await,
@@ -604,7 +619,11 @@ impl Session {
     async fn sync(&self, f: courier_wire::frame::Sync) -> Result<(), Disconnected> {
         let limit = page_limit(f.limit, MAX_SYNC_PAGE);
         let positions: Vec<(u64, u64)> = f.positions.iter().map(|p| (p.chat_id, p.seq)).collect();
-        let page = match self.store.sync(&self.user, self.device, &positions, limit) {
+        let device = self.device;
+        let page = match self
+            .read(move |s, u| s.sync(u, device, &positions, limit))
+            .await
+        {
             Ok(p) => p,
             Err(e) => return self.store_error(f.request_id, &e).await,
         };

@@ -44,6 +44,24 @@ fn decode_messages(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<Message>, Store
 }
 
 impl Store {
+    /// Runs `f`, one or more of the store's reads, where it cannot stall the caller's async
+    /// runtime: inline on an engine of this process alone (the embedded engine reads locally,
+    /// in microseconds), on tokio's blocking pool on a remote engine (FoundationDB: every read
+    /// is a network round trip, and a shard's single thread serves every connection on it).
+    pub async fn reading<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Self) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.shared.engine.exclusive() {
+            return f(self);
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Engine(format!("read task: {e}")))?
+    }
+
     /// Runs `f` in a read-only transaction, and again in a fresh one while the engine asks for
     /// a retry ([`StoreError::Busy`]: FoundationDB's too-old read versions, future versions,
     /// storage servers behind), up to `StoreConfig::max_retries` times.

@@ -19,7 +19,12 @@ pub(crate) async fn serve(
     svc: &MediaService,
 ) {
     let id = req.request_id;
-    let media = match svc.store.media_for(user, &req.media_id) {
+    let (who, media_id) = (user.to_owned(), req.media_id);
+    let media = match svc
+        .store
+        .reading(move |s| s.media_for(&who, &media_id))
+        .await
+    {
         Ok(m) => m,
         Err(StoreError::Forbidden(_)) => {
             let msg = "no such media, or not shared with you";

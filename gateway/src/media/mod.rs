@@ -184,7 +184,7 @@ impl MediaService {
         if storing.contains_key(&sha256) {
             return;
         }
-        match self.store.blob_in_use(&sha256) {
+        match self.store.reading(move |s| s.blob_in_use(&sha256)).await {
             Ok(false) => {
                 if let Err(e) = self.blobs.delete(&sha256).await {
                     tracing::warn!("deleting blob {} failed: {e}", crate::util::hex(&sha256));
