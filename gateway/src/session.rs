@@ -582,14 +582,13 @@ impl Session {
     async fn history(&self, f: courier_wire::frame::History) -> Result<(), Disconnected> {
         let limit = page_limit(f.limit, self.limits.max_history_page);
         let (chat_id, direction, anchor) = (f.chat_id, f.direction, f.seq);
-        let (mut messages, mut more) =
-            match self
-                .read(move |s, u| s.history(u, chat_id, direction, anchor, limit))
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => return self.store_error(f.request_id, &e).await,
-            };
+        let (mut messages, mut more) = match self
+            .read(move |s, u| s.history(u, chat_id, direction, anchor, limit))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return self.store_error(f.request_id, &e).await,
+        };
         // Trim the page to fit one frame; the client pages on from the last message it got.
         let mut page = HistoryPage {
             request_id: f.request_id,

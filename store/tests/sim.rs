@@ -27,18 +27,7 @@ impl Cluster {
     fn stats(&self) -> SimStats {
         let mut sum = SimStats::default();
         for sim in self.sims.lock().unwrap().values() {
-            let s = sim.stats();
-            sum.transactions += s.transactions;
-            sum.round_trips += s.round_trips;
-            sum.commits += s.commits;
-            sum.conflicts += s.conflicts;
-            sum.injected_conflicts += s.injected_conflicts;
-            sum.injected_timeouts += s.injected_timeouts;
-            sum.injected_unknown += s.injected_unknown;
-            sum.injected_applied += s.injected_applied;
-            sum.injected_read_errors += s.injected_read_errors;
-            sum.too_old += s.too_old;
-            sum.largest_transaction = sum.largest_transaction.max(s.largest_transaction);
+            sum.add(&sim.stats());
         }
         sum
     }
@@ -101,15 +90,7 @@ macro_rules! on_the_simulation {
                 let said = SaySeedOnPanic(stringify!($name), seed);
                 conformance::$name(&cluster).await;
                 drop(said);
-                let s = cluster.stats();
-                total.commits += s.commits;
-                total.conflicts += s.conflicts;
-                total.injected_conflicts += s.injected_conflicts;
-                total.injected_timeouts += s.injected_timeouts;
-                total.injected_unknown += s.injected_unknown;
-                total.injected_applied += s.injected_applied;
-                total.injected_read_errors += s.injected_read_errors;
-                total.largest_transaction = total.largest_transaction.max(s.largest_transaction);
+                total.add(&cluster.stats());
             }
             eprintln!(
                 "{}: seeds={} commits={} conflicts={} injected: conflicts={} timeouts={} \

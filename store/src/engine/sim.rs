@@ -111,7 +111,7 @@ impl Default for SimConfig {
     }
 }
 
-/// What the cluster has seen (see [`Sim::stats`]).
+/// What the cluster has seen (see [`Sim::stats`]); [`SimStats::add`] sums several.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SimStats {
     /// Transactions begun.
@@ -136,6 +136,23 @@ pub struct SimStats {
     pub too_old: u64,
     /// The largest transaction committed, in bytes (mutations and conflict ranges).
     pub largest_transaction: u64,
+}
+
+impl SimStats {
+    /// Adds `other`'s counts to these (the largest transaction: the larger of the two).
+    pub fn add(&mut self, other: &Self) {
+        self.transactions += other.transactions;
+        self.round_trips += other.round_trips;
+        self.commits += other.commits;
+        self.conflicts += other.conflicts;
+        self.injected_conflicts += other.injected_conflicts;
+        self.injected_timeouts += other.injected_timeouts;
+        self.injected_unknown += other.injected_unknown;
+        self.injected_applied += other.injected_applied;
+        self.injected_read_errors += other.injected_read_errors;
+        self.too_old += other.too_old;
+        self.largest_transaction = self.largest_transaction.max(other.largest_transaction);
+    }
 }
 
 #[derive(Default)]
@@ -459,6 +476,28 @@ impl SimTxn<'_> {
         Ok(())
     }
 
+    /// A point read: this transaction's own write, or the cluster's value at the read version
+    /// (with a read conflict range unless it is a snapshot read).
+    fn read_key(&mut self, key: &[u8], conflict: bool) -> Result<Option<Vec<u8>>, KvError> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        if self.in_cleared(key) {
+            return Ok(None);
+        }
+        self.check_age()?;
+        self.read_trip()?;
+        if conflict {
+            self.reads.push((key.to_vec(), key_after(key)));
+            self.bytes += 2 * key.len() + 1;
+        }
+        Ok(self
+            .sim
+            .state()
+            .read(key, self.read_version)
+            .map(<[u8]>::to_vec))
+    }
+
     fn in_cleared(&self, key: &[u8]) -> bool {
         self.cleared
             .iter()
@@ -474,37 +513,11 @@ impl SimTxn<'_> {
 
 impl Txn for SimTxn<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        if let Some(v) = self.overlay.get(key) {
-            return Ok(v.clone());
-        }
-        if self.in_cleared(key) {
-            return Ok(None);
-        }
-        self.check_age()?;
-        self.read_trip()?;
-        self.reads.push((key.to_vec(), key_after(key)));
-        self.bytes += 2 * key.len() + 1;
-        Ok(self
-            .sim
-            .state()
-            .read(key, self.read_version)
-            .map(<[u8]>::to_vec))
+        self.read_key(key, true)
     }
 
     fn get_snapshot(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        if let Some(v) = self.overlay.get(key) {
-            return Ok(v.clone());
-        }
-        if self.in_cleared(key) {
-            return Ok(None);
-        }
-        self.check_age()?;
-        self.read_trip()?;
-        Ok(self
-            .sim
-            .state()
-            .read(key, self.read_version)
-            .map(<[u8]>::to_vec))
+        self.read_key(key, false)
     }
 
     fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
