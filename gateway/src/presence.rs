@@ -79,8 +79,10 @@ impl Presence {
     }
 
     /// Tells `user`'s watchers its current state, unless it hides it.
-    pub(crate) fn announce(&self, user: &str) {
-        if !self.store.presence_visible(user).unwrap_or(false) {
+    pub(crate) async fn announce(&self, user: &str) {
+        let who = user.to_owned();
+        let visible = self.store.reading(move |s| s.presence_visible(&who)).await;
+        if !visible.unwrap_or(false) {
             return;
         }
         self.tell_watchers(user, &self.event(user));
@@ -102,12 +104,12 @@ impl Presence {
     }
 
     /// A device of `user` connected (it is registered already).
-    pub(crate) fn connected(&self, user: &str) {
+    pub(crate) async fn connected(&self, user: &str) {
         if self.leaving.remove(user).is_some() {
             return; // back within the grace period: nobody saw it leave
         }
         if self.registry.device_count(user) == 1 {
-            self.announce(user);
+            self.announce(user).await;
         }
     }
 
@@ -136,28 +138,38 @@ impl Presence {
                 .remove_if(&user, |_, g| *g == generation)
                 .is_some();
             if still_leaving && !hub.registry.is_online(&user) {
-                hub.announce(&user);
+                hub.announce(&user).await;
             }
         });
     }
 
     /// Subscribes connection `conn_id` (device `device`, of `subscriber`) to the presence of
-    /// `users` it may see, and sends their current state. Returns how many were subscribed.
-    pub(crate) fn subscribe(
+    /// `users` it may see (who share a chat with it and show their presence), and sends their
+    /// current state. Returns how many were subscribed.
+    pub(crate) async fn subscribe(
         &self,
         subscriber: &str,
         conn_id: u64,
         device: &Device,
-        users: &[String],
+        users: Vec<String>,
     ) -> usize {
+        let who = subscriber.to_owned();
+        let allowed = self
+            .store
+            .reading(move |s| {
+                Ok(users
+                    .into_iter()
+                    .filter(|u| {
+                        *u != who
+                            && s.share_a_chat(&who, u).unwrap_or(false)
+                            && s.presence_visible(u).unwrap_or(false)
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await
+            .unwrap_or_default();
         let mut n = 0;
-        for u in users {
-            let allowed = u != subscriber
-                && self.store.share_a_chat(subscriber, u).unwrap_or(false)
-                && self.store.presence_visible(u).unwrap_or(false);
-            if !allowed {
-                continue;
-            }
+        for u in &allowed {
             let mut subs = self.watchers.entry(u.clone()).or_default();
             if !subs.iter().any(|(c, _)| *c == conn_id) {
                 subs.push((conn_id, device.clone()));

@@ -570,7 +570,7 @@ async fn connection(
     out.send(welcome.to_bytes()).await.ok();
     shared.metrics.handshakes.inc();
     shared.registry.register(&claims.user, device);
-    shared.presence.connected(&claims.user);
+    shared.presence.connected(&claims.user).await;
     tracing::debug!(user = %claims.user, device = claims.device, "session open");
     // Media streams: every further stream the client opens is an upload or a download.
     let media_streams = {

@@ -322,7 +322,9 @@ impl Session {
             Frame::Typing(f) => self.typing(f).await,
             Frame::PresenceSubscribe(f) => match &self.presence {
                 Some(p) => {
-                    p.hub.subscribe(&self.user, p.conn_id, &p.device, &f.users);
+                    p.hub
+                        .subscribe(&self.user, p.conn_id, &p.device, f.users)
+                        .await;
                     self.done(f.request_id).await
                 }
                 None => {
@@ -335,7 +337,7 @@ impl Session {
                     return self.store_error(f.request_id, &e).await;
                 }
                 match (&self.presence, f.visible) {
-                    (Some(p), true) => p.hub.announce(&self.user),
+                    (Some(p), true) => p.hub.announce(&self.user).await,
                     (Some(p), false) => p.hub.hidden(&self.user),
                     (None, _) => {}
                 }

@@ -86,10 +86,12 @@ impl Drop for Receiving<'_> {
 }
 
 /// Admits an upload of `size` bytes of which `remaining` are still to come: within the user's
-/// quota (media stored plus uploads in progress) and leaving the disk its free-space floor.
+/// quota (`stored`, the media the user has stored, plus uploads in progress) and leaving the
+/// disk its free-space floor.
 fn admit<'a>(
     svc: &'a MediaService,
     user: &str,
+    stored: u64,
     size: u64,
     remaining: u64,
 ) -> Result<Receiving<'a>, Failure> {
@@ -107,10 +109,6 @@ fn admit<'a>(
             ));
         }
     }
-    let stored = match svc.config.user_quota {
-        Some(_) => svc.store.media_usage(user)?,
-        None => 0,
-    };
     let mut r = svc.receiving.lock().expect("receiving lock");
     let in_progress = r.get(user).copied().unwrap_or(0);
     if let Some(quota) = svc.config.user_quota {
@@ -352,7 +350,14 @@ async fn receive(
             "offset beyond the declared size",
         ));
     }
-    let _receiving = admit(svc, user, req.size, req.size - req.offset)?;
+    let stored = match svc.config.user_quota {
+        Some(_) => {
+            let who = user.to_owned();
+            svc.store.reading(move |s| s.media_usage(&who)).await?
+        }
+        None => 0,
+    };
+    let _receiving = admit(svc, user, stored, req.size, req.size - req.offset)?;
     let (id, mut file, mut ctx) = open_part(req, user, svc).await?;
     progress(send, req.request_id, id, req.offset).await?;
 

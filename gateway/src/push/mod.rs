@@ -200,7 +200,8 @@ impl Worker {
 
     /// Delivers one job to every registered device of its user.
     async fn deliver(&self, job: &PushJob) -> PushResult {
-        let tokens = match self.store.push_tokens(&job.user) {
+        let user = job.user.clone();
+        let tokens = match self.store.reading(move |s| s.push_tokens(&user)).await {
             Ok(t) => t,
             Err(e) => return self.failed(job, format!("store: {e}")),
         };
@@ -285,7 +286,8 @@ pub(crate) async fn run(w: Worker, mut shutdown: watch::Receiver<bool>) {
             () = tokio::time::sleep(w.config.poll) => {}
             _ = shutdown.changed() => return,
         }
-        let jobs = match w.store.due_pushes(w.store.now_ms(), 256) {
+        let now = w.store.now_ms();
+        let jobs = match w.store.reading(move |s| s.due_pushes(now, 256)).await {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!("push queue: {e}");
