@@ -64,7 +64,8 @@ impl Store {
 
     /// Runs `f` in a read-only transaction, and again in a fresh one while the engine asks for
     /// a retry ([`StoreError::Busy`]: FoundationDB's too-old read versions, future versions,
-    /// storage servers behind), up to `StoreConfig::max_retries` times.
+    /// storage servers behind), up to `StoreConfig::max_retries` times, waiting as the writer
+    /// does between retries.
     pub(crate) fn read<T>(
         &self,
         mut f: impl FnMut(&mut dyn Txn) -> Result<T, StoreError>,
@@ -78,7 +79,12 @@ impl Store {
                 .map_err(engine_err)
                 .and_then(|mut t| f(&mut *t));
             match result {
-                Err(StoreError::Busy(_)) if tries < self.shared.config.max_retries => tries += 1,
+                Err(StoreError::Busy(_)) if tries < self.shared.config.max_retries => {
+                    tries += 1;
+                    // Only a remote engine asks for retries, and its reads run on the blocking
+                    // pool (`reading`): a wait here stalls no shard.
+                    std::thread::sleep(crate::writer::retry_wait(&self.shared.config, tries));
+                }
                 r => return r,
             }
         }

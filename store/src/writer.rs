@@ -317,7 +317,7 @@ enum Attempted<'t> {
 
 /// How long the writer waits before retry number `tries` (from 1) of a batch: the configured
 /// first wait, doubled each time, at most the configured longest.
-fn retry_wait(config: &crate::StoreConfig, tries: u32) -> Duration {
+pub(crate) fn retry_wait(config: &crate::StoreConfig, tries: u32) -> Duration {
     config
         .retry_backoff
         .saturating_mul(1 << tries.saturating_sub(1).min(16))
