@@ -91,6 +91,35 @@ impl std::error::Error for KvError {}
 /// Key-value pairs from a scan.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Bytes of a versionstamp: the commit's 8-byte version and 2-byte order within its batch,
+/// big-endian, so that versionstamps sort in commit order.
+pub const VERSIONSTAMP_LEN: usize = 10;
+
+/// Fires once after the watched key's value changed (see [`Txn::watch`]).
+#[derive(Debug)]
+pub struct Watch(tokio::sync::oneshot::Receiver<()>);
+
+impl Watch {
+    /// A watch and the sender that fires it (for engines).
+    pub fn new() -> (tokio::sync::oneshot::Sender<()>, Self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (tx, Self(rx))
+    }
+
+    /// Waits for the change. An error means the engine dropped the watch (it shut down, or
+    /// the watch failed): read the key again and watch anew.
+    pub async fn changed(self) -> Result<(), KvError> {
+        self.0
+            .await
+            .map_err(|_| KvError::retryable("the watch was dropped"))
+    }
+}
+
+/// The error of an engine that lacks a call.
+fn unsupported(what: &str) -> KvError {
+    KvError::fatal(format!("this engine has no {what}"))
+}
+
 /// One transaction: reads see the transaction's own writes; nothing is visible to others until
 /// [`Txn::commit`]. Dropping a transaction without committing discards its writes.
 pub trait Txn {
@@ -126,6 +155,38 @@ pub trait Txn {
     /// FoundationDB counts a transaction's size); 0 for engines without a size limit.
     fn size(&self) -> usize {
         0
+    }
+    /// Writes `value` under `key` with the commit's versionstamp ([`VERSIONSTAMP_LEN`] bytes)
+    /// written over `key[offset..offset + 10]` (FoundationDB's `SetVersionstampedKey`): keys that
+    /// sort in commit order across every writer, with no counter to contend on. The key is
+    /// not readable in this transaction. An error: the engine has no versionstamps, or the
+    /// offset leaves no room for one.
+    fn set_versionstamped_key(
+        &mut self,
+        key: &[u8],
+        offset: usize,
+        value: &[u8],
+    ) -> Result<(), KvError> {
+        let _ = (key, offset, value);
+        Err(unsupported("versionstamps"))
+    }
+    /// Writes `value` under `key` with the commit's versionstamp written over
+    /// `value[offset..offset + 10]` (FoundationDB's `SetVersionstampedValue`).
+    fn set_versionstamped_value(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        offset: usize,
+    ) -> Result<(), KvError> {
+        let _ = (key, value, offset);
+        Err(unsupported("versionstamps"))
+    }
+    /// Watches `key`: once this transaction commits (a read-only one too), the watch fires
+    /// when the key's value differs from the value this transaction read (FoundationDB's
+    /// watches; at most 10,000 at once per database).
+    fn watch(&mut self, key: &[u8]) -> Result<Watch, KvError> {
+        let _ = key;
+        Err(unsupported("watches"))
     }
     /// Makes every write durable and visible, atomically.
     fn commit(self: Box<Self>) -> Result<(), KvError>;
@@ -228,6 +289,28 @@ impl Txn for Prefetched<'_> {
 
     fn size(&self) -> usize {
         self.inner.size()
+    }
+
+    fn set_versionstamped_key(
+        &mut self,
+        key: &[u8],
+        offset: usize,
+        value: &[u8],
+    ) -> Result<(), KvError> {
+        self.inner.set_versionstamped_key(key, offset, value)
+    }
+
+    fn set_versionstamped_value(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        offset: usize,
+    ) -> Result<(), KvError> {
+        self.inner.set_versionstamped_value(key, value, offset)
+    }
+
+    fn watch(&mut self, key: &[u8]) -> Result<Watch, KvError> {
+        self.inner.watch(key)
     }
 
     fn commit(self: Box<Self>) -> Result<(), KvError> {

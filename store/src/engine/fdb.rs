@@ -14,12 +14,12 @@
 use std::sync::Mutex;
 
 use foundationdb::api::NetworkAutoStop;
-use foundationdb::options::{StreamingMode, TransactionOption};
+use foundationdb::options::{MutationType, StreamingMode, TransactionOption};
 use foundationdb::{Database, FdbError, KeySelector, RangeOption, Transaction};
 use futures::executor::block_on;
 use futures::TryStreamExt;
 
-use crate::kv::{Engine, KvError, Pairs, Txn};
+use crate::kv::{Engine, KvError, Pairs, Txn, Watch, VERSIONSTAMP_LEN};
 
 /// The network thread handle; `None` before the first open and after [`stop_network`].
 static NETWORK: Mutex<Option<NetworkAutoStop>> = Mutex::new(None);
@@ -224,6 +224,68 @@ impl Txn for FdbTxn<'_> {
 
     fn size(&self) -> usize {
         self.bytes
+    }
+
+    fn set_versionstamped_key(
+        &mut self,
+        key: &[u8],
+        offset: usize,
+        value: &[u8],
+    ) -> Result<(), KvError> {
+        if offset
+            .checked_add(VERSIONSTAMP_LEN)
+            .is_none_or(|end| end > key.len())
+        {
+            return Err(KvError::fatal("no room for the versionstamp in the key"));
+        }
+        // API 520 and later: the stamp's offset, 4 bytes little-endian, follows the key.
+        let mut k = self.key(key);
+        let at = u32::try_from(self.prefix.len() + offset)
+            .map_err(|_| KvError::fatal("versionstamp offset too large"))?;
+        k.extend_from_slice(&at.to_le_bytes());
+        self.bytes += 3 * k.len() + value.len() + 1;
+        self.trx
+            .atomic_op(&k, value, MutationType::SetVersionstampedKey);
+        Ok(())
+    }
+
+    fn set_versionstamped_value(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        offset: usize,
+    ) -> Result<(), KvError> {
+        if offset
+            .checked_add(VERSIONSTAMP_LEN)
+            .is_none_or(|end| end > value.len())
+        {
+            return Err(KvError::fatal("no room for the versionstamp in the value"));
+        }
+        let mut v = value.to_vec();
+        let at =
+            u32::try_from(offset).map_err(|_| KvError::fatal("versionstamp offset too large"))?;
+        v.extend_from_slice(&at.to_le_bytes());
+        let k = self.key(key);
+        self.bytes += 3 * k.len() + v.len() + 1;
+        self.trx
+            .atomic_op(&k, &v, MutationType::SetVersionstampedValue);
+        Ok(())
+    }
+
+    fn watch(&mut self, key: &[u8]) -> Result<Watch, KvError> {
+        // FoundationDB's watch future outlives the transaction; a thread waits on it and
+        // fires the engine-neutral watch (a node holds a handful, not thousands).
+        let future = self.trx.watch(&self.key(key));
+        let (tx, watch) = Watch::new();
+        std::thread::Builder::new()
+            .name("courier-fdb-watch".into())
+            .spawn(move || {
+                if block_on(future).is_ok() {
+                    let _ = tx.send(());
+                }
+            })
+            .map_err(|e| KvError::fatal(format!("watch thread: {e}")))?;
+        Ok(watch)
     }
 
     fn clear_range(&mut self, start: &[u8], end: &[u8]) {

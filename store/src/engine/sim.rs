@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::kv::{Engine, KvError, KvErrorKind, Pairs, Txn};
+use crate::kv::{Engine, KvError, KvErrorKind, Pairs, Txn, Watch, VERSIONSTAMP_LEN};
 
 /// FoundationDB's largest key, in bytes.
 pub const MAX_KEY: usize = 10_000;
@@ -43,6 +43,9 @@ pub const MAX_TRANSACTION: usize = 10_000_000;
 pub const TRANSACTION_TARGET: usize = 512 * 1024;
 /// How long a read version stays valid.
 pub const MAX_TRANSACTION_AGE: Duration = Duration::from_secs(5);
+
+/// Most watches a cluster holds at once (FoundationDB's default `too_many_watches` limit).
+pub const MAX_WATCHES: usize = 10_000;
 
 /// How many commits of conflict history are kept; a transaction whose read version is older
 /// than the oldest kept is too old.
@@ -177,6 +180,15 @@ type Range = (Vec<u8>, Vec<u8>);
 /// A key's versions, oldest first: `None` is a deletion.
 type Versions = Vec<(u64, Option<Vec<u8>>)>;
 
+/// What fires a watch.
+type Fire = tokio::sync::oneshot::Sender<()>;
+
+/// A watch a transaction asked for: the key, the value it saw, what fires it.
+type PendingWatch = (Vec<u8>, Option<Vec<u8>>, Fire);
+
+/// The watches on one key: the value each saw, and what fires it.
+type KeyWatches = Vec<(Option<Vec<u8>>, Fire)>;
+
 /// The cluster's data and conflict history.
 #[derive(Default)]
 struct State {
@@ -188,6 +200,8 @@ struct State {
     history: std::collections::VecDeque<(u64, Vec<Range>)>,
     /// Commits drawn for faults so far.
     commit_number: u64,
+    /// Active watches by key: the value they saw, and what fires them.
+    watches: BTreeMap<Vec<u8>, KeyWatches>,
 }
 
 impl State {
@@ -217,11 +231,30 @@ impl State {
         )
     }
 
-    fn apply(&mut self, mutations: &[Mutation], writes: Vec<Range>) -> u64 {
+    fn apply(&mut self, mutations: &[Mutation], mut writes: Vec<Range>) -> u64 {
         self.version += 1;
         let v = self.version;
+        let mut stamp = [0u8; VERSIONSTAMP_LEN];
+        stamp[..8].copy_from_slice(&v.to_be_bytes());
         for m in mutations {
             match m {
+                Mutation::StampKey(k, offset, value) => {
+                    let mut k = k.clone();
+                    k[*offset..*offset + VERSIONSTAMP_LEN].copy_from_slice(&stamp);
+                    writes.push((k.clone(), key_after(&k)));
+                    self.data
+                        .entry(k)
+                        .or_default()
+                        .push((v, Some(value.clone())));
+                }
+                Mutation::StampValue(k, value, offset) => {
+                    let mut value = value.clone();
+                    value[*offset..*offset + VERSIONSTAMP_LEN].copy_from_slice(&stamp);
+                    self.data
+                        .entry(k.clone())
+                        .or_default()
+                        .push((v, Some(value)));
+                }
                 Mutation::Set(k, value) => {
                     self.data
                         .entry(k.clone())
@@ -242,11 +275,50 @@ impl State {
                 }
             }
         }
+        self.fire_watches(&writes);
         self.history.push_back((v, writes));
         while self.history.len() > HISTORY {
             self.history.pop_front();
         }
         v
+    }
+
+    /// Fires the watches on keys in `writes` whose value now differs from what they saw.
+    fn fire_watches(&mut self, writes: &[Range]) {
+        if self.watches.is_empty() {
+            return;
+        }
+        let version = self.version;
+        let touched: Vec<Vec<u8>> = writes
+            .iter()
+            .flat_map(|(s, e)| {
+                self.watches
+                    .range(s.clone()..e.clone())
+                    .map(|(k, _)| k.clone())
+            })
+            .collect();
+        for k in touched {
+            let now = self.read(&k, version).map(<[u8]>::to_vec);
+            if let Some(list) = self.watches.remove(&k) {
+                let (fired, kept): (Vec<_>, Vec<_>) =
+                    list.into_iter().partition(|(seen, _)| *seen != now);
+                for (_, tx) in fired {
+                    let _ = tx.send(());
+                }
+                if !kept.is_empty() {
+                    self.watches.insert(k, kept);
+                }
+            }
+        }
+    }
+
+    /// Watches in force, dropped ones (their receivers gone) not counted.
+    fn live_watches(&mut self) -> usize {
+        self.watches.retain(|_, list| {
+            list.retain(|(_, tx)| !tx.is_closed());
+            !list.is_empty()
+        });
+        self.watches.values().map(Vec::len).sum()
     }
 }
 
@@ -384,6 +456,7 @@ impl Engine for Sim {
             refused: None,
             reads_done: 0,
             failing_read: self.failing_read(),
+            watches: Vec::new(),
         }))
     }
 
@@ -406,6 +479,10 @@ impl Engine for Sim {
 
 enum Mutation {
     Set(Vec<u8>, Vec<u8>),
+    /// A key whose bytes at the offset become the versionstamp.
+    StampKey(Vec<u8>, usize, Vec<u8>),
+    /// A value whose bytes at the offset become the versionstamp.
+    StampValue(Vec<u8>, Vec<u8>, usize),
     Clear(Vec<u8>),
     ClearRange(Vec<u8>, Vec<u8>),
 }
@@ -429,6 +506,32 @@ struct SimTxn<'a> {
     reads_done: u32,
     /// The read that fails (an injected fault).
     failing_read: Option<u32>,
+    /// Watches to start at commit: the key, the value this transaction saw, the sender.
+    watches: Vec<PendingWatch>,
+}
+
+/// Starts a committed transaction's watches: each fires at once if its key already differs
+/// from what the transaction saw.
+fn start_watches(
+    state: &mut State,
+    watches: Vec<PendingWatch>,
+) {
+    let version = state.version;
+    for (key, seen, tx) in watches {
+        if state.read(&key, version).map(<[u8]>::to_vec) != seen {
+            let _ = tx.send(());
+        } else {
+            state.watches.entry(key).or_default().push((seen, tx));
+        }
+    }
+}
+
+/// Refuses watches past the cluster's limit, before anything is applied.
+fn watch_room(state: &mut State, more: usize) -> Result<(), KvError> {
+    if more > 0 && state.live_watches() + more > MAX_WATCHES {
+        return Err(fdb_error(1032, "too_many_watches", KvErrorKind::Fatal));
+    }
+    Ok(())
 }
 
 fn fdb_error(code: u32, name: &str, kind: KvErrorKind) -> KvError {
@@ -616,6 +719,62 @@ impl Txn for SimTxn<'_> {
             .push(Mutation::Set(key.to_vec(), value.to_vec()));
     }
 
+    fn set_versionstamped_key(
+        &mut self,
+        key: &[u8],
+        offset: usize,
+        value: &[u8],
+    ) -> Result<(), KvError> {
+        if offset
+            .checked_add(VERSIONSTAMP_LEN)
+            .is_none_or(|end| end > key.len())
+        {
+            return Err(KvError::fatal("no room for the versionstamp in the key"));
+        }
+        self.key_limit(key);
+        if value.len() > MAX_VALUE && self.refused.is_none() {
+            self.refused = Some(fdb_error(2103, "value_too_large", KvErrorKind::Fatal));
+        }
+        self.bytes += 3 * key.len() + value.len() + 1;
+        self.mutations
+            .push(Mutation::StampKey(key.to_vec(), offset, value.to_vec()));
+        Ok(())
+    }
+
+    fn set_versionstamped_value(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        offset: usize,
+    ) -> Result<(), KvError> {
+        if offset
+            .checked_add(VERSIONSTAMP_LEN)
+            .is_none_or(|end| end > value.len())
+        {
+            return Err(KvError::fatal("no room for the versionstamp in the value"));
+        }
+        self.key_limit(key);
+        if value.len() > MAX_VALUE && self.refused.is_none() {
+            self.refused = Some(fdb_error(2103, "value_too_large", KvErrorKind::Fatal));
+        }
+        self.bytes += 3 * key.len() + value.len() + 1;
+        // Like a set: the key's old value is gone for this transaction (FoundationDB makes it
+        // unreadable; here it reads as absent).
+        self.overlay.insert(key.to_vec(), None);
+        self.writes.push((key.to_vec(), key_after(key)));
+        self.mutations
+            .push(Mutation::StampValue(key.to_vec(), value.to_vec(), offset));
+        Ok(())
+    }
+
+    fn watch(&mut self, key: &[u8]) -> Result<Watch, KvError> {
+        self.key_limit(key);
+        let seen = self.read_key(key, false)?;
+        let (tx, watch) = Watch::new();
+        self.watches.push((key.to_vec(), seen, tx));
+        Ok(watch)
+    }
+
     fn clear(&mut self, key: &[u8]) {
         self.key_limit(key);
         self.bytes += 3 * key.len() + 1;
@@ -657,7 +816,10 @@ impl Txn for SimTxn<'_> {
             return Err(fdb_error(2101, "transaction_too_large", KvErrorKind::Fatal));
         }
         if self.mutations.is_empty() {
-            // A read-only transaction commits without a round trip.
+            // A read-only transaction commits without a round trip; its watches start now.
+            let mut state = sim.state();
+            watch_room(&mut state, self.watches.len())?;
+            start_watches(&mut state, self.watches);
             return Ok(());
         }
         self.check_age()?;
@@ -703,7 +865,9 @@ impl Txn for SimTxn<'_> {
             }
             Some(false) => {}
         }
+        watch_room(&mut state, self.watches.len())?;
         state.apply(&self.mutations, self.writes);
+        start_watches(&mut state, self.watches);
         drop(state);
         counters.commits.fetch_add(1, Ordering::Relaxed);
         counters
@@ -882,5 +1046,67 @@ mod tests {
         );
         put(&s, b"k1", b"other"); // a conflict on a prefetched read
         assert!(Box::new(t).commit().unwrap_err().is_retryable());
+    }
+
+    #[test]
+    fn versionstamps_sort_keys_in_commit_order() {
+        let s = sim();
+        let stamped = |tag: u8| {
+            let mut t = s.begin().unwrap();
+            let mut key = b"q/".to_vec();
+            key.extend_from_slice(&[0; VERSIONSTAMP_LEN]);
+            t.set_versionstamped_key(&key, 2, &[tag]).unwrap();
+            let mut value = vec![tag];
+            value.extend_from_slice(&[0; VERSIONSTAMP_LEN]);
+            t.set_versionstamped_value(&[b'v', tag], &value, 1).unwrap();
+            t.commit().unwrap();
+        };
+        for tag in [3, 1, 2] {
+            stamped(tag);
+        }
+        let mut t = s.begin().unwrap();
+        let queue = t.scan(b"q/", b"q0", 10, false).unwrap();
+        let order: Vec<u8> = queue.iter().map(|(_, v)| v[0]).collect();
+        assert_eq!(order, [3, 1, 2], "commit order, not value order");
+        let stamp_of_3 = &queue[0].0[2..];
+        assert_eq!(t.get(&[b'v', 3]).unwrap().unwrap()[1..], *stamp_of_3);
+        let mut short = s.begin().unwrap();
+        assert!(short.set_versionstamped_key(b"q/", 2, b"x").is_err());
+    }
+
+    #[tokio::test]
+    async fn watches_fire_when_the_value_changes() {
+        let s = sim();
+        put(&s, b"wake", b"0");
+        let watch = |s: &Sim| {
+            let mut t = s.begin().unwrap();
+            let w = t.watch(b"wake").unwrap();
+            t.commit().unwrap();
+            w
+        };
+        let (w1, w2) = (watch(&s), watch(&s));
+        put(&s, b"wake", b"0"); // the same value: nothing changed
+        put(&s, b"other", b"x");
+        let mut w1 = Box::pin(w1.changed());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut w1)
+                .await
+                .is_err(),
+            "no change yet"
+        );
+        put(&s, b"wake", b"1");
+        w1.await.unwrap();
+        w2.changed().await.unwrap();
+        let w3 = watch(&s);
+        let mut t = s.begin().unwrap();
+        t.clear_range(b"w", b"x");
+        t.commit().unwrap();
+        w3.changed().await.unwrap();
+        // A change between the watch's read and its commit fires at once.
+        let mut t = s.begin().unwrap();
+        let w4 = t.watch(b"wake").unwrap();
+        put(&s, b"wake", b"2");
+        t.commit().unwrap();
+        w4.changed().await.unwrap();
     }
 }
