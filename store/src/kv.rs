@@ -115,6 +115,17 @@ impl Watch {
     }
 }
 
+/// Whether `len` bytes (a key or value) hold a versionstamp at `offset`; `what` names it in
+/// the error.
+pub fn stamp_fits(len: usize, offset: usize, what: &str) -> Result<(), KvError> {
+    match offset.checked_add(VERSIONSTAMP_LEN) {
+        Some(end) if end <= len => Ok(()),
+        _ => Err(KvError::fatal(format!(
+            "no room for the versionstamp in the {what}"
+        ))),
+    }
+}
+
 /// The error of an engine that lacks a call.
 fn unsupported(what: &str) -> KvError {
     KvError::fatal(format!("this engine has no {what}"))

@@ -19,7 +19,7 @@ use foundationdb::{Database, FdbError, KeySelector, RangeOption, Transaction};
 use futures::executor::block_on;
 use futures::TryStreamExt;
 
-use crate::kv::{Engine, KvError, Pairs, Txn, Watch, VERSIONSTAMP_LEN};
+use crate::kv::{stamp_fits, Engine, KvError, Pairs, Txn, Watch};
 
 /// The network thread handle; `None` before the first open and after [`stop_network`].
 static NETWORK: Mutex<Option<NetworkAutoStop>> = Mutex::new(None);
@@ -232,12 +232,7 @@ impl Txn for FdbTxn<'_> {
         offset: usize,
         value: &[u8],
     ) -> Result<(), KvError> {
-        if offset
-            .checked_add(VERSIONSTAMP_LEN)
-            .is_none_or(|end| end > key.len())
-        {
-            return Err(KvError::fatal("no room for the versionstamp in the key"));
-        }
+        stamp_fits(key.len(), offset, "key")?;
         // API 520 and later: the stamp's offset, 4 bytes little-endian, follows the key.
         let mut k = self.key(key);
         let at = u32::try_from(self.prefix.len() + offset)
@@ -255,12 +250,7 @@ impl Txn for FdbTxn<'_> {
         value: &[u8],
         offset: usize,
     ) -> Result<(), KvError> {
-        if offset
-            .checked_add(VERSIONSTAMP_LEN)
-            .is_none_or(|end| end > value.len())
-        {
-            return Err(KvError::fatal("no room for the versionstamp in the value"));
-        }
+        stamp_fits(value.len(), offset, "value")?;
         let mut v = value.to_vec();
         let at =
             u32::try_from(offset).map_err(|_| KvError::fatal("versionstamp offset too large"))?;

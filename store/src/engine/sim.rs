@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::kv::{Engine, KvError, KvErrorKind, Pairs, Txn, Watch, VERSIONSTAMP_LEN};
+use crate::kv::{stamp_fits, Engine, KvError, KvErrorKind, Pairs, Txn, Watch, VERSIONSTAMP_LEN};
 
 /// FoundationDB's largest key, in bytes.
 pub const MAX_KEY: usize = 10_000;
@@ -512,10 +512,7 @@ struct SimTxn<'a> {
 
 /// Starts a committed transaction's watches: each fires at once if its key already differs
 /// from what the transaction saw.
-fn start_watches(
-    state: &mut State,
-    watches: Vec<PendingWatch>,
-) {
+fn start_watches(state: &mut State, watches: Vec<PendingWatch>) {
     let version = state.version;
     for (key, seen, tx) in watches {
         if state.read(&key, version).map(<[u8]>::to_vec) != seen {
@@ -725,12 +722,7 @@ impl Txn for SimTxn<'_> {
         offset: usize,
         value: &[u8],
     ) -> Result<(), KvError> {
-        if offset
-            .checked_add(VERSIONSTAMP_LEN)
-            .is_none_or(|end| end > key.len())
-        {
-            return Err(KvError::fatal("no room for the versionstamp in the key"));
-        }
+        stamp_fits(key.len(), offset, "key")?;
         self.key_limit(key);
         if value.len() > MAX_VALUE && self.refused.is_none() {
             self.refused = Some(fdb_error(2103, "value_too_large", KvErrorKind::Fatal));
@@ -747,12 +739,7 @@ impl Txn for SimTxn<'_> {
         value: &[u8],
         offset: usize,
     ) -> Result<(), KvError> {
-        if offset
-            .checked_add(VERSIONSTAMP_LEN)
-            .is_none_or(|end| end > value.len())
-        {
-            return Err(KvError::fatal("no room for the versionstamp in the value"));
-        }
+        stamp_fits(value.len(), offset, "value")?;
         self.key_limit(key);
         if value.len() > MAX_VALUE && self.refused.is_none() {
             self.refused = Some(fdb_error(2103, "value_too_large", KvErrorKind::Fatal));
