@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,37 +15,11 @@ use common::TestServer;
 use courier_client::{ClientError, MemoryPositions, Messenger, MessengerConfig, UploadState};
 use courier_wire::ErrorCode;
 
-/// A tmpfs mounted on a fresh directory for the test's lifetime.
-struct Tmpfs(tempfile::TempDir);
+// The store's full-disk tests mount their tmpfs with the same helper.
+#[path = "../../store/tests/support/tmpfs.rs"]
+mod tmpfs;
 
-impl Tmpfs {
-    fn mount(mib: u32) -> Option<Self> {
-        let dir = tempfile::tempdir().ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
-            return None;
-        }
-        Some(Self(dir))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
-}
-
-fn fill(path: &Path) {
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0x5au8; 64 << 10];
-    while f.write_all(&chunk).is_ok() {}
-    let _ = f.sync_all();
-}
+use tmpfs::{fill, Tmpfs};
 
 fn expect_unavailable(e: &ClientError) -> Duration {
     assert_eq!(e.code(), Some(ErrorCode::UNAVAILABLE), "{e}");
@@ -60,7 +32,7 @@ async fn a_full_disk_refuses_sends_for_now_and_the_messenger_delivers_after_spac
         return;
     };
     // No floors: the store's commits meet the full disk itself.
-    let server = TestServer::start_with(fs.0.path(), |c| {
+    let server = TestServer::start_with(fs.path(), |c| {
         c.store_min_free = 0;
         c.media.min_free = 0;
     })
@@ -72,7 +44,7 @@ async fn a_full_disk_refuses_sends_for_now_and_the_messenger_delivers_after_spac
         acked.push(alice.send(chat, common::body(i)).await.unwrap().seq);
     }
 
-    fill(&fs.0.path().join("ballast"));
+    fill(&fs.path().join("ballast"));
     let big = Bytes::from(vec![b'x'; 16 << 10]);
     let mut refused = None;
     for _ in 0..20_000 {
@@ -107,7 +79,7 @@ async fn a_full_disk_refuses_sends_for_now_and_the_messenger_delivers_after_spac
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!sending.is_finished(), "refused while the disk is full");
-    std::fs::remove_file(fs.0.path().join("ballast")).unwrap();
+    std::fs::remove_file(fs.path().join("ballast")).unwrap();
     let started = Instant::now();
     let ok = tokio::time::timeout(Duration::from_secs(30), sending)
         .await

@@ -570,12 +570,14 @@ impl Writer {
             let built = shared.engine.begin_write().and_then(|t| {
                 // A remote engine reads what the batch's operations will read first all at
                 // once (one round trip), and the commit marker with them.
-                let mut t: Box<dyn crate::kv::Txn + '_> = if shared.engine.exclusive() {
-                    t
-                } else {
-                    let mut keys = prefetch_keys(&ops);
-                    keys.extend(marker.clone());
-                    Box::new(crate::kv::Prefetched::new(t, keys)?)
+                // (The engines that get a marker are the remote ones.)
+                let mut t: Box<dyn crate::kv::Txn + '_> = match &marker {
+                    None => t,
+                    Some(m) => {
+                        let mut keys = prefetch_keys(&ops);
+                        keys.push(m.clone());
+                        Box::new(crate::kv::Prefetched::new(t, keys)?)
+                    }
                 };
                 if let Some(m) = &marker {
                     if let Some(v) = t.get(m)? {

@@ -4,9 +4,7 @@
 //!
 //! Mounting needs root (CI runs as root); elsewhere the tests say so and pass without running.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,48 +12,10 @@ use courier_store::{AppendRequest, Store, StoreConfig, StoreError};
 use courier_wire::frame::{Direction, MessageKind};
 use courier_wire::ErrorCode;
 
-/// A tmpfs mounted on a fresh directory for the test's lifetime.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
 
-impl Tmpfs {
-    /// A tmpfs of `mib` MiB, or `None` (with a note) where mounting is not allowed.
-    fn mount(mib: u32) -> Option<Self> {
-        let dir = tempfile::tempdir().ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
-            return None;
-        }
-        Some(Self { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-/// Fills the filesystem with `path` until a write fails.
-fn fill(path: &Path) {
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0xa5u8; 64 << 10];
-    while f.write_all(&chunk).is_ok() {}
-    let _ = f.sync_all();
-}
+use tmpfs::{fill, Tmpfs};
 
 fn send(chat: u64, n: u32, body: usize) -> AppendRequest {
     let mut id = [0u8; 16];
