@@ -31,6 +31,10 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 pub struct MessengerConfig {
     /// Gateway address.
     pub addr: SocketAddr,
+    /// Other gateways of the same cluster: after a connection to one fails or drops, the next
+    /// attempt goes to the next address in turn (`addr` first, then these), so the device
+    /// moves to a live node when its node dies, and syncs there.
+    pub fallbacks: Vec<SocketAddr>,
     /// Name in the gateway's certificate.
     pub server_name: String,
     /// Which certificates to trust.
@@ -61,6 +65,7 @@ impl MessengerConfig {
     ) -> Self {
         Self {
             addr,
+            fallbacks: Vec::new(),
             server_name: "localhost".into(),
             trust,
             token,
@@ -175,25 +180,30 @@ async fn run(
     let mut inbox = Inbox::new(config.positions.load());
     let mut backoff = config.backoff_min;
     let mut token = config.token.clone();
+    let addrs: Vec<SocketAddr> = std::iter::once(config.addr)
+        .chain(config.fallbacks.iter().copied())
+        .collect();
+    let mut turn = 0;
     while !*stop.borrow() {
-        let ended =
-            match Client::connect(config.addr, &config.server_name, &config.trust, &token).await {
-                Ok((client, events)) => {
-                    backoff = config.backoff_min;
-                    current.send_replace(Some(client.clone()));
-                    let r = tokio::select! {
-                        r = session(&config, &client, events, &mut inbox, &updates) => r,
-                        _ = stop.changed() => Ok(()),
-                    };
-                    current.send_replace(None);
-                    client.close();
-                    match r {
-                        Ok(()) => return,
-                        Err(e) => e,
-                    }
+        let addr = addrs[turn % addrs.len()];
+        turn += 1;
+        let ended = match Client::connect(addr, &config.server_name, &config.trust, &token).await {
+            Ok((client, events)) => {
+                backoff = config.backoff_min;
+                current.send_replace(Some(client.clone()));
+                let r = tokio::select! {
+                    r = session(&config, &client, events, &mut inbox, &updates) => r,
+                    _ = stop.changed() => Ok(()),
+                };
+                current.send_replace(None);
+                client.close();
+                match r {
+                    Ok(()) => return,
+                    Err(e) => e,
                 }
-                Err(e) => e,
-            };
+            }
+            Err(e) => e,
+        };
         if let (true, Some(refresh)) = (ended.needs_new_token(), &config.refresh_token) {
             token = refresh();
         }

@@ -107,6 +107,22 @@ pub struct GatewayConfig {
     pub push: crate::push::PushConfig,
     /// The store's clock (timestamps, retention); tests move a manual one.
     pub clock: std::sync::Arc<dyn courier_store::Clock>,
+    /// How this node takes part in a cluster, on an engine other processes share
+    /// (FoundationDB): its id (random by default) and lease. Unused on the embedded engine.
+    pub cluster: courier_store::ClusterConfig,
+}
+
+impl StoreEngine {
+    /// Whether other processes may write to this engine too, so that this node is one of a
+    /// cluster (FoundationDB, or a shared engine handed in).
+    pub fn shared(&self) -> bool {
+        match self {
+            Self::Embedded => false,
+            #[cfg(feature = "fdb")]
+            Self::Fdb { .. } => true,
+            Self::Custom(e) => !e.exclusive(),
+        }
+    }
 }
 
 impl GatewayConfig {
@@ -142,6 +158,7 @@ impl GatewayConfig {
             presence_grace: Duration::from_secs(5),
             push: crate::push::PushConfig::default(),
             clock: std::sync::Arc::new(courier_store::SystemClock),
+            cluster: courier_store::ClusterConfig::new(),
         }
     }
 

@@ -1,15 +1,19 @@
 //! Fanout: every committed message to every online device of every member.
 //!
-//! The store calls [`Fanout`] from its writer thread once per committed batch, in commit order,
-//! so each device's queue receives a chat's messages in sequence order. The sending device is
-//! skipped (it has its `SendOk`); the sender's other devices get the message like anyone else.
+//! On one node, the store calls [`Fanout`] from its commit thread once per committed batch, in
+//! commit order, so each device's queue receives a chat's messages in sequence order. In a
+//! cluster every node delivers from its inbox instead ([`inbox_loop`]): what commits anywhere,
+//! this node's own commits included, arrives there in commit order. Either way the sending
+//! device is skipped (it has its `SendOk`); the sender's other devices get the message like
+//! anyone else.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use courier_store::{CommitListener, Committed};
+use courier_store::{CommitListener, Committed, Delivery, Inbox, Store};
 use courier_wire::frame::{kind, Message};
-use courier_wire::{Codec, Header};
+use courier_wire::{Codec, ErrorCode, Header};
 
 use crate::metrics::Metrics;
 use crate::registry::{Pushed, Registry};
@@ -20,6 +24,9 @@ pub(crate) struct Fanout {
     pub(crate) metrics: Arc<Metrics>,
     /// Blobs the retention sweep released, to the media janitor.
     pub(crate) released: tokio::sync::mpsc::UnboundedSender<[u8; 32]>,
+    /// Whether committed messages are delivered from here (false in a cluster, where the
+    /// inbox delivers them).
+    pub(crate) deliver: bool,
 }
 
 /// A `Deliver` frame for `m`, encoded once and shared by every recipient.
@@ -32,7 +39,7 @@ fn deliver_frame(m: &Message) -> Bytes {
 }
 
 impl CommitListener for Fanout {
-    fn batch_committed(&self, operations: usize, elapsed: std::time::Duration) {
+    fn batch_committed(&self, operations: usize, elapsed: Duration) {
         self.metrics.commit(operations, elapsed);
     }
 
@@ -45,25 +52,88 @@ impl CommitListener for Fanout {
 
     fn committed(&self, batch: &[Committed]) {
         self.metrics.messages_committed.inc_by(batch.len() as u64);
+        if !self.deliver {
+            return;
+        }
         for c in batch {
-            let m = &c.message;
-            let frame = deliver_frame(m);
-            for member in c.chat.members.iter().chain(&c.also_notify) {
-                let is_sender = *member == m.sender_user;
-                self.registry.for_each_device(member, |d| {
-                    if !(is_sender && d.device == m.sender_device) {
-                        match d.push(frame.clone()) {
-                            Pushed::Queued => {
-                                self.metrics.deliveries.inc();
-                                self.metrics.frame_out(frame.len());
-                            }
-                            Pushed::SlowReader => {
-                                self.metrics.slow_readers.inc();
-                            }
-                            Pushed::Gone => {}
+            let users = c.chat.members.iter().chain(&c.also_notify);
+            deliver(&self.registry, &self.metrics, &c.message, users);
+        }
+    }
+}
+
+/// Pushes `m` to the online devices (on this node) of `users`, but the sending device.
+fn deliver<'u>(
+    registry: &Registry,
+    metrics: &Metrics,
+    m: &Message,
+    users: impl Iterator<Item = &'u String>,
+) {
+    let frame = deliver_frame(m);
+    for user in users {
+        let is_sender = *user == m.sender_user;
+        registry.for_each_device(user, |d| {
+            if !(is_sender && d.device == m.sender_device) {
+                match d.push(frame.clone()) {
+                    Pushed::Queued => {
+                        metrics.deliveries.inc();
+                        metrics.frame_out(frame.len());
+                    }
+                    Pushed::SlowReader => {
+                        metrics.slow_readers.inc();
+                    }
+                    Pushed::Gone => {}
+                }
+            }
+        });
+    }
+}
+
+/// Longest wait on the inbox's wake key before reading it again anyway.
+const INBOX_WAIT: Duration = Duration::from_secs(1);
+
+/// A cluster node's delivery: reads its inbox (waking on its wake key) and pushes each
+/// delivery to this node's devices, until shutdown. When this node's lease is no longer
+/// current (it could not renew it: the others may have stopped addressing it), its devices
+/// are disconnected, to reconnect to a node that is addressed and sync.
+pub(crate) async fn inbox_loop(
+    mut inbox: Inbox,
+    store: Store,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if !store.lease_current() {
+            registry.close_all(ErrorCode::UNAVAILABLE.0.into(), b"node lease lost");
+        }
+        let next = tokio::select! {
+            r = inbox.next(INBOX_WAIT) => r,
+            _ = shutdown.changed() => return,
+        };
+        match next {
+            Ok(deliveries) => {
+                failures = 0;
+                for d in deliveries {
+                    match d {
+                        Delivery::Message { message, users } => {
+                            deliver(&registry, &metrics, &message, users.iter());
+                        }
+                        Delivery::Event(e) => {
+                            registry.push_to(&e.users, &e.frame, (&e.except.0, e.except.1));
                         }
                     }
-                });
+                }
+            }
+            Err(_) => {
+                // Logged by the store; back off and read again.
+                failures = failures.saturating_add(1);
+                let wait = Duration::from_millis(10 << failures.min(7));
+                tokio::time::sleep(wait).await;
             }
         }
     }

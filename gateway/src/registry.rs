@@ -111,6 +111,15 @@ impl Registry {
         self.users.get(user).map_or(0, |d| d.len())
     }
 
+    /// Closes every connection of every online device.
+    pub(crate) fn close_all(&self, code: quinn::VarInt, reason: &[u8]) {
+        for entry in self.users.iter() {
+            for d in entry.value() {
+                d.conn.close(code, reason);
+            }
+        }
+    }
+
     /// Calls `f` for each online device of `user`.
     pub(crate) fn for_each_device(&self, user: &str, mut f: impl FnMut(&Device)) {
         if let Some(devices) = self.users.get(user) {

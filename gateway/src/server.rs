@@ -86,6 +86,10 @@ impl Gateway {
         store_cfg.retention = config.retention;
         store_cfg.min_free_bytes = config.store_min_free;
         store_cfg.clock = config.clock.clone();
+        let clustered = config.store_engine.shared();
+        if clustered {
+            store_cfg.cluster = Some(config.cluster);
+        }
         if config.push.enabled() {
             store_cfg.online = Some(registry.clone());
             store_cfg.push_coalesce = Some(config.push.coalesce);
@@ -95,6 +99,8 @@ impl Gateway {
             registry: registry.clone(),
             metrics: metrics.clone(),
             released: released_tx,
+            // In a cluster every node delivers what its inbox holds, this one's commits too.
+            deliver: !clustered,
         }));
         let store = match &config.store_engine {
             StoreEngine::Embedded => Store::open(store_cfg)
@@ -155,6 +161,15 @@ impl Gateway {
         if config.push.enabled() {
             let worker = crate::push::worker(store.clone(), config.push.clone())?;
             tokio::spawn(crate::push::run(worker, shutdown_rx.clone()));
+        }
+        if let Some(inbox) = store.inbox() {
+            tokio::spawn(crate::fanout::inbox_loop(
+                inbox,
+                store.clone(),
+                registry.clone(),
+                metrics.clone(),
+                shutdown_rx.clone(),
+            ));
         }
         tokio::spawn(crate::media::janitor(
             media.clone(),
@@ -251,6 +266,24 @@ impl Gateway {
     /// Where metrics are served, if they are.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Stops as a crash would, for tests of a node's death: every connection is closed at once
+    /// with no GoAway, and in a cluster the node does not leave (its routes and lease stay
+    /// until the others find the lease expired). What was acknowledged is durable all the
+    /// same.
+    pub async fn abort(self) {
+        self.store.abandon();
+        self.shared.registry.close_all(0u32.into(), b"");
+        let _ = self.shutdown.send(true);
+        let threads = self.shards;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        self.store.close().await;
     }
 
     /// Graceful shutdown: stop accepting, let in-flight sends commit and be acknowledged (up to
@@ -401,6 +434,7 @@ impl Drop for Online<'_> {
     fn drop(&mut self) {
         self.media_streams.abort();
         self.shared.registry.unregister(&self.user, self.conn_id);
+        self.shared.store.route_down(&self.user);
         self.shared.presence.disconnected(&self.user, self.conn_id);
     }
 }
@@ -566,6 +600,24 @@ async fn connection(
         max_body: shared.limits.max_body,
         max_inflight: shared.limits.max_inflight,
     });
+    // In a cluster, the user's route names this node before the session starts: every
+    // message committed from here on reaches this node's inbox, and the client's sync covers
+    // everything before.
+    if let Err(e) = shared.store.route_up(&claims.user).await {
+        shared.store.route_down(&claims.user);
+        tracing::warn!(user = %claims.user, "route: {e}");
+        let frame = crate::session::store_error_frame(version, hello_request_id, &claims.user, &e);
+        close_with(
+            &conn,
+            out,
+            writer,
+            Some(frame),
+            ErrorCode::UNAVAILABLE,
+            "route",
+        )
+        .await;
+        return Ok(());
+    }
     // Welcome goes out before registration makes the device visible to fanout, so it comes first.
     out.send(welcome.to_bytes()).await.ok();
     shared.metrics.handshakes.inc();

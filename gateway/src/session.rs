@@ -471,11 +471,7 @@ impl Session {
                 count: outcome.count,
             })
             .to_bytes();
-            self.registry.push_to(
-                outcome.notify.iter().chain([&self.user]),
-                &event,
-                (&self.user, self.device),
-            );
+            self.broadcast(outcome.notify.iter().chain([&self.user]), event);
         }
         self.done(f.request_id).await
     }
@@ -499,9 +495,24 @@ impl Session {
             typing: f.typing,
         })
         .to_bytes();
-        self.registry
-            .push_to(&chat.members, &event, (&self.user, self.device));
+        self.broadcast(&chat.members, event);
         Ok(())
+    }
+
+    /// Pushes an event frame to the online devices of `users` but this one: on this node
+    /// directly, or in a cluster through every node's inbox (where this node's devices get it
+    /// too).
+    fn broadcast<'u>(&self, users: impl IntoIterator<Item = &'u String>, frame: Bytes) {
+        if self.store.node().is_some() {
+            self.store.publish(courier_store::Event {
+                users: users.into_iter().cloned().collect(),
+                except: (self.user.clone(), self.device),
+                frame,
+            });
+        } else {
+            self.registry
+                .push_to(users, &frame, (&self.user, self.device));
+        }
     }
 
     async fn chat_info(

@@ -56,6 +56,18 @@ pub mod tag {
     /// (engines that can answer "maybe committed"; cleared by the next batch, or after an hour
     /// by the sweep).
     pub const COMMIT_MARKER: u8 = b'Z';
+    /// `L node` -> the node's lease: until when (ms) it is alive unless it renews
+    /// ([`crate::cluster`]).
+    pub const LEASE: u8 = b'L';
+    /// `G user` -> the nodes with a device of the user online (sorted node ids).
+    pub const ROUTE: u8 = b'G';
+    /// `I node versionstamp chunk` -> what a commit left for the node to deliver (its inbox).
+    pub const INBOX: u8 = b'I';
+    /// `Y node` -> a versionstamp, rewritten by every commit that writes to the node's inbox:
+    /// the key the node watches.
+    pub const WAKE: u8 = b'Y';
+    /// `o work` -> the node holding a work lease (the sweep, the push outbox) and until when.
+    pub const OWNER: u8 = b'o';
 }
 
 fn user(out: &mut Vec<u8>, user: &str) {
@@ -301,6 +313,54 @@ pub fn commit_markers_from(time_ms: u64) -> Vec<u8> {
     k.push(tag::COMMIT_MARKER);
     k.extend_from_slice(&time_ms.to_be_bytes());
     k
+}
+
+fn node_key(tag: u8, node: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(tag);
+    k.extend_from_slice(&node.to_be_bytes());
+    k
+}
+
+/// `L node`.
+pub fn lease(node: u64) -> Vec<u8> {
+    node_key(tag::LEASE, node)
+}
+
+/// The node in an `L node` or `I node ...` key.
+pub fn node_of(key: &[u8]) -> Option<u64> {
+    key.get(1..9)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+}
+
+/// `G user`.
+pub fn route(u: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + u.len());
+    k.push(tag::ROUTE);
+    user(&mut k, u);
+    k
+}
+
+/// The prefix of node `node`'s inbox (`I node`).
+pub fn inbox_prefix(node: u64) -> Vec<u8> {
+    node_key(tag::INBOX, node)
+}
+
+/// `I node <versionstamp> chunk`, with the versionstamp's place zeroed (at
+/// [`INBOX_STAMP_OFFSET`]) for the engine to fill at commit.
+pub fn inbox_entry(node: u64, chunk: u16) -> Vec<u8> {
+    let mut k = node_key(tag::INBOX, node);
+    k.extend_from_slice(&[0; crate::kv::VERSIONSTAMP_LEN]);
+    k.extend_from_slice(&chunk.to_be_bytes());
+    k
+}
+
+/// Where the versionstamp goes in an [`inbox_entry`] key.
+pub const INBOX_STAMP_OFFSET: usize = 9;
+
+/// `Y node`.
+pub fn wake(node: u64) -> Vec<u8> {
+    node_key(tag::WAKE, node)
 }
 
 /// `Q user`.

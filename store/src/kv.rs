@@ -156,6 +156,18 @@ pub trait Txn {
         limit: usize,
         reverse: bool,
     ) -> Result<Pairs, KvError>;
+    /// [`Txn::scan`] without a read conflict range (a snapshot range read): for ranges that
+    /// others append to while this transaction reads them (a node's inbox), where a write
+    /// there must not make this transaction fail. The default is [`Txn::scan`].
+    fn scan_snapshot(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, KvError> {
+        self.scan(start, end, limit, reverse)
+    }
     /// Writes `value` under `key`.
     fn set(&mut self, key: &[u8], value: &[u8]);
     /// Deletes `key`.
@@ -273,6 +285,16 @@ impl Txn for Prefetched<'_> {
         reverse: bool,
     ) -> Result<Pairs, KvError> {
         self.inner.scan(start, end, limit, reverse)
+    }
+
+    fn scan_snapshot(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, KvError> {
+        self.inner.scan_snapshot(start, end, limit, reverse)
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) {

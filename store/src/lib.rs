@@ -23,11 +23,13 @@
 //! - `presence` — presence settings and who shares a chat with whom.
 //! - [`push`] — push registrations and the durable push outbox.
 //! - [`writer`] — the group-commit writer thread.
+//! - [`cluster`] — nodes sharing one engine: leases, routes, inboxes, work owned once.
 //! - [`error`] — [`StoreError`].
 //! - [`logging`] — log lines that cannot flood ([`LogLimiter`]).
 
 #![deny(unsafe_code)]
 
+pub mod cluster;
 pub mod engine;
 pub mod error;
 pub mod keys;
@@ -43,6 +45,7 @@ pub mod record;
 mod store;
 pub mod writer;
 
+pub use cluster::{ClusterConfig, Delivery, Event, Inbox, Work};
 pub use error::{Forbid, StoreError, BUSY_RETRY_AFTER, UNAVAILABLE_RETRY_AFTER};
 pub use logging::LogLimiter;
 pub use media::{quota_error, MAX_ATTACHMENTS, UNATTACHED_UPLOAD_TTL_MS};

@@ -98,6 +98,10 @@ pub(crate) struct Attempt<'a> {
     /// Each chat this attempt read the last seq of: its `S` entry as found, and its last seq
     /// now (greater when the attempt appended to it); written once, by `finish`.
     last_seqs: HashMap<u64, (record::LastSeq, u64)>,
+    /// Users' routes as read in this attempt (in a cluster).
+    pub(crate) routes: HashMap<String, Vec<u64>>,
+    /// Events for other nodes' devices, written to their inboxes with this attempt.
+    pub(crate) events: Vec<crate::cluster::Event>,
 }
 
 fn invalid<T>(msg: impl Into<String>) -> OpResult<T> {
@@ -123,6 +127,8 @@ impl<'a> Attempt<'a> {
             changed: HashMap::new(),
             committed: Vec::new(),
             last_seqs: HashMap::new(),
+            routes: HashMap::new(),
+            events: Vec::new(),
         }
     }
 

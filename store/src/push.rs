@@ -179,8 +179,22 @@ impl Attempt<'_> {
         ) else {
             return Ok(());
         };
+        let clustered = self.shared.cluster.is_some();
+        if clustered {
+            // "Online" is online on any node: every member's route, in one read.
+            let users: Vec<&str> = members.iter().map(String::as_str).collect();
+            self.read_routes(&users)?;
+        }
         for m in members {
-            if m == sender || online.is_online(m) || !has_registration(&mut *self.t, m)? {
+            if m == sender {
+                continue;
+            }
+            let online = if clustered {
+                self.online_anywhere(m)?
+            } else {
+                online.is_online(m)
+            };
+            if online || !has_registration(&mut *self.t, m)? {
                 continue;
             }
             let job = match read_job(&mut *self.t, m, chat)? {

@@ -100,6 +100,10 @@ pub struct StoreConfig {
     /// Messages of one chat for one offline user within this interval make one push (None:
     /// no push jobs are written).
     pub push_coalesce: Option<Duration>,
+    /// Take part in a cluster of nodes on this (shared) engine: routes, inboxes, leases
+    /// ([`crate::cluster`]). Needs an engine with versionstamps and watches (FoundationDB, the
+    /// simulation). None: this process delivers only what it commits itself.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl StoreConfig {
@@ -121,6 +125,7 @@ impl StoreConfig {
             listener: None,
             online: None,
             push_coalesce: None,
+            cluster: None,
         }
     }
 }
@@ -164,6 +169,8 @@ pub(crate) struct Shared {
     /// A batch found the engine unavailable: the writer heals it before the next batch.
     pub(crate) unhealthy: std::sync::atomic::AtomicBool,
     pub(crate) config: StoreConfig,
+    /// This node's view of the cluster, when it is in one.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {
@@ -223,6 +230,7 @@ impl Drop for Then {
 struct Threads {
     writer: Option<JoinHandle<()>>,
     sweeper: Option<(std_mpsc::Sender<()>, JoinHandle<()>)>,
+    cluster: Option<(std_mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
 /// A handle to the message log. Cheap to clone; all clones share one writer thread.
@@ -242,12 +250,35 @@ impl Store {
 
     /// A store over any engine.
     pub fn with_engine(engine: Arc<dyn Engine>, config: StoreConfig) -> Result<Self, StoreError> {
+        if config.cluster.is_some() && engine.exclusive() {
+            return Err(StoreError::Engine(format!(
+                "the {} engine belongs to one process: it cannot hold a cluster",
+                engine.name()
+            )));
+        }
         let shared = Arc::new(Shared {
             engine,
             chats: DashMap::new(),
             unhealthy: Default::default(),
+            cluster: config
+                .cluster
+                .map(|c| Arc::new(crate::cluster::Cluster::new(c))),
             config,
         });
+        let cluster = match &shared.cluster {
+            None => None,
+            Some(c) => {
+                // The node's lease is in place before anything can name the node.
+                crate::cluster::join(&shared, c)?;
+                let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
+                let s = shared.clone();
+                let h = std::thread::Builder::new()
+                    .name("courier-store-cluster".into())
+                    .spawn(move || crate::cluster::run(s, stop_rx))
+                    .map_err(|e| StoreError::Engine(format!("spawn cluster thread: {e}")))?;
+                Some((stop_tx, h))
+            }
+        };
         let (tx, rx) = mpsc::channel(shared.config.queue_depth.max(1));
         let writer = Writer::new(shared.clone());
         let handle = std::thread::Builder::new()
@@ -255,12 +286,18 @@ impl Store {
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Engine(format!("spawn writer: {e}")))?;
         let sweeper = match shared.config.sweep_interval {
-            Some(every) => Some(spawn_sweeper(tx.clone(), every, shared.config.sweep_limit)?),
+            Some(every) => Some(spawn_sweeper(
+                shared.clone(),
+                tx.clone(),
+                every,
+                shared.config.sweep_limit,
+            )?),
             None => None,
         };
         let threads = Threads {
             writer: Some(handle),
             sweeper,
+            cluster,
         };
         Ok(Self {
             shared,
@@ -475,10 +512,38 @@ impl Store {
         if let Some(h) = writer {
             let _ = h.join();
         }
+        // The node leaves the cluster last: until its writer stopped, others may address it.
+        let cluster = self.threads.lock().expect("threads lock").cluster.take();
+        if let Some((stop, h)) = cluster {
+            drop(stop);
+            let _ = h.join();
+        }
+    }
+
+    /// Queues `op` without waiting: at once when the queue has room, else from a task (or,
+    /// outside a runtime, this thread) that waits for room.
+    pub(crate) fn queue(&self, op: Op) {
+        match self.tx.try_send(op) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(op)) => {
+                let tx = self.tx.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) => {
+                        h.spawn(async move {
+                            let _ = tx.send(op).await;
+                        });
+                    }
+                    Err(_) => {
+                        let _ = tx.blocking_send(op);
+                    }
+                }
+            }
+        }
     }
 }
 
 fn spawn_sweeper(
+    shared: Arc<Shared>,
     tx: mpsc::Sender<Op>,
     every: Duration,
     limit: usize,
@@ -489,6 +554,12 @@ fn spawn_sweeper(
         .spawn(move || {
             // Wakes every `every` until the stop sender is dropped.
             while let Err(std_mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
+                // In a cluster, one node sweeps: the one holding the sweep's work lease.
+                if let Some(c) = &shared.cluster {
+                    if !c.owns(crate::cluster::Work::Sweep) {
+                        continue;
+                    }
+                }
                 loop {
                     let (reply, rx) = oneshot::channel();
                     if tx

@@ -113,13 +113,24 @@ pub(crate) enum Op {
         result: PushResult,
         reply: Reply<()>,
     },
+    /// This node's part of a user's route brought up to date (in a cluster).
+    Route {
+        user: String,
+        reply: Option<Reply<()>>,
+    },
+    /// An event for other nodes' devices (in a cluster): written to their inboxes.
+    Publish(crate::cluster::Event),
     Shutdown,
 }
 
 impl Op {
-    /// Appends only: these may be pipelined.
+    /// Appends only (and the cluster's routes and events, which touch neither the chat cache
+    /// nor ranges): these may be pipelined.
     fn is_append(&self) -> bool {
-        matches!(self, Self::Append(..) | Self::AppendBatch(..))
+        matches!(
+            self,
+            Self::Append(..) | Self::AppendBatch(..) | Self::Route { .. } | Self::Publish(_)
+        )
     }
 
     /// Whether this operation adds data (refused while the disk is under the free-space floor;
@@ -204,6 +215,14 @@ fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, KvError> {
             ..
         } => Answer::Unit(a.register_push(user, *device, *provider, token)?),
         Op::PushDone { job, result, .. } => Answer::Unit(a.push_done(job, result)?),
+        Op::Route { user, .. } => {
+            a.route(user)?;
+            Answer::Unit(Ok(()))
+        }
+        Op::Publish(e) => {
+            a.events.push(e.clone());
+            Answer::None
+        }
         Op::Shutdown => Answer::None,
     })
 }
@@ -233,7 +252,12 @@ fn answer(op: Op, answer: Answer) {
             drop(reply.send(r));
         }
         (Op::Receipt { reply, .. }, Answer::Receipt(r)) => drop(reply.send(r)),
-        (Op::Shutdown, Answer::None) => {}
+        (Op::Route { reply, .. }, Answer::Unit(r)) => {
+            if let Some(reply) = reply {
+                drop(reply.send(r));
+            }
+        }
+        (Op::Shutdown | Op::Publish(_), Answer::None) => {}
         _ => unreachable!("answers are built from their own operation"),
     }
 }
@@ -252,7 +276,12 @@ fn fail(op: Op, e: StoreError) {
         | Op::RegisterPush { reply, .. }
         | Op::PushDone { reply, .. } => drop(reply.send(Err(e))),
         Op::Receipt { reply, .. } => drop(reply.send(Err(e))),
-        Op::Shutdown => {}
+        Op::Route { reply, .. } => {
+            if let Some(reply) = reply {
+                drop(reply.send(Err(e)));
+            }
+        }
+        Op::Publish(_) | Op::Shutdown => {}
     }
 }
 
@@ -595,6 +624,8 @@ impl Writer {
                     }
                 }
                 a.finish();
+                // In a cluster: the inboxes of the nodes that host a recipient.
+                a.publish()?;
                 let Attempt {
                     mut t,
                     changed,

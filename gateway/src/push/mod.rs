@@ -286,6 +286,10 @@ pub(crate) async fn run(w: Worker, mut shutdown: watch::Receiver<bool>) {
             () = tokio::time::sleep(w.config.poll) => {}
             _ = shutdown.changed() => return,
         }
+        // In a cluster, one node delivers pushes: the one holding the push work lease.
+        if !w.store.owns(courier_store::Work::Push) {
+            continue;
+        }
         let now = w.store.now_ms();
         let jobs = match w.store.reading(move |s| s.due_pushes(now, 256)).await {
             Ok(j) => j,

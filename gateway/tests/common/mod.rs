@@ -82,11 +82,18 @@ impl TestServer {
             config.store_engine = courier_gateway::StoreEngine::Custom(sim.clone());
         }
         tweak(&mut config);
+        let shared = config.store_engine.shared();
+        assert!(shared || simulated.is_none());
         let gateway = Gateway::start(config).await.unwrap();
         assert_eq!(
             gateway.store().engine_exclusive(),
-            simulated.is_none(),
+            !shared,
             "the store runs on the engine asked for"
+        );
+        assert_eq!(
+            gateway.store().node().is_some(),
+            shared,
+            "a gateway on a shared engine is a cluster node"
         );
         Self {
             gateway,

@@ -153,6 +153,36 @@ struct FdbTxn<'a> {
 }
 
 impl FdbTxn<'_> {
+    /// A range read, a snapshot one (no conflict range) if `snapshot`.
+    fn range(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        snapshot: bool,
+    ) -> Result<Pairs, KvError> {
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (start, end) = (self.key(start), self.key(end));
+        let opt = RangeOption {
+            limit: Some(limit),
+            reverse,
+            mode: StreamingMode::WantAll,
+            ..RangeOption::from((
+                KeySelector::first_greater_or_equal(start),
+                KeySelector::first_greater_or_equal(end),
+            ))
+        };
+        let values: Vec<_> =
+            block_on(self.trx.get_ranges_keyvalues(opt, snapshot).try_collect()).map_err(kv_err)?;
+        let n = self.prefix.len();
+        Ok(values
+            .iter()
+            .map(|kv| (kv.key()[n..].to_vec(), kv.value().to_vec()))
+            .collect())
+    }
     fn key(&self, key: &[u8]) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.prefix.len() + key.len());
         k.extend_from_slice(self.prefix);
@@ -190,26 +220,17 @@ impl Txn for FdbTxn<'_> {
         reverse: bool,
     ) -> Result<Pairs, KvError> {
         self.bytes += 2 * self.prefix.len() + start.len() + end.len();
-        if start >= end || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let (start, end) = (self.key(start), self.key(end));
-        let opt = RangeOption {
-            limit: Some(limit),
-            reverse,
-            mode: StreamingMode::WantAll,
-            ..RangeOption::from((
-                KeySelector::first_greater_or_equal(start),
-                KeySelector::first_greater_or_equal(end),
-            ))
-        };
-        let values: Vec<_> =
-            block_on(self.trx.get_ranges_keyvalues(opt, false).try_collect()).map_err(kv_err)?;
-        let n = self.prefix.len();
-        Ok(values
-            .iter()
-            .map(|kv| (kv.key()[n..].to_vec(), kv.value().to_vec()))
-            .collect())
+        self.range(start, end, limit, reverse, false)
+    }
+
+    fn scan_snapshot(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, KvError> {
+        self.range(start, end, limit, reverse, true)
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) {

@@ -598,6 +598,68 @@ impl SimTxn<'_> {
             .map(<[u8]>::to_vec))
     }
 
+    /// A range read at the read version over this transaction's writes, with a read conflict
+    /// range (the range actually read) unless `conflict` is false.
+    fn scan_range(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        conflict: bool,
+    ) -> Result<Pairs, KvError> {
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.check_age()?;
+        self.read_trip()?;
+        // The committed pairs as of the read version, then this transaction's writes over them.
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = {
+            let state = self.sim.state();
+            let range = (
+                Bound::Included(start.to_vec()),
+                Bound::Excluded(end.to_vec()),
+            );
+            state
+                .data
+                .range(range)
+                .filter(|(k, _)| !self.in_cleared(k))
+                .filter_map(|(k, _)| {
+                    state
+                        .read(k, self.read_version)
+                        .map(|v| (k.clone(), v.to_vec()))
+                })
+                .collect()
+        };
+        let own = (
+            Bound::Included(start.to_vec()),
+            Bound::Excluded(end.to_vec()),
+        );
+        for (k, v) in self.overlay.range(own) {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        let out: Pairs = if reverse {
+            merged.into_iter().rev().take(limit).collect()
+        } else {
+            merged.into_iter().take(limit).collect()
+        };
+        // FoundationDB records the range actually read: up to the last key returned when the
+        // limit cut the scan, else the whole range.
+        let read = match (out.len() == limit, out.last()) {
+            (true, Some((last, _))) if reverse => (last.clone(), end.to_vec()),
+            (true, Some((last, _))) => (start.to_vec(), key_after(last)),
+            _ => (start.to_vec(), end.to_vec()),
+        };
+        if conflict {
+            self.bytes += read.0.len() + read.1.len();
+            self.reads.push(read);
+        }
+        Ok(out)
+    }
+
     fn in_cleared(&self, key: &[u8]) -> bool {
         self.cleared
             .iter()
@@ -654,54 +716,17 @@ impl Txn for SimTxn<'_> {
         limit: usize,
         reverse: bool,
     ) -> Result<Pairs, KvError> {
-        if start >= end || limit == 0 {
-            return Ok(Vec::new());
-        }
-        self.check_age()?;
-        self.read_trip()?;
-        // The committed pairs as of the read version, then this transaction's writes over them.
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = {
-            let state = self.sim.state();
-            let range = (
-                Bound::Included(start.to_vec()),
-                Bound::Excluded(end.to_vec()),
-            );
-            state
-                .data
-                .range(range)
-                .filter(|(k, _)| !self.in_cleared(k))
-                .filter_map(|(k, _)| {
-                    state
-                        .read(k, self.read_version)
-                        .map(|v| (k.clone(), v.to_vec()))
-                })
-                .collect()
-        };
-        let own = (
-            Bound::Included(start.to_vec()),
-            Bound::Excluded(end.to_vec()),
-        );
-        for (k, v) in self.overlay.range(own) {
-            match v {
-                Some(v) => merged.insert(k.clone(), v.clone()),
-                None => merged.remove(k),
-            };
-        }
-        let out: Pairs = if reverse {
-            merged.into_iter().rev().take(limit).collect()
-        } else {
-            merged.into_iter().take(limit).collect()
-        };
-        // FoundationDB records the range actually read: up to the last key returned when the
-        // limit cut the scan, else the whole range.
-        let read = match (out.len() == limit, out.last()) {
-            (true, Some((last, _))) if reverse => (last.clone(), end.to_vec()),
-            (true, Some((last, _))) => (start.to_vec(), key_after(last)),
-            _ => (start.to_vec(), end.to_vec()),
-        };
-        self.bytes += read.0.len() + read.1.len();
-        self.reads.push(read);
-        Ok(out)
+        self.scan_range(start, end, limit, reverse, true)
+    }
+
+    fn scan_snapshot(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, KvError> {
+        self.scan_range(start, end, limit, reverse, false)
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) {

@@ -33,6 +33,7 @@ macro_rules! every_test {
             retention_entries_open_and_close_per_hour,
             two_writers_stay_dense,
             every_committed_message_is_heard_once_on_every_writer,
+            cluster_inboxes_get_each_message_once_in_seq_order,
             two_writers_creating_one_direct_chat_get_one,
             large_batches_are_split_under_the_transaction_limit,
             batches_keep_every_guarantee,
@@ -1408,4 +1409,174 @@ pub async fn answers_by_function_after_the_listener(h: &dyn Harness) {
         rx.recv_timeout(Duration::from_secs(10)).unwrap(),
         Err(StoreError::Closed)
     ));
+}
+
+/// Three nodes on one shared engine, each with users routed to it, append concurrently to
+/// shared chats: every node's inbox delivers each message once, to exactly the users routed
+/// there, in each chat's seq order; events go only to the nodes of their users. (An engine of
+/// one process cannot hold a cluster: refused, and the test ends there.)
+pub async fn cluster_inboxes_get_each_message_once_in_seq_order(h: &dyn Harness) {
+    use courier_store::{ClusterConfig, Delivery, Event};
+    let engine = h.engine("cluster");
+    let node_cfg = |node: u64| {
+        let mut c = config();
+        c.cluster = Some(ClusterConfig {
+            node,
+            lease: Duration::from_secs(10),
+        });
+        c
+    };
+    if engine.exclusive() {
+        assert!(Store::with_engine(engine, node_cfg(1)).is_err());
+        return;
+    }
+    let nodes: Vec<Store> = (1..=3)
+        .map(|n| Store::with_engine(h.engine("cluster"), node_cfg(n)).unwrap())
+        .collect();
+    // u0..u5: user i online on node i % 3; u1 also on node 0 (a second device).
+    for i in 0..6 {
+        nodes[i % 3].route_up(&format!("u{i}")).await.unwrap();
+    }
+    nodes[0].route_up("u1").await.unwrap();
+    let all: Vec<String> = (1..6).map(|i| format!("u{i}")).collect();
+    let group = nodes[0].create_group("u0", "g", all).await.unwrap().id;
+    let direct = nodes[1].create_direct("u1", "u2").await.unwrap().id;
+    let mut inboxes: Vec<_> = nodes.iter().map(|n| n.inbox().unwrap()).collect();
+    let mut tasks = Vec::new();
+    for n in 0..90u32 {
+        let store = nodes[n as usize % 3].clone();
+        let (sender, chat) = match n % 3 {
+            0 => ("u0", group),
+            1 => ("u1", direct),
+            _ => ("u2", direct),
+        };
+        tasks.push(tokio::spawn(async move {
+            store.append(msg(sender, chat, n)).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert!(!t.await.unwrap().duplicate);
+    }
+    nodes[2].publish(Event {
+        users: vec!["u1".into()],
+        except: ("u2".into(), 1),
+        frame: Bytes::from_static(b"typing"),
+    });
+    // What each node should see: per chat, every seq once, each to the users routed there.
+    let group_last = nodes[0].last_seq(group).unwrap();
+    let direct_last = nodes[0].last_seq(direct).unwrap();
+    assert_eq!((group_last, direct_last), (31, 60));
+    let routed = |node: usize, user: &str| {
+        let i: usize = user[1..].parse().unwrap();
+        i % 3 == node || (user == "u1" && node == 0)
+    };
+    for (node, inbox) in inboxes.iter_mut().enumerate() {
+        let mut seqs: std::collections::HashMap<u64, Vec<u64>> = Default::default();
+        let mut events = Vec::new();
+        let want_group = if (0..6).any(|i| routed(node, &format!("u{i}"))) {
+            group_last
+        } else {
+            0
+        };
+        let want_direct = if routed(node, "u1") || routed(node, "u2") {
+            direct_last
+        } else {
+            0
+        };
+        let want_events = usize::from(routed(node, "u1"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while seqs.get(&group).map_or(0, Vec::len) < want_group as usize
+            || seqs.get(&direct).map_or(0, Vec::len) < want_direct as usize
+            || events.len() < want_events
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {node}: {seqs:?}"
+            );
+            for d in inbox.next(Duration::from_millis(100)).await.unwrap() {
+                match d {
+                    Delivery::Message { message, users } => {
+                        let chat = message.chat_id;
+                        for u in &users {
+                            assert!(routed(node, u), "node {node} got {u}'s message");
+                        }
+                        let expected: Vec<&str> = if chat == group {
+                            ["u0", "u1", "u2", "u3", "u4", "u5"]
+                                .into_iter()
+                                .filter(|u| routed(node, u))
+                                .collect()
+                        } else {
+                            ["u1", "u2"]
+                                .into_iter()
+                                .filter(|u| routed(node, u))
+                                .collect()
+                        };
+                        assert_eq!(users, expected, "node {node}, chat {chat}");
+                        seqs.entry(chat).or_default().push(message.seq);
+                    }
+                    Delivery::Event(e) => {
+                        assert_eq!(
+                            (&e.frame[..], &e.users[..]),
+                            (&b"typing"[..], &["u1".to_owned()][..])
+                        );
+                        events.push(e);
+                    }
+                }
+            }
+        }
+        for (chat, got) in &seqs {
+            let last = if *chat == group {
+                group_last
+            } else {
+                direct_last
+            };
+            let expected: Vec<u64> = (1..=last).collect();
+            assert_eq!(
+                got, &expected,
+                "node {node}, chat {chat}: each seq once, in order"
+            );
+        }
+        assert_eq!(events.len(), want_events, "node {node}'s events");
+        // Nothing more comes, and what was delivered is cleared.
+        assert!(inbox
+            .next(Duration::from_millis(20))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    // u2 leaves node 2, its only node: a message between u1 and u2 now goes to u1's nodes
+    // only, and node 2 gets nothing.
+    nodes[2].route_down("u2");
+    let a = nodes[2].append(msg("u1", direct, 1000)).await.unwrap();
+    for (node, users) in [(0, vec!["u1"]), (1, vec!["u1"])] {
+        let got = loop {
+            let d = inboxes[node]
+                .next(Duration::from_millis(100))
+                .await
+                .unwrap();
+            if !d.is_empty() {
+                break d;
+            }
+        };
+        match &got[..] {
+            [Delivery::Message { message, users: to }] => {
+                assert_eq!(
+                    (message.seq, to.clone()),
+                    (
+                        a.seq,
+                        users.iter().map(|u| u.to_string()).collect::<Vec<_>>()
+                    )
+                );
+            }
+            other => panic!("node {node}: {other:?}"),
+        }
+    }
+    assert!(inboxes[2]
+        .next(Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_empty());
+    for s in &nodes {
+        s.close().await;
+    }
 }

@@ -1,0 +1,346 @@
+//! A cluster: three gateway nodes on one simulated FoundationDB (with faults on), real QUIC
+//! clients spread over them. Messages, receipts and typing cross nodes exactly once and in
+//! order; a node that dies loses nothing acknowledged, its devices move to another node and
+//! sync; background work runs on one node.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{body, next_message, TestServer};
+use courier_client::{Event, MemoryPositions, Messenger, MessengerConfig, Update};
+use courier_store::engine::sim::{Faults, Sim, SimConfig};
+use courier_wire::frame::{MessageKind, ReceiptKind};
+use courier_wire::Frame;
+
+/// The simulated cluster's seed (`COURIER_SIM_SEED`, default 1).
+fn seed() -> u64 {
+    std::env::var("COURIER_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+}
+
+/// `n` nodes on one simulated cluster, each with its own store directory (media and local
+/// state) under `dir`, sharing the TLS identity and the token issuer.
+async fn cluster(dir: &Path, n: usize, sim: &Sim) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let engine: Arc<dyn courier_store::kv::Engine> = Arc::new(sim.clone());
+        nodes.push(
+            TestServer::start_with(dir, |c| {
+                c.store_dir = dir.join(format!("node{i}")).join("store");
+                c.store_engine = courier_gateway::StoreEngine::Custom(engine);
+                c.shards = 1;
+                c.cluster.lease = Duration::from_secs(2);
+            })
+            .await,
+        );
+    }
+    nodes
+}
+
+fn faulty_sim() -> Sim {
+    Sim::new(SimConfig {
+        seed: seed(),
+        faults: Faults::all(0.02),
+        ..SimConfig::default()
+    })
+}
+
+/// Waits for the next frame event matching `pick`, skipping everything else.
+async fn next_frame<T>(
+    events: &mut courier_client::Events,
+    mut pick: impl FnMut(&Frame) -> Option<T>,
+) -> T {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("an event within 10 s")
+        {
+            Some(Event::Frame(f)) => {
+                if let Some(t) = pick(&f) {
+                    return t;
+                }
+            }
+            Some(Event::Closed(r)) => panic!("closed: {r}"),
+            Some(_) => {}
+            None => panic!("events ended"),
+        }
+    }
+}
+
+/// Asserts that no message arrives for a while.
+async fn assert_no_message(events: &mut courier_client::Events) {
+    let deadline = tokio::time::sleep(Duration::from_millis(300));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            ev = events.recv() => {
+                if let Some(Event::Message(m)) = ev {
+                    panic!("unexpected message {m:?}");
+                }
+            }
+            _ = &mut deadline => return,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_receipts_and_typing_cross_nodes_once_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = faulty_sim();
+    let nodes = cluster(dir.path(), 3, &sim).await;
+
+    // A 100-member group, members spread over the three nodes.
+    let mut members = Vec::new();
+    for i in 0..100 {
+        members.push(nodes[i % 3].connect(&format!("m{i}"), 1).await);
+    }
+    let names: Vec<String> = (1..100).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let owner = members[0].0.clone();
+    let group = owner.create_group("everyone", &refs).await.unwrap();
+    assert_eq!(group.members.len(), 100);
+    let started = Instant::now();
+    let mut sends = Vec::new();
+    for i in 0..10 {
+        let owner = owner.clone();
+        sends.push(tokio::spawn(async move {
+            owner.send(group.chat_id, body(i)).await.unwrap().seq
+        }));
+    }
+    for s in sends {
+        s.await.unwrap();
+    }
+    for (i, (_, events)) in members.iter_mut().enumerate().skip(1) {
+        let created = next_message(events).await;
+        assert_eq!(
+            (created.seq, created.kind),
+            (1, MessageKind::System),
+            "m{i}"
+        );
+        for seq in 2..=11 {
+            let m = next_message(events).await;
+            assert_eq!(
+                (m.chat_id, m.seq),
+                (group.chat_id, seq),
+                "m{i} (on node {}) gets each message once, in order",
+                i % 3
+            );
+        }
+    }
+    println!(
+        "100-member group, 10 messages to 99 members on 3 nodes: all delivered {:?} after the first send",
+        started.elapsed()
+    );
+    assert_no_message(&mut members[1].1).await;
+    assert_no_message(&mut members[2].1).await;
+
+    // A direct chat between nodes 1 and 2, both ways, with the sender's second device on node 0.
+    let (ann, mut ann_events) = nodes[1].connect("ann", 1).await;
+    let (ann2, mut ann2_events) = nodes[0].connect("ann", 2).await;
+    let (bob, mut bob_events) = nodes[2].connect("bob", 1).await;
+    let chat = ann.create_direct_chat("bob").await.unwrap().chat_id;
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let sent = Instant::now();
+        let (from, to) = if i % 2 == 0 {
+            (&ann, &mut bob_events)
+        } else {
+            (&bob, &mut ann_events)
+        };
+        let ok = from.send(chat, body(i)).await.unwrap();
+        let m = next_message(to).await;
+        latencies.push(sent.elapsed());
+        assert_eq!((m.chat_id, m.seq), (chat, ok.seq));
+        // ann's other device sees both sides of the conversation, in order.
+        let m2 = next_message(&mut ann2_events).await;
+        assert_eq!(m2.seq, ok.seq);
+    }
+    latencies.sort();
+    println!(
+        "cross-node send -> Deliver on the simulation (no added latency, faults on): median {:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies.last().unwrap()
+    );
+
+    // Receipts and typing reach the other node.
+    ann.receipt(chat, ReceiptKind::Read, 20).await.unwrap();
+    let (kind, seq) = next_frame(&mut bob_events, |f| match f {
+        Frame::ReceiptEvent(r) if r.user == "ann" => Some((r.kind, r.seq)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((kind, seq), (ReceiptKind::Read, 20));
+    bob.typing(chat, true).await.unwrap();
+    let typing = next_frame(&mut ann2_events, |f| match f {
+        Frame::TypingEvent(t) if t.user == "bob" => Some(t.typing),
+        _ => None,
+    })
+    .await;
+    assert!(typing);
+    drop(ann2);
+
+    for n in nodes {
+        n.gateway.shutdown().await;
+    }
+    let stats = sim.stats();
+    println!("simulation: {stats:?}");
+    assert!(stats.injected_conflicts + stats.injected_unknown + stats.injected_timeouts > 0);
+}
+
+/// The messenger of `user` on `node`, falling back to the other nodes in turn.
+fn messenger(
+    nodes: &[TestServer],
+    node: usize,
+    user: &str,
+) -> (Messenger, tokio::sync::mpsc::Receiver<Update>) {
+    let server = &nodes[node];
+    let mut cfg = MessengerConfig::new(
+        server.addr(),
+        server.trust(),
+        server.token(user, 1),
+        Arc::new(MemoryPositions::default()),
+    );
+    cfg.fallbacks = (1..nodes.len())
+        .map(|k| nodes[(node + k) % nodes.len()].addr())
+        .collect();
+    cfg.backoff_max = Duration::from_millis(500);
+    Messenger::start(cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_loses_nothing_acknowledged_and_its_devices_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = faulty_sim();
+    let mut nodes = cluster(dir.path(), 3, &sim).await;
+
+    // Senders on nodes 0 and 1, readers on every node; node 2 will die.
+    let (s0, mut s0_updates) = messenger(&nodes, 0, "s0");
+    let (s1, mut s1_updates) = messenger(&nodes, 1, "s1");
+    let readers: Vec<_> = (0..6)
+        .map(|i| messenger(&nodes, i % 3, &format!("r{i}")))
+        .collect();
+    let names: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+    let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
+    all.push("s1");
+    let group = s0
+        .client()
+        .await
+        .unwrap()
+        .create_group("survivors", &all)
+        .await
+        .unwrap()
+        .chat_id;
+    let per_sender = 60;
+    let send_all = |m: Messenger, tag: &'static str| {
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..per_sender {
+                let ok = m.send(group, format!("{tag} {i}")).await.unwrap();
+                acked.push(ok.seq);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            acked
+        })
+    };
+    let t0 = send_all(s0.clone(), "s0");
+    let t1 = send_all(s1.clone(), "s1");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let dead = nodes.pop().unwrap();
+    dead.gateway.abort().await;
+    let mut acked = t0.await.unwrap();
+    acked.extend(t1.await.unwrap());
+    assert_eq!(acked.len(), 2 * per_sender);
+    let want = acked.len() + 1; // and the group's creation
+
+    // Every reader, the dead node's too, ends with every message exactly once, in seq order.
+    for (i, (_, mut updates)) in readers.into_iter().enumerate() {
+        let mut seqs = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seqs.len() < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, updates.recv()).await {
+                Ok(Some(Update::Message(m))) if m.chat_id == group => seqs.push(m.seq),
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("r{i}'s messenger stopped"),
+                Err(_) => panic!("r{i} got {} of {want} messages", seqs.len()),
+            }
+        }
+        let expected: Vec<u64> = (1..=want as u64).collect();
+        assert_eq!(
+            seqs,
+            expected,
+            "r{i} (first on node {}): once each, in order",
+            i % 3
+        );
+    }
+    // The senders see each other's messages too.
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (name, updates) in [("s0", &mut s0_updates), ("s1", &mut s1_updates)] {
+        while seen.get(name).copied().unwrap_or(0) < per_sender {
+            match tokio::time::timeout(Duration::from_secs(30), updates.recv())
+                .await
+                .expect("the other sender's messages")
+            {
+                Some(Update::Message(m))
+                    if m.sender_user != name && m.kind == MessageKind::Text =>
+                {
+                    *seen.entry(name).or_default() += 1;
+                }
+                Some(_) => {}
+                None => panic!("messenger stopped"),
+            }
+        }
+    }
+    for n in nodes {
+        n.gateway.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_work_has_one_owner_and_moves_when_it_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::new(SimConfig {
+        seed: seed(),
+        ..SimConfig::default()
+    });
+    let mut nodes = cluster(dir.path(), 3, &sim).await;
+    let owners = |nodes: &[TestServer]| -> Vec<usize> {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.gateway.store().owns(courier_store::Work::Sweep))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let o = owners(&nodes);
+        assert!(o.len() <= 1, "one sweeper at most: {o:?}");
+        if o.len() == 1 {
+            break o[0];
+        }
+        assert!(Instant::now() < deadline, "someone takes the sweep");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Its owner dies without a word: another node takes the work once the lease runs out.
+    nodes.remove(first).gateway.abort().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = owners(&nodes);
+        assert!(o.len() <= 1, "one sweeper at most: {o:?}");
+        if o.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sweep moves to a live node");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in nodes {
+        n.gateway.shutdown().await;
+    }
+}
