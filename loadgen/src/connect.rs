@@ -37,7 +37,14 @@ pub(crate) async fn connect(mut args: ConnectArgs) -> anyhow::Result<()> {
     let before = args.target.gateway_memory().await;
     eprintln!(
         "opening {} connections to {} at up to {}/s ...",
-        args.conns, args.target.server, args.rate
+        args.conns,
+        args.target
+            .server
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        args.rate
     );
     let gate = Arc::new(Semaphore::new(args.parallel));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));

@@ -1,13 +1,14 @@
-//! The traffic: users in 1:1 pairs, each with its own connection, sending to its partner in a
-//! closed loop (a window of unacknowledged sends) or an open loop (a fixed schedule), and what
-//! they record.
+//! The traffic: users in 1:1 pairs (or groups of `--group-size`), each with its own connection,
+//! sending to its chat in a closed loop (a window of unacknowledged sends) or an open loop (a
+//! fixed schedule), and what they record.
 //!
 //! A run is one or more phases (`loadgen peak` runs one per rate step) over the same fleet.
 //! Each phase has a [`Meter`]: rates and latency histograms of the messages *intended* inside
 //! its measured window. Latency is measured from the intended send time, so a sender that falls
 //! behind its schedule, or waits for a window slot, counts the wait (no coordinated omission).
 //! The [`Ledger`] spans the whole run and checks correctness: every acknowledged message
-//! delivered exactly once, each chat's seqs dense and delivered in order.
+//! delivered exactly once to every other member of its chat, each chat's seqs dense and
+//! delivered in order.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -287,10 +288,15 @@ pub(crate) struct PhaseResult {
 /// Correctness over the whole run.
 #[derive(Default)]
 struct Ledger {
-    /// Per chat: seqs acknowledged to senders.
-    acked: Mutex<HashMap<u64, Vec<u64>>>,
-    /// Per chat: seqs delivered to receivers.
-    delivered: Mutex<HashMap<u64, Vec<u64>>>,
+    /// Per chat: its members (user indexes) and the seqs before the run's first message (1
+    /// for a group: its creation).
+    chats: HashMap<u64, (Vec<usize>, u64)>,
+    /// Per chat: seqs acknowledged to senders, and who sent each.
+    acked: Mutex<HashMap<u64, Vec<(u64, usize)>>>,
+    /// Per chat and receiving user: seqs delivered.
+    delivered: Mutex<HashMap<(u64, usize), Vec<u64>>>,
+    /// Deliveries the acknowledged messages call for (one per other member).
+    expected_total: AtomicU64,
     acked_total: AtomicU64,
     delivered_total: AtomicU64,
     out_of_order: AtomicU64,
@@ -306,8 +312,14 @@ impl Ledger {
             .expect("ledger lock")
             .entry(ok.chat_id)
             .or_default()
-            .push(ok.seq);
+            .push((ok.seq, o.sender));
         self.acked_total.fetch_add(1, Ordering::Relaxed);
+        let others = self
+            .chats
+            .get(&ok.chat_id)
+            .map_or(1, |(m, _)| m.len().saturating_sub(1));
+        self.expected_total
+            .fetch_add(others as u64, Ordering::Relaxed);
         if o.measured {
             o.meter.acked.fetch_add(1, Ordering::Relaxed);
             let _ = o
@@ -363,18 +375,25 @@ impl Ledger {
         for (chat, acks) in acked.iter() {
             let mut acks = acks.clone();
             acks.sort_unstable();
-            if acks.iter().enumerate().any(|(i, &s)| s != i as u64 + 1) {
+            let (members, base) = self.chats.get(chat).cloned().unwrap_or_default();
+            if acks
+                .iter()
+                .enumerate()
+                .any(|(i, &(s, _))| s != base + i as u64 + 1)
+            {
                 c.gaps += 1;
             }
-            let mut got = delivered.get(chat).cloned().unwrap_or_default();
-            got.sort_unstable();
-            let before = got.len();
-            got.dedup();
-            c.dup += (before - got.len()) as u64;
-            c.lost += acks
-                .iter()
-                .filter(|s| got.binary_search(s).is_err())
-                .count() as u64;
+            for member in members {
+                let mut got = delivered.get(&(*chat, member)).cloned().unwrap_or_default();
+                got.sort_unstable();
+                let before = got.len();
+                got.dedup();
+                c.dup += (before - got.len()) as u64;
+                c.lost += acks
+                    .iter()
+                    .filter(|&&(s, sender)| sender != member && got.binary_search(&s).is_err())
+                    .count() as u64;
+            }
         }
         c
     }
@@ -388,6 +407,8 @@ struct Member {
 
 /// A send on the wire awaiting its answer: what the receiver needs to record it.
 struct Outstanding {
+    /// The sending user.
+    sender: usize,
     intended: Instant,
     measured: bool,
     meter: Arc<Meter>,
@@ -445,34 +466,61 @@ pub(crate) struct Fleet {
 }
 
 impl Fleet {
-    /// Connects `count` users (an even number), pairs them into 1:1 chats, and starts receiving.
+    /// Connects `count` users (a multiple of `group`), puts them in chats of `group` (1:1
+    /// chats for 2, groups beyond), and starts receiving.
     pub(crate) async fn connect(
         target: &Target,
         count: usize,
+        group: usize,
         body: usize,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(
-            count >= 2 && count.is_multiple_of(2),
-            "--users must be an even number of at least 2"
+            (2..=100).contains(&group),
+            "--group-size must be from 2 (1:1 chats) to 100"
+        );
+        anyhow::ensure!(
+            count >= group && count.is_multiple_of(group),
+            "--users must be a multiple of the group size ({group}), at least one group"
         );
         anyhow::ensure!(body >= 16, "--body must be at least 16 bytes");
         let users: Users = target.users()?;
-        eprintln!("connecting {count} users to {} ...", target.server);
+        eprintln!("connecting {count} users to {} ...", users.servers());
         let t0 = Instant::now();
         let mut connected = Vec::with_capacity(count);
         for i in 0..count {
             connected.push(users.connect(i).await?);
         }
         let clock = Clock::new();
-        let ledger = Arc::new(Ledger::default());
+        // Each chat: a 1:1 chat of a pair, or a group its first member creates.
+        let mut chat_of = Vec::with_capacity(count);
+        let mut chats = HashMap::new();
+        for g in 0..count / group {
+            let first = g * group;
+            let others: Vec<String> = (first + 1..first + group).map(|i| users.name(i)).collect();
+            let client = &connected[first].0;
+            let (chat, base) = if group == 2 {
+                (client.create_direct_chat(&others[0]).await?.chat_id, 0)
+            } else {
+                let refs: Vec<&str> = others.iter().map(String::as_str).collect();
+                let name = format!("loadgen {g}");
+                (client.create_group(&name, &refs).await?.chat_id, 1)
+            };
+            chat_of.extend(std::iter::repeat_n(chat, group));
+            chats.insert(chat, ((first..first + group).collect::<Vec<_>>(), base));
+        }
+        let ledger = Arc::new(Ledger {
+            chats,
+            ..Ledger::default()
+        });
         let idle = Arc::new(Meter::new(0, clock.base, clock.base));
         let current = Arc::new(RwLock::new(idle));
         let mut members = Vec::with_capacity(count);
         let mut receivers = Vec::with_capacity(count);
         for (i, (client, events)) in connected.into_iter().enumerate() {
-            let chat = client.create_direct_chat(&users.name(i ^ 1)).await?.chat_id;
+            let chat = chat_of[i];
             let flight = Flight::default();
             receivers.push(tokio::spawn(receive(
+                i,
                 events,
                 flight.clone(),
                 ledger.clone(),
@@ -486,8 +534,8 @@ impl Fleet {
             });
         }
         eprintln!(
-            "connected {count} users ({} chats) in {:.1} s",
-            count / 2,
+            "connected {count} users ({} chats of {group}) in {:.1} s",
+            count / group,
             t0.elapsed().as_secs_f64()
         );
         Ok(Self {
@@ -523,6 +571,7 @@ impl Fleet {
             .enumerate()
             .map(|(i, m)| {
                 let s = Sender {
+                    me: i,
                     client: m.client.clone(),
                     chat: m.chat,
                     flight: m.flight.clone(),
@@ -596,7 +645,7 @@ impl Phase {
         let until = Instant::now() + drain;
         while Instant::now() < until
             && self.ledger.delivered_total.load(Ordering::Relaxed)
-                < self.ledger.acked_total.load(Ordering::Relaxed)
+                < self.ledger.expected_total.load(Ordering::Relaxed)
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -606,6 +655,8 @@ impl Phase {
 
 /// One user's sending side in one phase.
 struct Sender {
+    /// The user's index.
+    me: usize,
     client: Client,
     chat: u64,
     flight: Flight,
@@ -706,6 +757,7 @@ impl Sender {
             f.sends.insert(
                 request_id,
                 Outstanding {
+                    sender: self.me,
                     intended,
                     measured,
                     meter: self.meter.clone(),
@@ -733,6 +785,7 @@ impl Sender {
 
 /// One user's receiving side, for the whole run: deliveries, and the answers to its sends.
 async fn receive(
+    me: usize,
     mut events: Events,
     flight: Flight,
     ledger: Arc<Ledger>,
@@ -775,6 +828,9 @@ async fn receive(
             }
             _ => continue,
         };
+        if m.kind == MessageKind::System {
+            continue; // a group's creation
+        }
         let now = Instant::now();
         let prev = last.insert(m.chat_id, m.seq).unwrap_or(0);
         if m.seq <= prev {
@@ -784,7 +840,7 @@ async fn receive(
             .delivered
             .lock()
             .expect("ledger lock")
-            .entry(m.chat_id)
+            .entry((m.chat_id, me))
             .or_default()
             .push(m.seq);
         ledger.delivered_total.fetch_add(1, Ordering::Relaxed);
@@ -810,6 +866,48 @@ async fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ledger_expects_each_message_once_at_every_other_member() {
+        let ledger = Ledger {
+            chats: HashMap::from([(7, (vec![0, 1, 2], 1)), (8, (vec![3, 4], 0))]),
+            ..Ledger::default()
+        };
+        // Group 7 (its creation is seq 1): user 0 sent 2, user 1 sent 3. Direct chat 8: 1, 2.
+        ledger
+            .acked
+            .lock()
+            .unwrap()
+            .extend([(7, vec![(2, 0), (3, 1)]), (8, vec![(1, 3), (2, 4)])]);
+        let deliver = |chat: u64, to: usize, seqs: &[u64]| {
+            ledger
+                .delivered
+                .lock()
+                .unwrap()
+                .entry((chat, to))
+                .or_default()
+                .extend_from_slice(seqs);
+        };
+        deliver(7, 0, &[3]);
+        deliver(7, 1, &[2]);
+        deliver(7, 2, &[2, 3, 3]);
+        deliver(8, 4, &[1]);
+        deliver(8, 3, &[2]);
+        let c = ledger.check();
+        assert_eq!((c.lost, c.dup, c.gaps), (0, 1, 0), "{c:?}");
+        // A member missing one: lost, even though others got it.
+        ledger.delivered.lock().unwrap().remove(&(7, 1));
+        assert_eq!(ledger.check().lost, 1);
+        // A hole in a chat's acknowledged seqs (after the group's creation) is a gap.
+        ledger
+            .acked
+            .lock()
+            .unwrap()
+            .get_mut(&7)
+            .unwrap()
+            .push((5, 2));
+        assert_eq!(ledger.check().gaps, 1);
+    }
 
     #[test]
     fn the_timeline_keeps_count_and_worst_latency_per_slot_of_intended_time() {

@@ -18,9 +18,13 @@ const MISSION_AVERAGE: f64 = 463_000.0;
 pub(crate) struct PeakArgs {
     #[command(flatten)]
     pub(crate) target: Target,
-    /// Number of users (an even number: they are paired into 1:1 chats).
+    /// Number of users (a multiple of --group-size: they are put in chats of that many).
     #[arg(long, default_value_t = 2000)]
     pub(crate) users: usize,
+    /// Members per chat: 2 for 1:1 chats, up to 100 for groups (each message is then
+    /// delivered to every other member: group fanout, the expensive case).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) group_size: usize,
     /// Message body size in bytes (at least 16).
     #[arg(long, default_value_t = 100)]
     pub(crate) body: usize,
@@ -92,7 +96,7 @@ pub(crate) async fn peak(mut args: PeakArgs) -> anyhow::Result<()> {
         "--step-duration and --max-outstanding must be at least 1"
     );
     let slo_us = args.slo * 1000.0;
-    let mut fleet = Fleet::connect(&args.target, args.users, args.body).await?;
+    let mut fleet = Fleet::connect(&args.target, args.users, args.group_size, args.body).await?;
     let mut steps: Vec<(f64, PhaseResult, Option<String>)> = Vec::new();
     let (mut held, mut failed): (Option<f64>, Option<f64>) = (None, None);
     let mut rate = args.start;

@@ -14,9 +14,13 @@ use crate::target::Target;
 pub(crate) struct RunArgs {
     #[command(flatten)]
     pub(crate) target: Target,
-    /// Number of users (an even number: they are paired into 1:1 chats).
+    /// Number of users (a multiple of --group-size: they are put in chats of that many).
     #[arg(long, default_value_t = 200)]
     pub(crate) users: usize,
+    /// Members per chat: 2 for 1:1 chats, up to 100 for groups (each message is then
+    /// delivered to every other member: group fanout, the expensive case).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) group_size: usize,
     /// Closed loop: unacknowledged sends each user keeps outstanding (at most the server's
     /// max in-flight, which it announces).
     #[arg(long, default_value_t = 32)]
@@ -71,7 +75,7 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         }
     };
     anyhow::ensure!(args.duration >= 1, "--duration must be at least 1 second");
-    let mut fleet = Fleet::connect(&args.target, args.users, args.body).await?;
+    let mut fleet = Fleet::connect(&args.target, args.users, args.group_size, args.body).await?;
     eprintln!(
         "warming up {} s, measuring {} s",
         args.warmup, args.duration
@@ -82,9 +86,10 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let meter = phase.finish(Duration::from_secs(args.drain)).await;
     progress.finish();
     let label = format!(
-        "users {} ({} chats), body {} B",
+        "users {} ({} chats of {}), body {} B",
         args.users,
-        args.users / 2,
+        args.users / args.group_size,
+        args.group_size,
         args.body
     );
     let result = meter.result(label, pace);
@@ -96,8 +101,9 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     report::print_correctness(&correctness);
     let (ack, e2e) = (&result.send_to_sendok_us, &result.send_to_deliver_us);
     println!(
-        "loadgen run: conns={} {} acked_per_s={:.0} delivered_per_s={:.0} ack_p50_us={} ack_p99_us={} e2e_p50_us={} e2e_p99_us={} e2e_p999_us={}{} lost={} dup={} gaps={} errors={}",
+        "loadgen run: conns={} group={} {} acked_per_s={:.0} delivered_per_s={:.0} ack_p50_us={} ack_p99_us={} e2e_p50_us={} e2e_p99_us={} e2e_p999_us={}{} lost={} dup={} gaps={} errors={}",
         args.users,
+        args.group_size,
         match pace {
             Pace::Closed { window } => format!("window={window}"),
             Pace::Open { rate, .. } => format!("rate={rate:.0}"),
@@ -125,7 +131,8 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         let json = serde_json::json!({
             "mode": "run",
             "users": args.users,
-            "chats": args.users / 2,
+            "chats": args.users / args.group_size,
+            "group_size": args.group_size,
             "body_bytes": args.body,
             "warmup_s": args.warmup,
             "sockets": args.target.sockets,

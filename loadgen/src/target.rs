@@ -13,9 +13,11 @@ use courier_net::scrape::{http_get, sample};
 /// Where the gateway is and how to reach it.
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct Target {
-    /// Gateway address.
-    #[arg(long, default_value = "127.0.0.1:4433")]
-    pub(crate) server: SocketAddr,
+    /// Gateway address; several, comma-separated, for the nodes of a cluster: user i
+    /// connects to the (i mod n)-th, so the two users of a 1:1 chat (and a group's members)
+    /// are on different nodes and every check covers cross-node delivery.
+    #[arg(long, default_value = "127.0.0.1:4433", value_delimiter = ',')]
+    pub(crate) server: Vec<SocketAddr>,
     /// Certificate file to trust.
     #[arg(long, default_value = "./courier-data/tls/cert.pem")]
     pub(crate) ca: PathBuf,
@@ -65,7 +67,7 @@ impl Drop for Spawned {
 pub(crate) struct Users {
     key: IssuerKey,
     endpoints: Vec<quinn::Endpoint>,
-    server: SocketAddr,
+    servers: Vec<SocketAddr>,
     prefix: String,
     expires_at: u64,
 }
@@ -74,6 +76,10 @@ impl Target {
     /// Starts the gateway if asked to; the returned guard stops it.
     pub(crate) fn prepare(&mut self) -> anyhow::Result<Option<Spawned>> {
         anyhow::ensure!(self.sockets >= 1, "--sockets must be at least 1");
+        anyhow::ensure!(
+            !(self.spawn_gateway && self.server.len() > 1),
+            "--spawn-gateway starts one gateway: give at most one --server with it"
+        );
         if !self.spawn_gateway {
             return Ok(None);
         }
@@ -119,7 +125,7 @@ impl Target {
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
-        self.server = addr;
+        self.server = vec![addr];
         self.ca = dir.path().join("tls/cert.pem");
         self.issuer_key = dir.path().join("issuer.key");
         self.insecure = false;
@@ -135,12 +141,12 @@ impl Target {
             Trust::File(self.ca.clone())
         };
         let endpoints = (0..self.sockets)
-            .map(|_| courier_client::connection::client_endpoint(self.server, &trust))
+            .map(|_| courier_client::connection::client_endpoint(self.server[0], &trust))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Users {
             key: IssuerKey::read_file(&self.issuer_key)?,
             endpoints,
-            server: self.server,
+            servers: self.server.clone(),
             prefix: self.prefix.clone(),
             expires_at: courier_wire::time::now_secs() + 3600,
         })
@@ -164,7 +170,16 @@ impl Users {
         format!("{}{i}", self.prefix)
     }
 
-    /// Connects user `i` (on socket `i % sockets`).
+    /// Where the gateways are, for messages.
+    pub(crate) fn servers(&self) -> String {
+        self.servers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Connects user `i` (on socket `i % sockets`, to server `i % servers`).
     pub(crate) async fn connect(&self, i: usize) -> anyhow::Result<(Client, Events)> {
         let token = self.key.mint(&Claims {
             user: self.name(i),
@@ -174,7 +189,7 @@ impl Users {
         let endpoint = &self.endpoints[i % self.endpoints.len()];
         Client::connect_via(
             endpoint,
-            self.server,
+            self.servers[i % self.servers.len()],
             "localhost",
             &token,
             courier_wire::PROTOCOL_VERSION,

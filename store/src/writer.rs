@@ -575,7 +575,7 @@ impl Writer {
                 return Vec::new();
             }
         }
-        let ops = self.refuse_below_floor(ops, health);
+        let mut ops = self.refuse_below_floor(ops, health);
         if ops.is_empty() {
             return Vec::new();
         }
@@ -593,6 +593,9 @@ impl Writer {
         let mut maybe: Vec<Option<Built>> = Vec::new();
         let size_target = shared.engine.max_transaction_bytes();
         let mut tries = 0;
+        // Operations moved out of this transaction after a conflict: they go, in order, to the
+        // next one.
+        let mut deferred: Vec<Op> = Vec::new();
         loop {
             let started = Instant::now();
             let now = shared.config.clock.now_ms();
@@ -692,6 +695,8 @@ impl Writer {
                     if barrier {
                         committer.idle();
                     }
+                    let mut rest = rest;
+                    rest.append(&mut deferred);
                     return rest;
                 }
                 Err(e)
@@ -700,6 +705,17 @@ impl Writer {
                 {
                     tries += 1;
                     tracing::debug!("retrying batch of {} after: {e}", ops.len());
+                    // Writers of other nodes appending to the same chats conflict. A large
+                    // batch touches many chats and loses again and again (while the queue
+                    // behind it grows the next batch): from its second retryable failure on,
+                    // the batch is halved each time, the second half left for the next
+                    // transaction, so what does not collide commits. Not after a "maybe committed": the marker's attempts
+                    // must all hold the same operations.
+                    if tries >= 2 && maybe.is_empty() && ops.len() > 1 && e.is_retryable() {
+                        let mut back = ops.split_off(ops.len() / 2);
+                        back.append(&mut deferred);
+                        deferred = back;
+                    }
                     std::thread::sleep(retry_wait(&shared.config, tries));
                 }
                 Err(e) => {
@@ -708,7 +724,7 @@ impl Writer {
                     for op in ops {
                         fail(op, err.clone());
                     }
-                    return Vec::new();
+                    return deferred;
                 }
             }
         }

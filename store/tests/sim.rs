@@ -232,3 +232,51 @@ async fn acks_do_not_conflict_with_sends_to_the_same_chat() {
     acker.close().await;
     sender.close().await;
 }
+
+/// A batch that keeps failing (here: half the commits refused as conflicts) is halved from its
+/// second failure on, the rest left for the next transaction: every send still commits, and
+/// one sender's sends keep their queue order (seqs 1..=n in the order they were queued).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_keeps_conflicting_is_split_and_keeps_its_order() {
+    let sim = Sim::new(SimConfig {
+        seed: 7,
+        faults: Faults {
+            conflict: 0.5,
+            ..Faults::NONE
+        },
+        ..SimConfig::default()
+    });
+    let open = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+    let engine = Arc::new(Gated {
+        sim: sim.clone(),
+        open: open.clone(),
+    });
+    let mut cfg = conformance::config();
+    cfg.max_retries = 100;
+    let store = courier_store::Store::with_engine(engine, cfg).unwrap();
+    let chat = store.create_direct("alice", "bob").await.unwrap().id;
+    // Everything is queued before the writer may begin: one batch of 300.
+    *open.0.lock().unwrap() = false;
+    let mut tickets = Vec::new();
+    for n in 0..300u32 {
+        tickets.push(
+            store
+                .submit_append(conformance::msg("alice", chat, n))
+                .await
+                .unwrap(),
+        );
+    }
+    *open.0.lock().unwrap() = true;
+    open.1.notify_all();
+    let mut seqs = Vec::new();
+    for t in tickets {
+        seqs.push(t.wait().await.unwrap().seq);
+    }
+    assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
+    let stats = sim.stats();
+    // Whole, the batch would need one success in a row of coin flips per attempt; halved,
+    // it takes more commits than one.
+    assert!(stats.commits > 3, "{stats:?}");
+    assert!(stats.injected_conflicts > 0, "{stats:?}");
+    store.close().await;
+}

@@ -36,7 +36,7 @@ fn store_engine(args: &ServeArgs) -> anyhow::Result<courier_gateway::StoreEngine
              `cargo build --release -p courier-gateway --features fdb` (needs libclang and \
              libfdb_c; see docs/STORAGE.md)"
         ),
-        other => bail!("--store is embedded or fdb, not {other:?}"),
+        other => bail!("--store is embedded, fdb or sim, not {other:?}"),
     }
 }
 
@@ -134,10 +134,21 @@ struct ServeArgs {
     /// Data directory (store, TLS certificate, issuer key).
     #[arg(long, default_value = "./courier-data")]
     data_dir: PathBuf,
-    /// Where the message log lives: `embedded` (fjall in <data-dir>/store) or `fdb` (a
-    /// FoundationDB cluster; a build with `--features fdb`).
-    #[arg(long, default_value = "embedded", value_parser = ["embedded", "fdb"])]
+    /// Where the message log lives: `embedded` (fjall in <data-dir>/store), `fdb` (a
+    /// FoundationDB cluster; a build with `--features fdb`), or `sim` (an in-memory
+    /// simulation of FoundationDB in this process, kept only while it runs: to try a cluster
+    /// on one machine with --nodes).
+    #[arg(long, default_value = "embedded", value_parser = ["embedded", "fdb", "sim"])]
     store: String,
+    /// With `--store sim`: start this many cluster nodes in this process on the one simulated
+    /// store, listening on consecutive ports from --listen's (any free ports for port 0), with
+    /// their media under <data-dir>/node<i>.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// With `--store sim`: microseconds added to each simulated round trip (FoundationDB's are
+    /// typically 500 to 1,000 within a data center).
+    #[arg(long, default_value_t = 0)]
+    sim_latency_us: u64,
     /// FoundationDB: the cluster file (default: FoundationDB's, /etc/foundationdb/fdb.cluster).
     #[arg(long)]
     fdb_cluster_file: Option<PathBuf>,
@@ -360,7 +371,139 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             p
         }
     };
-    let verifier = TokenVerifier::read_file(&pub_path)?;
+    let verifier_path = pub_path;
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if args.nodes > 1 && args.store != "sim" {
+        bail!("--nodes starts several nodes on one simulated store (--store sim); on FoundationDB, start one courier per node");
+    }
+    if args.store == "sim" {
+        return serve_simulated(&args, tls, &verifier_path).await;
+    }
+    let config = node_config(&args, tls, &verifier_path)?;
+    let fdb = args.store == "fdb";
+    let where_ = if fdb {
+        format!(
+            "FoundationDB {} under {:?}",
+            args.fdb_cluster_file.as_ref().map_or_else(
+                || "(default cluster file)".to_owned(),
+                |p| p.display().to_string()
+            ),
+            args.fdb_prefix
+        )
+    } else {
+        args.data_dir.join("store").display().to_string()
+    };
+    let gateway = match Gateway::start(config).await {
+        Ok(g) => g,
+        Err(e) => {
+            stop_fdb_network(fdb);
+            return Err(e);
+        }
+    };
+    if let Some(m) = gateway.metrics_addr() {
+        println!("metrics on http://{m}/metrics");
+    }
+    println!(
+        "courier listening on {} (store {where_})",
+        gateway.local_addr()
+    );
+    wait_for_stop().await?;
+    println!("shutting down");
+    gateway.shutdown().await;
+    stop_fdb_network(fdb);
+    println!("stopped");
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn wait_for_stop() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// `--store sim`: `--nodes` cluster nodes in this process on one simulated FoundationDB.
+async fn serve_simulated(
+    args: &ServeArgs,
+    tls: TlsIdentity,
+    verifier_path: &std::path::Path,
+) -> anyhow::Result<()> {
+    use courier_store::engine::sim::{Sim, SimConfig};
+    let sim = Sim::new(SimConfig {
+        seed: courier_wire::time::now_ms(),
+        latency: Duration::from_micros(args.sim_latency_us),
+        ..SimConfig::default()
+    });
+    let mut gateways = Vec::with_capacity(args.nodes);
+    for i in 0..args.nodes {
+        let tls = TlsIdentity {
+            certs: tls.certs.clone(),
+            key: tls.key.clone_key(),
+            cert_path: tls.cert_path.clone(),
+        };
+        let mut config = node_config(args, tls, verifier_path)?;
+        let node_dir = args.data_dir.join(format!("node{i}"));
+        config.store_dir = node_dir.join("store");
+        config.media.dir = Some(
+            args.media_dir
+                .clone()
+                .unwrap_or_else(|| node_dir.join("media")),
+        );
+        config.store_engine =
+            courier_gateway::StoreEngine::Custom(std::sync::Arc::new(sim.clone()));
+        if args.listen.port() != 0 {
+            let port = u16::try_from(usize::from(args.listen.port()) + i).map_err(|_| {
+                anyhow::anyhow!(
+                    "--nodes {} from port {} passes 65535",
+                    args.nodes,
+                    args.listen.port()
+                )
+            })?;
+            config.listen.set_port(port);
+        }
+        if let Some(m) = &mut config.metrics {
+            if m.port() != 0 {
+                m.set_port(m.port().saturating_add(i as u16));
+            }
+        }
+        let gateway = Gateway::start(config).await?;
+        if let Some(m) = gateway.metrics_addr() {
+            println!("metrics on http://{m}/metrics");
+        }
+        println!(
+            "courier listening on {} (store sim, node {} of {}, in memory: gone when this process ends)",
+            gateway.local_addr(),
+            i + 1,
+            args.nodes
+        );
+        gateways.push(gateway);
+    }
+    wait_for_stop().await?;
+    println!("shutting down");
+    for g in gateways {
+        g.shutdown().await;
+    }
+    let st = sim.stats();
+    println!(
+        "simulation: {} transactions, {} commits, {} conflicts, {} round trips, largest transaction {} bytes",
+        st.transactions, st.commits, st.conflicts, st.round_trips, st.largest_transaction
+    );
+    println!("stopped");
+    Ok(())
+}
+
+/// The gateway's configuration from the flags (one node's).
+fn node_config(
+    args: &ServeArgs,
+    tls: TlsIdentity,
+    pub_path: &std::path::Path,
+) -> anyhow::Result<GatewayConfig> {
+    let verifier = TokenVerifier::read_file(pub_path)?;
     let mut config = GatewayConfig::new(args.listen, args.data_dir.join("store"), tls, verifier);
     config.max_frame = args.max_frame;
     config.max_body = args.max_body;
@@ -412,50 +555,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             topic: topic.clone(),
         });
     }
-    config.push.fcm = fcm_config(&args)?;
+    config.push.fcm = fcm_config(args)?;
     if let Some(n) = args.shards {
         if n == 0 {
             bail!("--shards must be at least 1");
         }
         config.shards = n;
     }
-    config.store_engine = store_engine(&args)?;
-    let fdb = args.store == "fdb";
-    let where_ = if fdb {
-        format!(
-            "FoundationDB {} under {:?}",
-            args.fdb_cluster_file.as_ref().map_or_else(
-                || "(default cluster file)".to_owned(),
-                |p| p.display().to_string()
-            ),
-            args.fdb_prefix
-        )
-    } else {
-        args.data_dir.join("store").display().to_string()
-    };
-    let gateway = match Gateway::start(config).await {
-        Ok(g) => g,
-        Err(e) => {
-            stop_fdb_network(fdb);
-            return Err(e);
-        }
-    };
-    if let Some(m) = gateway.metrics_addr() {
-        println!("metrics on http://{m}/metrics");
+    // The simulation's one engine is shared by the nodes `serve_simulated` starts.
+    if args.store != "sim" {
+        config.store_engine = store_engine(args)?;
     }
-    println!(
-        "courier listening on {} (store {where_})",
-        gateway.local_addr()
-    );
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    println!("shutting down");
-    gateway.shutdown().await;
-    stop_fdb_network(fdb);
-    println!("stopped");
-    Ok(())
+    Ok(config)
 }
