@@ -17,6 +17,7 @@ use courier_gateway::{Gateway, GatewayConfig};
 
 #[cfg(feature = "chat")]
 mod chat;
+mod settings;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -128,6 +129,11 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// Settings file (TOML): every flag of serve has a key, its name without the dashes
+    /// (docs/courier.example.toml). Flags override it, and so do COURIER_* environment
+    /// variables (COURIER_DATA_DIR for --data-dir); COURIER_CONFIG names the file too.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// UDP address to listen on.
     #[arg(long, default_value = "127.0.0.1:4433")]
     listen: SocketAddr,
@@ -294,7 +300,30 @@ async fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
+    let serve_flags = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
+    let expanded = match settings::expand(std::env::args_os().collect(), &serve_flags, |k| {
+        std::env::var(k).ok()
+    }) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("courier: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let cli = match Cli::try_parse_from(expanded.args) {
+        Ok(c) => c,
+        Err(e) => {
+            let failed = e.exit_code() != 0;
+            let _ = e.print();
+            if failed {
+                for (flag, from) in &expanded.sources {
+                    eprintln!("note: {flag} was set by {from}");
+                }
+            }
+            std::process::exit(e.exit_code());
+        }
+    };
+    let result = match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Keygen { out } => keygen(&out),
         Command::Token {
