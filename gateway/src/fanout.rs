@@ -100,6 +100,7 @@ pub(crate) async fn inbox_loop(
     mut inbox: Inbox,
     store: Store,
     registry: Arc<Registry>,
+    presence: Arc<crate::presence::Presence>,
     metrics: Arc<Metrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -126,6 +127,11 @@ pub(crate) async fn inbox_loop(
                         Delivery::Event(e) => {
                             registry.push_to(&e.users, &e.frame, (&e.except.0, e.except.1));
                         }
+                        Delivery::Presence {
+                            user,
+                            change,
+                            last_seen_ms,
+                        } => presence.remote(user, change, last_seen_ms),
                     }
                 }
             }

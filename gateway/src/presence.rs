@@ -4,7 +4,14 @@
 //! Online means at least one connected device. Changes are coalesced: when a user's last device
 //! goes, the offline event waits `grace`; a device that comes back within it cancels the event
 //! (a reconnect or a network flap shows nothing). Subscriptions belong to a connection and end
-//! with it. Last-seen times live in memory (a restarted gateway knows only what it saw since).
+//! with it. On one node, last-seen times live in memory (a restarted gateway knows only what it
+//! saw since).
+//!
+//! In a cluster a user's state is its route in the store (online on a live node, and when it
+//! was last seen), and changes come from the inbox ([`Presence::remote`]): the write that
+//! takes a user's last node away (or brings its first) tells every node recorded as watching
+//! the user (`Store::watch_presence`, before a subscription's first state is read), and each
+//! watching node applies the grace period itself.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,24 +40,33 @@ pub(crate) struct Presence {
     /// Users whose offline event waits out the grace period, with the wait's generation.
     leaving: DashMap<String, u64>,
     generation: AtomicU64,
+    /// In a cluster: state from the store, changes from the inbox.
+    clustered: bool,
 }
 
 impl Presence {
     pub(crate) fn new(registry: Arc<Registry>, store: Store, grace: Duration) -> Self {
         Self {
             registry,
-            store,
             grace,
             watchers: DashMap::new(),
             watching: DashMap::new(),
             last_seen: DashMap::new(),
             leaving: DashMap::new(),
             generation: AtomicU64::new(0),
+            clustered: store.node().is_some(),
+            store,
         }
     }
 
     /// `user`'s state as an event: online now, or offline since it was last seen.
-    fn event(&self, user: &str) -> Bytes {
+    async fn event(&self, user: &str) -> Bytes {
+        if self.clustered {
+            let who = user.to_owned();
+            let state = self.store.reading(move |s| s.presence_of(&who)).await;
+            let (online, last_seen_ms) = state.ok().flatten().unwrap_or((false, 0));
+            return Self::frame(user, online, last_seen_ms);
+        }
         let online = self.registry.is_online(user);
         let last_seen_ms = if online {
             now_ms()
@@ -85,7 +101,62 @@ impl Presence {
         if !visible.unwrap_or(false) {
             return;
         }
-        self.tell_watchers(user, &self.event(user));
+        let frame = self.event(user).await;
+        self.tell_watchers(user, &frame);
+    }
+
+    /// `user` showed (`visible`) or hid its presence. In a cluster the store tells every
+    /// watching node, this one too, through the inbox.
+    pub(crate) async fn setting_changed(&self, user: &str, visible: bool) {
+        if self.clustered {
+            return;
+        }
+        if visible {
+            self.announce(user).await;
+        } else {
+            self.hidden(user);
+        }
+    }
+
+    /// A presence change from the inbox (in a cluster).
+    pub(crate) fn remote(
+        self: &Arc<Self>,
+        user: String,
+        change: courier_store::PresenceChange,
+        last_seen_ms: u64,
+    ) {
+        use courier_store::PresenceChange;
+        match change {
+            PresenceChange::Online => {
+                if self.leaving.remove(&user).is_some() {
+                    return; // back within the grace period: nobody saw it leave
+                }
+                let hub = self.clone();
+                tokio::spawn(async move { hub.announce(&user).await });
+            }
+            PresenceChange::Offline => self.leave_after_grace(user),
+            PresenceChange::Hidden => {
+                self.leaving.remove(&user);
+                self.tell_watchers(&user, &Self::frame(&user, false, last_seen_ms));
+            }
+        }
+    }
+
+    /// Announces `user`'s state after the grace period, unless it comes back before.
+    fn leave_after_grace(self: &Arc<Self>, user: String) {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        self.leaving.insert(user.clone(), generation);
+        let hub = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(hub.grace).await;
+            let still_leaving = hub
+                .leaving
+                .remove_if(&user, |_, g| *g == generation)
+                .is_some();
+            if still_leaving && (hub.clustered || !hub.registry.is_online(&user)) {
+                hub.announce(&user).await;
+            }
+        });
     }
 
     /// `user` hid its presence: its watchers see it go offline, last seen now (or when its last
@@ -105,6 +176,9 @@ impl Presence {
 
     /// A device of `user` connected (it is registered already).
     pub(crate) async fn connected(&self, user: &str) {
+        if self.clustered {
+            return; // the route's change comes through the inbox
+        }
         if self.leaving.remove(user).is_some() {
             return; // back within the grace period: nobody saw it leave
         }
@@ -122,25 +196,14 @@ impl Presence {
                     subs.retain(|(c, _)| *c != conn_id);
                     subs.is_empty()
                 });
+                self.store.unwatch_presence(&w);
             }
         }
-        if self.registry.is_online(user) {
+        if self.clustered || self.registry.is_online(user) {
             return;
         }
         self.last_seen.insert(user.to_owned(), now_ms());
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        self.leaving.insert(user.to_owned(), generation);
-        let (hub, user) = (self.clone(), user.to_owned());
-        tokio::spawn(async move {
-            tokio::time::sleep(hub.grace).await;
-            let still_leaving = hub
-                .leaving
-                .remove_if(&user, |_, g| *g == generation)
-                .is_some();
-            if still_leaving && !hub.registry.is_online(&user) {
-                hub.announce(&user).await;
-            }
-        });
+        self.leave_after_grace(user.to_owned());
     }
 
     /// Subscribes connection `conn_id` (device `device`, of `subscriber`) to the presence of
@@ -171,12 +234,18 @@ impl Presence {
         let mut n = 0;
         for u in &allowed {
             let mut subs = self.watchers.entry(u.clone()).or_default();
-            if !subs.iter().any(|(c, _)| *c == conn_id) {
+            let new = !subs.iter().any(|(c, _)| *c == conn_id);
+            if new {
                 subs.push((conn_id, device.clone()));
                 self.watching.entry(conn_id).or_default().push(u.clone());
             }
             drop(subs);
-            device.push(self.event(u));
+            // In a cluster this node is recorded as a watcher before the state is read: any
+            // change after the read reaches this node.
+            if new && self.store.watch_presence(u).await.is_err() {
+                continue;
+            }
+            device.push(self.event(u).await);
             n += 1;
         }
         n

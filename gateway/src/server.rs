@@ -162,15 +162,6 @@ impl Gateway {
             let worker = crate::push::worker(store.clone(), config.push.clone())?;
             tokio::spawn(crate::push::run(worker, shutdown_rx.clone()));
         }
-        if let Some(inbox) = store.inbox() {
-            tokio::spawn(crate::fanout::inbox_loop(
-                inbox,
-                store.clone(),
-                registry.clone(),
-                metrics.clone(),
-                shutdown_rx.clone(),
-            ));
-        }
         tokio::spawn(crate::media::janitor(
             media.clone(),
             released_rx,
@@ -181,6 +172,16 @@ impl Gateway {
             store.clone(),
             config.presence_grace,
         ));
+        if let Some(inbox) = store.inbox() {
+            tokio::spawn(crate::fanout::inbox_loop(
+                inbox,
+                store.clone(),
+                registry.clone(),
+                presence.clone(),
+                metrics.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         let shared = Arc::new(Shared {
             store: store.clone(),
             push: config.push.clone(),

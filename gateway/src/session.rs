@@ -336,10 +336,8 @@ impl Session {
                 if let Err(e) = self.store.set_presence(&self.user, f.visible).await {
                     return self.store_error(f.request_id, &e).await;
                 }
-                match (&self.presence, f.visible) {
-                    (Some(p), true) => p.hub.announce(&self.user).await,
-                    (Some(p), false) => p.hub.hidden(&self.user),
-                    (None, _) => {}
+                if let Some(p) = &self.presence {
+                    p.hub.setting_changed(&self.user, f.visible).await;
                 }
                 self.done(f.request_id).await
             }

@@ -36,6 +36,7 @@ async fn cluster(dir: &Path, n: usize, sim: &Sim) -> Vec<TestServer> {
                 c.store_engine = courier_gateway::StoreEngine::Custom(engine);
                 c.shards = 1;
                 c.cluster.lease = Duration::from_secs(2);
+                c.presence_grace = Duration::from_millis(300);
             })
             .await,
         );
@@ -340,6 +341,75 @@ async fn background_work_has_one_owner_and_moves_when_it_dies() {
         assert!(Instant::now() < deadline, "the sweep moves to a live node");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    for n in nodes {
+        n.gateway.shutdown().await;
+    }
+}
+
+/// The next presence event within `wait`, skipping everything else.
+async fn next_presence(
+    events: &mut courier_client::Events,
+    wait: Duration,
+) -> Option<courier_wire::frame::PresenceEvent> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Frame(Frame::PresenceEvent(p)))) => return Some(p),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_crosses_nodes_and_moving_between_nodes_is_no_news() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = faulty_sim();
+    let nodes = cluster(dir.path(), 3, &sim).await;
+    let (alice, _a) = nodes[0].connect("alice", 1).await;
+    let (bob, mut b) = nodes[1].connect("bob", 1).await;
+    alice.create_direct_chat("bob").await.unwrap();
+
+    bob.subscribe_presence(&["alice"]).await.unwrap();
+    let p = next_presence(&mut b, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (p.user.as_str(), p.online),
+        ("alice", true),
+        "online on another node"
+    );
+
+    // Gone from every node: offline after the grace period, with a last-seen time.
+    alice.close();
+    let p = next_presence(&mut b, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((p.user.as_str(), p.online), ("alice", false));
+    assert!(p.last_seen_ms > 0);
+    let (alice, _a) = nodes[2].connect("alice", 1).await;
+    let p = next_presence(&mut b, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (p.user.as_str(), p.online),
+        ("alice", true),
+        "back, on a third node"
+    );
+
+    // Moving from one node to another within the grace period shows nothing.
+    alice.close();
+    let (alice, _a) = nodes[0].connect("alice", 1).await;
+    assert!(
+        next_presence(&mut b, Duration::from_millis(800))
+            .await
+            .is_none(),
+        "a move between nodes is not news"
+    );
+
+    // Hiding, on one node, is seen on another at once; then nothing more.
+    alice.set_presence_visible(false).await.unwrap();
+    let p = next_presence(&mut b, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((p.user.as_str(), p.online), ("alice", false));
+    alice.close();
+    assert!(next_presence(&mut b, Duration::from_millis(800))
+        .await
+        .is_none());
+    drop(bob);
     for n in nodes {
         n.gateway.shutdown().await;
     }

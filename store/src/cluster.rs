@@ -119,6 +119,8 @@ pub(crate) struct Cluster {
     dead: Mutex<HashSet<u64>>,
     /// Devices online on this node, per user (what the node's routes say).
     local: Mutex<HashMap<String, u32>>,
+    /// Connections of this node watching each user's presence (what its `w` keys say).
+    watched: Mutex<HashMap<String, u32>>,
     /// Until when (ms) this node holds each work lease.
     owned: Mutex<HashMap<Work, u64>>,
     /// When this node last renewed its lease (ms; 0: never).
@@ -136,6 +138,7 @@ impl Cluster {
             leases: Mutex::default(),
             dead: Mutex::default(),
             local: Mutex::default(),
+            watched: Mutex::default(),
             owned: Mutex::default(),
             renewed_ms: AtomicU64::new(0),
             abandoned: Default::default(),
@@ -148,7 +151,11 @@ impl Cluster {
 
     /// Counts a device of `user` coming online here (`up`) or leaving.
     pub(crate) fn count(&self, user: &str, up: bool) {
-        let mut local = self.local.lock().expect("cluster lock");
+        Self::count_in(&self.local, user, up);
+    }
+
+    fn count_in(map: &Mutex<HashMap<String, u32>>, user: &str, up: bool) {
+        let mut local = map.lock().expect("cluster lock");
         if up {
             *local.entry(user.to_owned()).or_default() += 1;
         } else if let Some(n) = local.get_mut(user) {
@@ -157,6 +164,14 @@ impl Cluster {
                 local.remove(user);
             }
         }
+    }
+
+    fn watching(&self, user: &str) -> bool {
+        self.watched
+            .lock()
+            .expect("cluster lock")
+            .get(user)
+            .is_some_and(|&n| n > 0)
     }
 
     fn here(&self, user: &str) -> bool {
@@ -215,17 +230,67 @@ impl Cluster {
     }
 }
 
-fn encode_nodes(nodes: &[u64]) -> Vec<u8> {
-    nodes.iter().flat_map(|n| n.to_be_bytes()).collect()
+/// A route record: when the user was last seen online anywhere (ms; 0: not since the record
+/// began), then the nodes it is online on.
+fn encode_route(last_seen: u64, nodes: &[u64]) -> Vec<u8> {
+    std::iter::once(last_seen)
+        .chain(nodes.iter().copied())
+        .flat_map(u64::to_be_bytes)
+        .collect()
+}
+
+fn decode_route(v: &[u8]) -> Result<(u64, Vec<u64>), KvError> {
+    if v.len() < 8 || !v.len().is_multiple_of(8) {
+        return Err(KvError::fatal("corrupt route"));
+    }
+    let mut all = v
+        .chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")));
+    let last_seen = all.next().expect("8 bytes at least");
+    Ok((last_seen, all.collect()))
 }
 
 fn decode_nodes(v: &[u8]) -> Result<Vec<u64>, KvError> {
-    if !v.len().is_multiple_of(8) {
-        return Err(KvError::fatal("corrupt route"));
+    decode_route(v).map(|(_, nodes)| nodes)
+}
+
+/// What a presence item says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceChange {
+    /// Online somewhere now (or shown again): watchers get its current state.
+    Online,
+    /// Its last node let it go: watchers see it offline after their grace period, unless it
+    /// comes back.
+    Offline,
+    /// It hid its presence: watchers see it offline now, and nothing more until it shows it.
+    Hidden,
+}
+
+impl PresenceChange {
+    fn byte(self) -> u8 {
+        match self {
+            Self::Online => 1,
+            Self::Offline => 0,
+            Self::Hidden => 2,
+        }
     }
-    Ok(v.chunks_exact(8)
-        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-        .collect())
+
+    fn from_byte(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => Self::Online,
+            0 => Self::Offline,
+            2 => Self::Hidden,
+            _ => return None,
+        })
+    }
+}
+
+/// A presence change for the nodes watching the user.
+pub(crate) struct PresenceNote {
+    user: String,
+    change: PresenceChange,
+    last_seen: u64,
+    nodes: Vec<u64>,
 }
 
 /// An event for the online devices of some users, through their nodes' inboxes.
@@ -251,10 +316,20 @@ pub enum Delivery {
     },
     /// An event frame for these users' devices on this node.
     Event(Event),
+    /// A user's presence changed, for the connections of this node that watch it.
+    Presence {
+        /// Whose.
+        user: String,
+        /// How.
+        change: PresenceChange,
+        /// When it was last seen online (ms; 0 unknown).
+        last_seen_ms: u64,
+    },
 }
 
 const ITEM_MESSAGE: u8 = 1;
 const ITEM_EVENT: u8 = 2;
+const ITEM_PRESENCE: u8 = 3;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     // User ids are at most 64 bytes; one length byte holds them.
@@ -277,6 +352,7 @@ enum Item {
         users: Vec<String>,
     },
     Event(Event),
+    Presence(String, PresenceChange, u64),
 }
 
 fn corrupt() -> KvError {
@@ -339,6 +415,14 @@ fn decode_items(mut b: &[u8]) -> Result<Vec<Item>, KvError> {
                     except: (user, device),
                     frame,
                 }));
+            }
+            ITEM_PRESENCE => {
+                let user = get_str(&mut b)?;
+                if b.len() < 9 {
+                    return Err(corrupt());
+                }
+                let change = PresenceChange::from_byte(b.get_u8()).ok_or_else(corrupt)?;
+                items.push(Item::Presence(user, change, b.get_u64()));
             }
             _ => return Err(corrupt()),
         }
@@ -414,28 +498,87 @@ impl Attempt<'_> {
             return Ok(());
         };
         let key = keys::route(user);
-        let found = match self.t.get(&key)? {
-            Some(v) => decode_nodes(&v)?,
-            None => Vec::new(),
+        let (last_seen, found) = match self.t.get(&key)? {
+            Some(v) => decode_route(&v)?,
+            None => (0, Vec::new()),
         };
         let mut nodes = Vec::with_capacity(found.len() + 1);
+        let mut was_online = found.contains(&cluster.node);
         for &n in &found {
             if n != cluster.node && cluster.alive(&mut *self.t, n)? {
                 nodes.push(n);
+                was_online = true;
             }
         }
         if cluster.here(user) {
             nodes.push(cluster.node);
         }
         nodes.sort_unstable();
-        if nodes != found {
-            if nodes.is_empty() {
-                self.t.clear(&key);
+        let online = !nodes.is_empty();
+        // Last seen: now, whenever the user is or just was online.
+        let seen = if online || was_online {
+            lease_clock()
+        } else {
+            last_seen
+        };
+        if nodes != found || seen != last_seen {
+            self.t.set(&key, &encode_route(seen, &nodes));
+        }
+        if online != was_online {
+            let change = if online {
+                PresenceChange::Online
             } else {
-                self.t.set(&key, &encode_nodes(&nodes));
-            }
+                PresenceChange::Offline
+            };
+            self.note_presence(&cluster, user, change, seen)?;
         }
         self.routes.insert(user.to_owned(), nodes);
+        Ok(())
+    }
+
+    /// Tells the nodes watching `user`'s presence (`w user node`) of a change, in this
+    /// attempt's inbox entries.
+    pub(crate) fn note_presence(
+        &mut self,
+        cluster: &Cluster,
+        user: &str,
+        change: PresenceChange,
+        last_seen: u64,
+    ) -> Result<(), KvError> {
+        let start = keys::watchers(user);
+        let pairs = self
+            .t
+            .scan_snapshot(&start, &keys::prefix_end(&start), MAX_NODES, false)?;
+        let mut nodes = Vec::with_capacity(pairs.len());
+        for (k, _) in pairs {
+            if let Some(n) = keys::watcher_node(&k) {
+                if cluster.alive(&mut *self.t, n)? {
+                    nodes.push(n);
+                }
+            }
+        }
+        if !nodes.is_empty() {
+            self.presence.push(PresenceNote {
+                user: user.to_owned(),
+                change,
+                last_seen,
+                nodes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Brings this node's `w user node` up to date with its connections watching `user`.
+    pub(crate) fn watch_presence(&mut self, user: &str) -> Result<(), KvError> {
+        let Some(cluster) = self.shared.cluster.clone() else {
+            return Ok(());
+        };
+        let key = keys::watcher(user, cluster.node);
+        if cluster.watching(user) {
+            self.t.set(&key, &[]);
+        } else {
+            self.t.clear(&key);
+        }
         Ok(())
     }
 
@@ -445,7 +588,7 @@ impl Attempt<'_> {
         let Some(cluster) = self.shared.cluster.clone() else {
             return Ok(());
         };
-        if self.committed.is_empty() && self.events.is_empty() {
+        if self.committed.is_empty() && self.events.is_empty() && self.presence.is_empty() {
             return Ok(());
         }
         let committed = std::mem::take(&mut self.committed);
@@ -539,6 +682,18 @@ impl Attempt<'_> {
                 put_users(&mut item, &users);
                 item.put_u32(e.frame.len() as u32);
                 item.extend_from_slice(&e.frame);
+                out.entry(node)
+                    .or_default()
+                    .room(item.len())
+                    .extend_from_slice(&item);
+            }
+        }
+        for p in &self.presence {
+            let mut item = vec![ITEM_PRESENCE];
+            put_str(&mut item, &p.user);
+            item.push(p.change.byte());
+            item.put_u64(p.last_seen);
+            for &node in &p.nodes {
                 out.entry(node)
                     .or_default()
                     .room(item.len())
@@ -677,6 +832,59 @@ impl crate::Store {
         }
     }
 
+    /// A connection of this node watches `user`'s presence: once the node is recorded as a
+    /// watcher (`w user node`), every change of it reaches this node's inbox. Returns once that
+    /// is committed. Outside a cluster it does nothing.
+    pub async fn watch_presence(&self, user: &str) -> Result<(), StoreError> {
+        let Some(c) = &self.shared.cluster else {
+            return Ok(());
+        };
+        Cluster::count_in(&c.watched, user, true);
+        let user = user.to_owned();
+        self.call(|reply| crate::writer::Op::Watch {
+            user,
+            reply: Some(reply),
+        })
+        .await
+    }
+
+    /// A connection of this node stopped watching `user`'s presence (queued).
+    pub fn unwatch_presence(&self, user: &str) {
+        let Some(c) = &self.shared.cluster else {
+            return;
+        };
+        Cluster::count_in(&c.watched, user, false);
+        if !c.watching(user) && !c.abandoned.load(Ordering::Relaxed) {
+            self.queue(crate::writer::Op::Watch {
+                user: user.to_owned(),
+                reply: None,
+            });
+        }
+    }
+
+    /// Whether `user` is online on some live node, and when it was last seen (ms; 0 unknown):
+    /// from its route. Outside a cluster: `None` (the gateway knows).
+    pub fn presence_of(&self, user: &str) -> Result<Option<(bool, u64)>, StoreError> {
+        let Some(c) = self.shared.cluster.clone() else {
+            return Ok(None);
+        };
+        self.read(|t| {
+            let Some(v) = t
+                .get_snapshot(&keys::route(user))
+                .map_err(StoreError::from)?
+            else {
+                return Ok(Some((false, 0)));
+            };
+            let (last_seen, nodes) = decode_route(&v).map_err(StoreError::from)?;
+            for n in nodes {
+                if c.alive(t, n).map_err(StoreError::from)? {
+                    return Ok(Some((true, lease_clock())));
+                }
+            }
+            Ok(Some((false, last_seen)))
+        })
+    }
+
     /// Sends `event` to its users' online devices on every node (through the inboxes, in the
     /// next write batch). Queued; nothing waits for it.
     pub fn publish(&self, event: Event) {
@@ -722,7 +930,7 @@ impl crate::Store {
                     .iter()
                     .filter_map(|i| match i {
                         Item::Message { chat, seq, .. } => Some(keys::message(*chat, *seq)),
-                        Item::Event(_) => None,
+                        Item::Event(_) | Item::Presence(..) => None,
                     })
                     .collect();
                 let mut found = t.get_many(&wanted)?.into_iter();
@@ -738,6 +946,13 @@ impl crate::Store {
                             }
                         }
                         Item::Event(e) => deliveries.push(Delivery::Event(e)),
+                        Item::Presence(user, change, last_seen_ms) => {
+                            deliveries.push(Delivery::Presence {
+                                user,
+                                change,
+                                last_seen_ms,
+                            });
+                        }
                     }
                 }
                 t.commit()?;
@@ -966,7 +1181,12 @@ mod tests {
     #[test]
     fn routes_round_trip() {
         let nodes = [1, 5, u64::MAX];
-        assert_eq!(decode_nodes(&encode_nodes(&nodes)).unwrap(), nodes);
-        assert!(decode_nodes(&[1, 2, 3]).is_err());
+        assert_eq!(
+            decode_route(&encode_route(77, &nodes)).unwrap(),
+            (77, nodes.to_vec())
+        );
+        assert_eq!(decode_route(&encode_route(9, &[])).unwrap(), (9, vec![]));
+        assert!(decode_route(&[1, 2, 3]).is_err());
+        assert!(decode_route(&[]).is_err());
     }
 }

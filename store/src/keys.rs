@@ -68,6 +68,8 @@ pub mod tag {
     pub const WAKE: u8 = b'Y';
     /// `o work` -> the node holding a work lease (the sweep, the push outbox) and until when.
     pub const OWNER: u8 = b'o';
+    /// `w user node` -> a node with connections watching the user's presence (empty value).
+    pub const WATCHER: u8 = b'w';
 }
 
 fn user(out: &mut Vec<u8>, user: &str) {
@@ -339,6 +341,27 @@ pub fn route(u: &str) -> Vec<u8> {
     k.push(tag::ROUTE);
     user(&mut k, u);
     k
+}
+
+/// `w user node`.
+pub fn watcher(u: &str, node: u64) -> Vec<u8> {
+    let mut k = watchers(u);
+    k.extend_from_slice(&node.to_be_bytes());
+    k
+}
+
+/// The prefix of every `w user node` of `u`.
+pub fn watchers(u: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + u.len());
+    k.push(tag::WATCHER);
+    user(&mut k, u);
+    k
+}
+
+/// The node at the end of a `w user node` key.
+pub fn watcher_node(key: &[u8]) -> Option<u64> {
+    let b = key.get(key.len().checked_sub(8)?..)?;
+    Some(u64::from_be_bytes(b.try_into().ok()?))
 }
 
 /// The prefix of node `node`'s inbox (`I node`).

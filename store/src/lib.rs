@@ -45,7 +45,7 @@ pub mod record;
 mod store;
 pub mod writer;
 
-pub use cluster::{ClusterConfig, Delivery, Event, Inbox, Work};
+pub use cluster::{ClusterConfig, Delivery, Event, Inbox, PresenceChange, Work};
 pub use error::{Forbid, StoreError, BUSY_RETRY_AFTER, UNAVAILABLE_RETRY_AFTER};
 pub use logging::LogLimiter;
 pub use media::{quota_error, MAX_ATTACHMENTS, UNATTACHED_UPLOAD_TTL_MS};

@@ -102,6 +102,8 @@ pub(crate) struct Attempt<'a> {
     pub(crate) routes: HashMap<String, Vec<u64>>,
     /// Events for other nodes' devices, written to their inboxes with this attempt.
     pub(crate) events: Vec<crate::cluster::Event>,
+    /// Presence changes for the nodes watching them (in a cluster).
+    pub(crate) presence: Vec<crate::cluster::PresenceNote>,
 }
 
 fn invalid<T>(msg: impl Into<String>) -> OpResult<T> {
@@ -129,6 +131,7 @@ impl<'a> Attempt<'a> {
             last_seqs: HashMap::new(),
             routes: HashMap::new(),
             events: Vec::new(),
+            presence: Vec::new(),
         }
     }
 

@@ -23,6 +23,16 @@ impl Attempt<'_> {
             ))));
         }
         self.t.set(&keys::presence(user), &[u8::from(visible)]);
+        // In a cluster the nodes watching the user hear of it (shown: its state now; hidden:
+        // offline, as if it had left).
+        if let Some(cluster) = self.shared.cluster.clone() {
+            let change = if visible {
+                crate::cluster::PresenceChange::Online
+            } else {
+                crate::cluster::PresenceChange::Hidden
+            };
+            self.note_presence(&cluster, user, change, courier_wire::time::now_ms())?;
+        }
         Ok(Ok(()))
     }
 }

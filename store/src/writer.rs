@@ -120,6 +120,11 @@ pub(crate) enum Op {
     },
     /// An event for other nodes' devices (in a cluster): written to their inboxes.
     Publish(crate::cluster::Event),
+    /// This node's presence watch of a user brought up to date (in a cluster).
+    Watch {
+        user: String,
+        reply: Option<Reply<()>>,
+    },
     Shutdown,
 }
 
@@ -129,7 +134,11 @@ impl Op {
     fn is_append(&self) -> bool {
         matches!(
             self,
-            Self::Append(..) | Self::AppendBatch(..) | Self::Route { .. } | Self::Publish(_)
+            Self::Append(..)
+                | Self::AppendBatch(..)
+                | Self::Route { .. }
+                | Self::Publish(_)
+                | Self::Watch { .. }
         )
     }
 
@@ -223,6 +232,10 @@ fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, KvError> {
             a.events.push(e.clone());
             Answer::None
         }
+        Op::Watch { user, .. } => {
+            a.watch_presence(user)?;
+            Answer::Unit(Ok(()))
+        }
         Op::Shutdown => Answer::None,
     })
 }
@@ -252,7 +265,7 @@ fn answer(op: Op, answer: Answer) {
             drop(reply.send(r));
         }
         (Op::Receipt { reply, .. }, Answer::Receipt(r)) => drop(reply.send(r)),
-        (Op::Route { reply, .. }, Answer::Unit(r)) => {
+        (Op::Route { reply, .. } | Op::Watch { reply, .. }, Answer::Unit(r)) => {
             if let Some(reply) = reply {
                 drop(reply.send(r));
             }
@@ -276,7 +289,7 @@ fn fail(op: Op, e: StoreError) {
         | Op::RegisterPush { reply, .. }
         | Op::PushDone { reply, .. } => drop(reply.send(Err(e))),
         Op::Receipt { reply, .. } => drop(reply.send(Err(e))),
-        Op::Route { reply, .. } => {
+        Op::Route { reply, .. } | Op::Watch { reply, .. } => {
             if let Some(reply) = reply {
                 drop(reply.send(Err(e)));
             }

@@ -1438,6 +1438,8 @@ pub async fn cluster_inboxes_get_each_message_once_in_seq_order(h: &dyn Harness)
         nodes[i % 3].route_up(&format!("u{i}")).await.unwrap();
     }
     nodes[0].route_up("u1").await.unwrap();
+    // Node 1 watches u0's presence (u0 is online on node 0).
+    nodes[1].watch_presence("u0").await.unwrap();
     let all: Vec<String> = (1..6).map(|i| format!("u{i}")).collect();
     let group = nodes[0].create_group("u0", "g", all).await.unwrap().id;
     let direct = nodes[1].create_direct("u1", "u2").await.unwrap().id;
@@ -1521,6 +1523,9 @@ pub async fn cluster_inboxes_get_each_message_once_in_seq_order(h: &dyn Harness)
                         );
                         events.push(e);
                     }
+                    Delivery::Presence { user, .. } => {
+                        panic!("node {node}: {user}'s presence did not change")
+                    }
                 }
             }
         }
@@ -1571,6 +1576,51 @@ pub async fn cluster_inboxes_get_each_message_once_in_seq_order(h: &dyn Harness)
             other => panic!("node {node}: {other:?}"),
         }
     }
+    assert!(inboxes[2]
+        .next(Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_empty());
+    // u0 leaves node 0, its only node: node 1, which watches u0, hears it went offline; then
+    // online again. Nobody else hears of it.
+    use courier_store::PresenceChange;
+    for (change, up) in [
+        (PresenceChange::Offline, false),
+        (PresenceChange::Online, true),
+    ] {
+        if up {
+            nodes[0].route_up("u0").await.unwrap();
+        } else {
+            nodes[0].route_down("u0");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let got = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node 1 hears of {change:?}"
+            );
+            let d = inboxes[1].next(Duration::from_millis(100)).await.unwrap();
+            if !d.is_empty() {
+                break d;
+            }
+        };
+        match &got[..] {
+            [Delivery::Presence {
+                user,
+                change: c,
+                last_seen_ms,
+            }] => {
+                assert_eq!((user.as_str(), *c), ("u0", change));
+                assert!(*last_seen_ms > 0);
+            }
+            other => panic!("node 1: {other:?}"),
+        }
+    }
+    assert!(inboxes[0]
+        .next(Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_empty());
     assert!(inboxes[2]
         .next(Duration::from_millis(50))
         .await
