@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use courier_wire::frame::{Attachment, Download, Upload};
-use courier_wire::Frame;
+use courier_wire::{ErrorCode, Frame};
 
 use crate::error::Closer;
 use crate::{Client, ClientError};
@@ -45,8 +45,31 @@ fn read_err(e: ReadError) -> ClientError {
 impl Client {
     /// Uploads `data` on a stream of its own and returns the stored media (what a message
     /// attaches). `state` is kept up to date with what the server confirmed, so that after an
-    /// interruption the upload can be resumed with [`UploadOptions::resume`].
+    /// interruption the upload can be resumed with [`UploadOptions::resume`]. A resume the
+    /// server does not know (`NOT_FOUND`: the resume window passed, or the device reconnected
+    /// to another node of a cluster, where the partial upload is not) starts the upload over.
     pub async fn upload(
+        &self,
+        data: Bytes,
+        options: UploadOptions,
+        state: &mut UploadState,
+    ) -> Result<Attachment, ClientError> {
+        let fresh = UploadOptions {
+            resume: None,
+            ..options.clone()
+        };
+        match self.upload_once(data.clone(), options.clone(), state).await {
+            Err(ClientError::Server { code, .. })
+                if code == ErrorCode::NOT_FOUND && options.resume.is_some() =>
+            {
+                *state = UploadState::default();
+                self.upload_once(data, fresh, state).await
+            }
+            r => r,
+        }
+    }
+
+    async fn upload_once(
         &self,
         data: Bytes,
         options: UploadOptions,

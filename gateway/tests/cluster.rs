@@ -27,6 +27,7 @@ fn seed() -> u64 {
 /// `n` nodes on one simulated cluster, each with its own store directory (media and local
 /// state) under `dir`, sharing the TLS identity and the token issuer.
 async fn cluster(dir: &Path, n: usize, sim: &Sim) -> Vec<TestServer> {
+    let blobs = dir.join("shared-blobs");
     let mut nodes = Vec::new();
     for i in 0..n {
         let engine: Arc<dyn courier_store::kv::Engine> = Arc::new(sim.clone());
@@ -37,6 +38,8 @@ async fn cluster(dir: &Path, n: usize, sim: &Sim) -> Vec<TestServer> {
                 c.shards = 1;
                 c.cluster.lease = Duration::from_secs(2);
                 c.presence_grace = Duration::from_millis(300);
+                // One blob store for all (as S3 would be); partial uploads stay on each node.
+                c.media.blobs = courier_gateway::media::BlobStoreConfig::Dir(blobs.clone());
             })
             .await,
         );
@@ -410,6 +413,105 @@ async fn presence_crosses_nodes_and_moving_between_nodes_is_no_news() {
         .await
         .is_none());
     drop(bob);
+    for n in nodes {
+        n.gateway.shutdown().await;
+    }
+}
+
+/// Bytes that do not compress or repeat.
+fn noise(len: usize, seed: u64) -> bytes::Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_uploaded_on_one_node_downloads_on_another_and_a_resume_elsewhere_restarts() {
+    use courier_client::{UploadOptions, UploadState};
+    use courier_wire::frame::Upload;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = faulty_sim();
+    let nodes = cluster(dir.path(), 2, &sim).await;
+    let (alice, _a) = nodes[0].connect("alice", 1).await;
+    let (bob, mut b) = nodes[1].connect("bob", 1).await;
+    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
+    let bytes = noise(300_000, 1);
+    let media = alice
+        .upload(
+            bytes.clone(),
+            UploadOptions::default(),
+            &mut UploadState::default(),
+        )
+        .await
+        .unwrap();
+    alice
+        .send_message(
+            chat,
+            courier_client::connection::new_client_msg_id(),
+            MessageKind::Text,
+            body(0),
+            vec![media.clone()],
+        )
+        .await
+        .unwrap();
+    let m = next_message(&mut b).await;
+    assert_eq!(m.attachments.len(), 1);
+    let (info, back) = bob.download(media.media_id, 0, 0).await.unwrap();
+    assert_eq!(
+        (info.sha256, back),
+        (media.sha256, bytes),
+        "downloaded on the other node"
+    );
+
+    // An upload cut short on node 0, resumed through node 1 (which never had its part):
+    // refused there with NOT_FOUND, and the SDK starts it over.
+    let big = noise((3 << 20) + 7, 2);
+    let (raw, _) = nodes[0].raw_session("alice", 2).await;
+    let (mut send, recv) = raw.conn.open_bi().await.unwrap();
+    let first = Frame::Upload(Upload {
+        request_id: 1,
+        size: big.len() as u64,
+        content_type: String::new(),
+        sha256: None,
+        resume: 0,
+        offset: 0,
+    });
+    send.write_all(&first.to_bytes()).await.unwrap();
+    send.write_all(&big[..(5 << 19)]).await.unwrap();
+    let mut reader = courier_net::io::FrameReader::new(recv, 1 << 16);
+    let (upload, confirmed) = loop {
+        match tokio::time::timeout(Duration::from_secs(10), reader.next())
+            .await
+            .unwrap()
+        {
+            Ok(Some(Frame::UploadProgress(p))) if p.offset >= 1 << 20 => {
+                break (p.upload, p.offset)
+            }
+            Ok(Some(Frame::UploadProgress(_))) => {}
+            other => panic!("expected progress, got {other:?}"),
+        }
+    };
+    raw.conn.close(0u32.into(), b"gone");
+    let (alice_elsewhere, _e) = nodes[1].connect("alice", 2).await;
+    let mut state = UploadState::default();
+    let opts = UploadOptions {
+        resume: Some((upload, confirmed)),
+        ..UploadOptions::default()
+    };
+    let again = alice_elsewhere
+        .upload(big.clone(), opts, &mut state)
+        .await
+        .unwrap();
+    assert_eq!(again.size, big.len() as u64);
+    let (_, back) = alice.download(again.media_id, 0, 0).await.unwrap();
+    assert_eq!(back, big);
+    drop((alice, bob, alice_elsewhere));
     for n in nodes {
         n.gateway.shutdown().await;
     }

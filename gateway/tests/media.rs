@@ -239,12 +239,33 @@ async fn an_interrupted_upload_resumes_from_the_confirmed_offset() {
     assert_eq!(media.sha256, sha256(&bytes));
     let (_, back) = alice.download(media.media_id, 0, 0).await.unwrap();
     assert_eq!(back, bytes);
-    // The part is gone once stored; and nobody else may resume someone's upload.
-    let err = alice
-        .upload(bytes.clone(), opts, &mut UploadState::default())
+    // The part is gone once stored: the server refuses a resume of it with NOT_FOUND (as it
+    // does a resume on a node of a cluster that never had the part) ...
+    let (raw, _) = server.raw_session("alice", 1).await;
+    let (mut send, recv) = raw.conn.open_bi().await.unwrap();
+    let resume = match new_upload(&bytes) {
+        Frame::Upload(u) => Frame::Upload(Upload {
+            resume: upload,
+            offset: confirmed,
+            ..u
+        }),
+        _ => unreachable!(),
+    };
+    send.write_all(&resume.to_bytes()).await.unwrap();
+    let mut reader = courier_net::io::FrameReader::new(recv, 1 << 16);
+    match tokio::time::timeout(Duration::from_secs(10), reader.next())
         .await
-        .unwrap_err();
-    assert_eq!(code(&err), Some(ErrorCode::NOT_FOUND), "{err}");
+        .unwrap()
+    {
+        Ok(Some(Frame::ErrorFrame(e))) => assert_eq!(e.code, ErrorCode::NOT_FOUND),
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    }
+    // ... and the SDK, told so, starts the upload over.
+    let mut again = UploadState::default();
+    let media2 = alice.upload(bytes.clone(), opts, &mut again).await.unwrap();
+    assert_eq!(media2.sha256, media.sha256);
+    assert_ne!(media2.media_id, media.media_id);
+    assert_ne!(again.upload, upload, "a new upload");
     server.gateway.shutdown().await;
 }
 

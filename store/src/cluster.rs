@@ -1015,6 +1015,125 @@ pub(crate) fn run(shared: Arc<Shared>, stop: std_mpsc::Receiver<()>) {
     });
 }
 
+/// How long a node's mark that it is storing a blob holds if it is never cleared (a crash).
+const STORING_MARK_MS: u64 = 3_600_000;
+
+/// How long a deletion's mark holds if it is never cleared.
+const DELETING_MARK_MS: u64 = 300_000;
+
+impl crate::Store {
+    /// In a cluster, before an upload stores blob `sha256` (or finds it stored): records that
+    /// this node is storing it, so that no node deletes it meanwhile. `Ok(None)`: a node is
+    /// deleting it right now; wait and ask again. Outside a cluster: `Ok(Some(0))`, nothing
+    /// recorded (the gateway's own guard is enough). Hand the token to
+    /// [`crate::Store::blob_stored`] once the upload's records are committed (or it failed).
+    pub fn blob_storing(&self, sha256: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+        let Some(c) = self.shared.cluster.clone() else {
+            return Ok(Some(0));
+        };
+        let token = rand::random::<u64>().max(1);
+        let now = lease_clock();
+        let mut marked = false;
+        once(&self.shared, |t| {
+            marked = false;
+            let start = keys::blob_marks(sha256);
+            // A conflict read: a deletion beginning meanwhile makes one of the two retry.
+            let marks = t.scan(&start, &keys::prefix_end(&start), 256, false)?;
+            let mine = keys::blob_mark(sha256, c.node, token);
+            let deleting = marks.iter().any(|(k, v)| {
+                keys::blob_mark_node(k) == Some(0)
+                    && record::decode_u64(v).is_ok_and(|until| until > now)
+            });
+            // An earlier attempt that "maybe committed" did.
+            if marks.iter().any(|(k, _)| *k == mine) {
+                marked = true;
+            } else if !deleting {
+                let until = now + STORING_MARK_MS;
+                t.set(
+                    &keys::blob_mark(sha256, c.node, token),
+                    &until.to_be_bytes(),
+                );
+                marked = true;
+            }
+            Ok(())
+        })
+        .map_err(StoreError::from)?;
+        Ok(marked.then_some(token))
+    }
+
+    /// The upload that [`crate::Store::blob_storing`] gave `token` is over.
+    pub fn blob_stored(&self, sha256: &[u8; 32], token: u64) -> Result<(), StoreError> {
+        let Some(c) = self.shared.cluster.clone() else {
+            return Ok(());
+        };
+        once(&self.shared, |t| {
+            t.clear(&keys::blob_mark(sha256, c.node, token));
+            Ok(())
+        })
+        .map_err(StoreError::from)
+    }
+
+    /// In a cluster, before deleting blob `sha256`: in one transaction, checks that no media
+    /// record uses it and no node is storing it, and records the deletion (so an upload that
+    /// begins meanwhile waits for it). `Some(token)`: delete the blob, then call
+    /// [`crate::Store::blob_deleted`]; `None`: keep it. Outside a cluster: whether no record
+    /// uses it (`Some(0)`).
+    pub fn blob_deleting(&self, sha256: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+        if self.shared.cluster.is_none() {
+            return Ok((!self.blob_in_use(sha256)?).then_some(0));
+        }
+        let token = rand::random::<u64>().max(1);
+        let now = lease_clock();
+        let mut deleting = false;
+        once(&self.shared, |t| {
+            deleting = false;
+            let users = keys::blob_users(sha256);
+            if !t
+                .scan(&users, &keys::prefix_end(&users), 1, false)?
+                .is_empty()
+            {
+                return Ok(());
+            }
+            let start = keys::blob_marks(sha256);
+            let marks = t.scan(&start, &keys::prefix_end(&start), 256, false)?;
+            let mine = keys::blob_mark(sha256, 0, token);
+            if marks.iter().any(|(k, _)| *k == mine) {
+                // An earlier attempt that "maybe committed" did.
+                deleting = true;
+                return Ok(());
+            }
+            let mut live = false;
+            for (k, v) in &marks {
+                if record::decode_u64(v).is_ok_and(|until| until > now) {
+                    live = true;
+                } else {
+                    t.clear(k); // a crashed upload's or deletion's mark
+                }
+            }
+            if !live {
+                let until = now + DELETING_MARK_MS;
+                t.set(&keys::blob_mark(sha256, 0, token), &until.to_be_bytes());
+                deleting = true;
+            }
+            Ok(())
+        })
+        .map_err(StoreError::from)?;
+        Ok(deleting.then_some(token))
+    }
+
+    /// The deletion [`crate::Store::blob_deleting`] gave `token` is done.
+    pub fn blob_deleted(&self, sha256: &[u8; 32], token: u64) -> Result<(), StoreError> {
+        if self.shared.cluster.is_none() {
+            return Ok(());
+        }
+        once(&self.shared, |t| {
+            t.clear(&keys::blob_mark(sha256, 0, token));
+            Ok(())
+        })
+        .map_err(StoreError::from)
+    }
+}
+
 /// Writes this node's first lease, before anything can name the node.
 pub(crate) fn join(shared: &Shared, cluster: &Cluster) -> Result<(), StoreError> {
     let now = lease_clock();

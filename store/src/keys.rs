@@ -70,6 +70,9 @@ pub mod tag {
     pub const OWNER: u8 = b'o';
     /// `w user node` -> a node with connections watching the user's presence (empty value).
     pub const WATCHER: u8 = b'w';
+    /// `h sha256 node token` -> until when (ms) a node is storing the blob (an upload) or,
+    /// with node 0, deleting it (the janitor).
+    pub const BLOB_MARK: u8 = b'h';
 }
 
 fn user(out: &mut Vec<u8>, user: &str) {
@@ -341,6 +344,28 @@ pub fn route(u: &str) -> Vec<u8> {
     k.push(tag::ROUTE);
     user(&mut k, u);
     k
+}
+
+/// `h sha256 node token`.
+pub fn blob_mark(sha256: &[u8; 32], node: u64, token: u64) -> Vec<u8> {
+    let mut k = blob_marks(sha256);
+    k.extend_from_slice(&node.to_be_bytes());
+    k.extend_from_slice(&token.to_be_bytes());
+    k
+}
+
+/// The prefix of every `h sha256 ...`.
+pub fn blob_marks(sha256: &[u8; 32]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(49);
+    k.push(tag::BLOB_MARK);
+    k.extend_from_slice(sha256);
+    k
+}
+
+/// The node in a `h sha256 node token` key (0: a deletion).
+pub fn blob_mark_node(key: &[u8]) -> Option<u64> {
+    key.get(33..41)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
 }
 
 /// `w user node`.

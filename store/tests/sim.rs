@@ -233,30 +233,139 @@ async fn acks_do_not_conflict_with_sends_to_the_same_chat() {
     sender.close().await;
 }
 
-/// A batch that keeps failing (here: half the commits refused as conflicts) is halved from its
-/// second failure on, the rest left for the next transaction: every send still commits, and
-/// one sender's sends keep their queue order (seqs 1..=n in the order they were queued).
+/// The simulation, with the next `fail` commits of transactions of more than ten writes
+/// refused as conflicts (`big` counts those that commit), and transactions held while `gate`
+/// is closed (`held` says one waits).
+struct FailsBigCommits {
+    sim: Sim,
+    fail: Arc<std::sync::atomic::AtomicU32>,
+    big: Arc<std::sync::atomic::AtomicU32>,
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    held: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct Flaky<'a> {
+    inner: Box<dyn courier_store::kv::Txn + 'a>,
+    writes: usize,
+    fail: Arc<std::sync::atomic::AtomicU32>,
+    big: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl courier_store::kv::Txn for Flaky<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, courier_store::kv::KvError> {
+        self.inner.get(key)
+    }
+    fn get_many(
+        &mut self,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, courier_store::kv::KvError> {
+        self.inner.get_many(keys)
+    }
+    fn scan(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<courier_store::kv::Pairs, courier_store::kv::KvError> {
+        self.inner.scan(start, end, limit, reverse)
+    }
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        self.writes += 1;
+        self.inner.set(key, value);
+    }
+    fn clear(&mut self, key: &[u8]) {
+        self.inner.clear(key);
+    }
+    fn clear_range(&mut self, start: &[u8], end: &[u8]) {
+        self.inner.clear_range(start, end);
+    }
+    fn size(&self) -> usize {
+        self.inner.size()
+    }
+    fn commit(self: Box<Self>) -> Result<(), courier_store::kv::KvError> {
+        use std::sync::atomic::Ordering;
+        let refuse = self.writes > 10
+            && self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if refuse {
+            return Err(courier_store::kv::KvError::retryable("injected conflict"));
+        }
+        if self.writes > 10 {
+            self.big.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.commit()
+    }
+}
+
+impl Engine for FailsBigCommits {
+    fn name(&self) -> &'static str {
+        "sim failing big commits"
+    }
+    fn begin(&self) -> Result<Box<dyn courier_store::kv::Txn + '_>, courier_store::kv::KvError> {
+        Ok(Box::new(Flaky {
+            inner: self.sim.begin()?,
+            writes: 0,
+            fail: self.fail.clone(),
+            big: self.big.clone(),
+        }))
+    }
+    fn begin_write(
+        &self,
+    ) -> Result<Box<dyn courier_store::kv::Txn + '_>, courier_store::kv::KvError> {
+        let (lock, cv) = &*self.gate;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            self.held.store(true, std::sync::atomic::Ordering::SeqCst);
+            open = cv.wait(open).unwrap();
+        }
+        drop(open);
+        self.begin()
+    }
+    fn exclusive(&self) -> bool {
+        false
+    }
+    fn max_batch(&self) -> usize {
+        self.sim.max_batch()
+    }
+    fn sync(&self) -> Result<(), courier_store::kv::KvError> {
+        Ok(())
+    }
+}
+
+/// A batch that keeps failing is halved from its second failure on, the rest left for the
+/// next transaction: every send still commits, and one sender's sends keep their queue order
+/// (seqs 1..=n in the order they were queued).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_keeps_conflicting_is_split_and_keeps_its_order() {
-    let sim = Sim::new(SimConfig {
-        seed: 7,
-        faults: Faults {
-            conflict: 0.5,
-            ..Faults::NONE
-        },
-        ..SimConfig::default()
-    });
-    let open = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
-    let engine = Arc::new(Gated {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let sim = Sim::new(SimConfig::default());
+    let (fail, big) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let gate = Arc::new((Mutex::new(true), std::sync::Condvar::new()));
+    let held = Arc::new(AtomicBool::new(false));
+    let engine = Arc::new(FailsBigCommits {
         sim: sim.clone(),
-        open: open.clone(),
+        fail: fail.clone(),
+        big: big.clone(),
+        gate: gate.clone(),
+        held: held.clone(),
     });
-    let mut cfg = conformance::config();
-    cfg.max_retries = 100;
-    let store = courier_store::Store::with_engine(engine, cfg).unwrap();
+    let store = courier_store::Store::with_engine(engine, conformance::config()).unwrap();
     let chat = store.create_direct("alice", "bob").await.unwrap().id;
-    // Everything is queued before the writer may begin: one batch of 300.
-    *open.0.lock().unwrap() = false;
+    // The writer is held on another operation while the 300 sends queue, so they make one
+    // batch; the next three large commits fail: the batch fails, fails again (halved), and
+    // again (halved again), then a quarter of it commits; the rest follows, in order.
+    *gate.0.lock().unwrap() = false;
+    let other = {
+        let store = store.clone();
+        tokio::spawn(async move { store.create_direct("carol", "dave").await })
+    };
+    while !held.load(Ordering::SeqCst) {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    fail.store(3, Ordering::SeqCst);
     let mut tickets = Vec::new();
     for n in 0..300u32 {
         tickets.push(
@@ -266,17 +375,19 @@ async fn a_batch_that_keeps_conflicting_is_split_and_keeps_its_order() {
                 .unwrap(),
         );
     }
-    *open.0.lock().unwrap() = true;
-    open.1.notify_all();
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    other.await.unwrap().unwrap();
     let mut seqs = Vec::new();
     for t in tickets {
         seqs.push(t.wait().await.unwrap().seq);
     }
     assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
-    let stats = sim.stats();
-    // Whole, the batch would need one success in a row of coin flips per attempt; halved,
-    // it takes more commits than one.
-    assert!(stats.commits > 3, "{stats:?}");
-    assert!(stats.injected_conflicts > 0, "{stats:?}");
+    assert_eq!(fail.load(Ordering::SeqCst), 0, "three commits refused");
+    assert_eq!(
+        big.load(Ordering::SeqCst),
+        2,
+        "a quarter of the batch, then the rest (whole, the batch would be one commit)"
+    );
     store.close().await;
 }

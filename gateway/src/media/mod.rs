@@ -71,6 +71,8 @@ pub enum BlobStoreConfig {
     /// `blobs/` in the media directory.
     #[default]
     Local,
+    /// Another directory (`file:/path`): one that every node of a cluster mounts.
+    Dir(PathBuf),
     /// An S3 bucket, or a bucket of an S3-compatible service at `endpoint`. Credentials and
     /// region come from the `AWS_*` environment variables. Needs the `s3` cargo feature.
     S3 {
@@ -90,13 +92,24 @@ impl BlobStoreConfig {
             }
             return Ok(Self::Local);
         }
+        if let Some(dir) = text.strip_prefix("file:") {
+            if endpoint.is_some() {
+                return Err("an S3 endpoint needs an s3:// blob store".into());
+            }
+            if dir.is_empty() {
+                return Err(
+                    "blob store \"file:\": name a directory, e.g. file:/mnt/courier-blobs".into(),
+                );
+            }
+            return Ok(Self::Dir(PathBuf::from(dir)));
+        }
         match text.strip_prefix("s3://") {
             Some(bucket) if !bucket.is_empty() && !bucket.contains('/') => Ok(Self::S3 {
                 bucket: bucket.to_owned(),
                 endpoint,
             }),
             _ => Err(format!(
-                "blob store {text:?}: expected `local` or `s3://BUCKET`"
+                "blob store {text:?}: expected `local`, `file:/DIR` or `s3://BUCKET`"
             )),
         }
     }
@@ -131,6 +144,9 @@ pub struct MediaService {
     /// writing it): the janitor must not delete these. Held across the janitor's check and
     /// delete, so an upload either registers first or finds the blob gone.
     pub(crate) storing: tokio::sync::Mutex<HashMap<[u8; 32], usize>>,
+    /// In a cluster, the store's marks of the blobs this node's uploads are storing (so that
+    /// no other node deletes them meanwhile), by blob.
+    marks: std::sync::Mutex<HashMap<[u8; 32], Vec<u64>>>,
     /// Declared bytes of each user's uploads in progress (they count against the quota and the
     /// free-space floor before any record exists).
     pub(crate) receiving: std::sync::Mutex<HashMap<String, u64>>,
@@ -143,6 +159,7 @@ impl MediaService {
         std::fs::create_dir_all(&uploads)?;
         let blobs = match &config.blobs {
             BlobStoreConfig::Local => Blobs::local(&dir.join("blobs"))?,
+            BlobStoreConfig::Dir(at) => Blobs::local(at)?,
             BlobStoreConfig::S3 { bucket, endpoint } => Blobs::s3(bucket, endpoint.as_deref())?,
         };
         Ok(Self {
@@ -152,21 +169,57 @@ impl MediaService {
             thumbnails: Semaphore::new(config.thumbnail_workers.max(1)),
             config,
             storing: tokio::sync::Mutex::default(),
+            marks: std::sync::Mutex::default(),
             receiving: std::sync::Mutex::default(),
         })
     }
 
-    /// Marks blobs as being stored by an upload until [`MediaService::stored`].
-    pub(crate) async fn storing(&self, blobs: &[[u8; 32]]) {
-        let mut s = self.storing.lock().await;
-        for b in blobs {
-            *s.entry(*b).or_default() += 1;
+    /// Marks a blob as being stored by an upload until [`MediaService::stored`]: in this
+    /// process, and in a cluster in the store too (waiting, up to [`MARK_WAIT`], for a deletion
+    /// of the same bytes on another node to end). An error: it could not be marked, the
+    /// upload must not go on (a call to `stored` still balances this one).
+    pub(crate) async fn storing(&self, sha256: [u8; 32]) -> Result<(), String> {
+        *self.storing.lock().await.entry(sha256).or_default() += 1;
+        let deadline = tokio::time::Instant::now() + MARK_WAIT;
+        loop {
+            match self.store.reading(move |s| s.blob_storing(&sha256)).await {
+                Ok(Some(0)) => return Ok(()), // not in a cluster: nothing recorded
+                Ok(Some(token)) => {
+                    let mut marks = self.marks.lock().expect("marks lock");
+                    marks.entry(sha256).or_default().push(token);
+                    return Ok(());
+                }
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(None) => return Err("the same bytes are being deleted; try again".into()),
+                Err(e) => return Err(e.to_string()),
+            }
         }
     }
 
     /// The upload that called [`MediaService::storing`] finished (its records are committed,
     /// or it failed).
     pub(crate) async fn stored(&self, blobs: &[[u8; 32]]) {
+        for b in blobs {
+            let token = self
+                .marks
+                .lock()
+                .expect("marks lock")
+                .get_mut(b)
+                .and_then(Vec::pop);
+            if let Some(token) = token {
+                let sha = *b;
+                if let Err(e) = self
+                    .store
+                    .reading(move |s| s.blob_stored(&sha, token))
+                    .await
+                {
+                    // The mark expires by itself; until then the blob is only kept longer.
+                    tracing::warn!("clearing a blob's mark failed: {e}");
+                }
+            }
+        }
         let mut s = self.storing.lock().await;
         for b in blobs {
             if let Some(n) = s.get_mut(b) {
@@ -178,24 +231,35 @@ impl MediaService {
         }
     }
 
-    /// Deletes a released blob unless an upload is storing it or a record uses it again.
+    /// Deletes a released blob unless an upload is storing it or a record uses it again (in a
+    /// cluster: an upload on any node, checked and recorded in one transaction).
     pub(crate) async fn release(&self, sha256: [u8; 32]) {
         let storing = self.storing.lock().await;
         if storing.contains_key(&sha256) {
             return;
         }
-        match self.store.reading(move |s| s.blob_in_use(&sha256)).await {
-            Ok(false) => {
+        match self.store.reading(move |s| s.blob_deleting(&sha256)).await {
+            Ok(Some(token)) => {
                 if let Err(e) = self.blobs.delete(&sha256).await {
                     tracing::warn!("deleting blob {} failed: {e}", crate::util::hex(&sha256));
                 }
+                if let Err(e) = self
+                    .store
+                    .reading(move |s| s.blob_deleted(&sha256, token))
+                    .await
+                {
+                    tracing::warn!("clearing a deletion's mark failed: {e}");
+                }
             }
-            Ok(true) => {}
+            Ok(None) => {}
             Err(e) => tracing::warn!("blob check failed: {e}"),
         }
         drop(storing);
     }
 }
+
+/// Longest wait of an upload for a deletion of the same bytes on another node to end.
+const MARK_WAIT: Duration = Duration::from_secs(5);
 
 /// How often expired partial uploads are looked for.
 const PART_SWEEP_EVERY: Duration = Duration::from_secs(600);
@@ -286,7 +350,12 @@ mod tests {
                 endpoint: Some("http://127.0.0.1:9000".into())
             })
         );
-        for bad in ["s3://", "s3://a/b", "gs://x", ""] {
+        assert_eq!(
+            BlobStoreConfig::parse("file:/mnt/blobs", None),
+            Ok(BlobStoreConfig::Dir("/mnt/blobs".into()))
+        );
+        assert!(BlobStoreConfig::parse("file:/mnt/blobs", Some("http://x".into())).is_err());
+        for bad in ["s3://", "s3://a/b", "gs://x", "", "file:"] {
             assert!(BlobStoreConfig::parse(bad, None).is_err(), "{bad}");
         }
         assert!(BlobStoreConfig::parse("local", Some("http://x".into())).is_err());

@@ -39,6 +39,9 @@ enum Failure {
     Internal(String),
 }
 
+/// How long an upload refused while another node deletes the same bytes is told to wait.
+const MARK_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// How long an upload refused for lack of disk space is told to wait.
 const NO_ROOM_RETRY_AFTER: Duration = Duration::from_secs(10);
 
@@ -440,9 +443,12 @@ async fn receive(
             "the bytes do not have the declared SHA-256",
         ));
     }
-    svc.storing(&[sha256]).await;
+    let marked = svc.storing(sha256).await;
     let mut blobs = vec![sha256];
-    let result = store(svc, id, user, req.size, sha256, &mut blobs).await;
+    let result = match marked {
+        Ok(()) => store(svc, id, user, req.size, sha256, &mut blobs).await,
+        Err(e) => Err(Failure::Later(ErrorCode::UNAVAILABLE, MARK_RETRY_AFTER, e)),
+    };
     svc.stored(&[sha256]).await;
     remove(svc, id).await;
     if result.is_err() {
@@ -536,8 +542,9 @@ async fn store_marked(
         let thumb_id = courier_wire::uuid_v7(now, random_tail());
         let thumb_size = t.thumbnail.len() as u64;
         let thumb_dims = image_dims(&t.thumbnail).unwrap_or((0, 0));
-        svc.storing(&[thumb_sha]).await;
+        let marked = svc.storing(thumb_sha).await;
         storing.push(thumb_sha);
+        marked.map_err(|e| Failure::Later(ErrorCode::UNAVAILABLE, MARK_RETRY_AFTER, e))?;
         svc.blobs
             .put_bytes(&thumb_sha, t.thumbnail.into())
             .await

@@ -34,6 +34,7 @@ macro_rules! every_test {
             two_writers_stay_dense,
             every_committed_message_is_heard_once_on_every_writer,
             cluster_inboxes_get_each_message_once_in_seq_order,
+            a_blob_is_deleted_only_when_no_node_is_storing_it,
             two_writers_creating_one_direct_chat_get_one,
             large_batches_are_split_under_the_transaction_limit,
             batches_keep_every_guarantee,
@@ -1629,4 +1630,65 @@ pub async fn cluster_inboxes_get_each_message_once_in_seq_order(h: &dyn Harness)
     for s in &nodes {
         s.close().await;
     }
+}
+
+/// Blobs on a cluster's shared blob store: a node deletes one only in a transaction that sees
+/// no media record using it and no node storing it (an upload on the way), and records the
+/// deletion, so an upload on another node waits until it is done. On an engine of one
+/// process, only the records count (the gateway's own guard covers its uploads).
+pub async fn a_blob_is_deleted_only_when_no_node_is_storing_it(h: &dyn Harness) {
+    use courier_store::ClusterConfig;
+    let sha = [9u8; 32];
+    let engine = h.engine("blob-marks");
+    if engine.exclusive() {
+        let store = Store::with_engine(engine, config()).unwrap();
+        assert_eq!(store.blob_storing(&sha).unwrap(), Some(0));
+        assert_eq!(
+            store.blob_deleting(&sha).unwrap(),
+            Some(0),
+            "no record uses it"
+        );
+        store
+            .put_media(vec![media(9, "alice", None)], None)
+            .await
+            .unwrap();
+        assert_eq!(store.blob_deleting(&sha).unwrap(), None, "a record uses it");
+        store.close().await;
+        return;
+    }
+    let node = |n: u64| {
+        let mut c = config();
+        c.cluster = Some(ClusterConfig {
+            node: n,
+            lease: Duration::from_secs(10),
+        });
+        Store::with_engine(h.engine("blob-marks"), c).unwrap()
+    };
+    let (a, b) = (node(1), node(2));
+    // A stores it: B may not delete it.
+    let token = a.blob_storing(&sha).unwrap().expect("nothing deletes it");
+    assert_eq!(b.blob_deleting(&sha).unwrap(), None, "node 1 is storing it");
+    a.blob_stored(&sha, token).unwrap();
+    // Nobody stores it, no record uses it: B deletes it; meanwhile A's upload waits.
+    let deleting = b.blob_deleting(&sha).unwrap().expect("free to delete");
+    assert_eq!(
+        a.blob_storing(&sha).unwrap(),
+        None,
+        "a deletion is under way"
+    );
+    assert_eq!(
+        b.blob_deleting(&sha).unwrap(),
+        None,
+        "one deletion at a time"
+    );
+    b.blob_deleted(&sha, deleting).unwrap();
+    let token = a.blob_storing(&sha).unwrap().expect("the deletion is over");
+    // A record that uses it keeps it, whoever stores it.
+    a.put_media(vec![media(9, "alice", None)], None)
+        .await
+        .unwrap();
+    a.blob_stored(&sha, token).unwrap();
+    assert_eq!(b.blob_deleting(&sha).unwrap(), None, "a record uses it");
+    a.close().await;
+    b.close().await;
 }

@@ -205,8 +205,10 @@ struct ServeArgs {
     /// <data-dir>/media.
     #[arg(long)]
     media_dir: Option<PathBuf>,
-    /// Where media blobs live: `local` (in the media directory) or `s3://BUCKET` (needs a build
-    /// with `--features s3`; credentials and region from the AWS_* environment variables).
+    /// Where media blobs live: `local` (in the media directory), `file:/DIR` (a directory
+    /// every node of a cluster mounts), or `s3://BUCKET` (needs a build with `--features s3`;
+    /// credentials and region from the AWS_* environment variables). A cluster's nodes share
+    /// one: a download may land on another node than its upload.
     #[arg(long, default_value = "local")]
     blob_store: String,
     /// Free space (MiB) below which the store refuses sends, new chats and media records with
