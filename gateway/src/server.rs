@@ -276,15 +276,8 @@ impl Gateway {
     pub async fn abort(self) {
         self.store.abandon();
         self.shared.registry.close_all(0u32.into(), b"");
-        let _ = self.shutdown.send(true);
-        let threads = self.shards;
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
-        self.store.close().await;
+        // With every connection closed, the sessions end at once: nothing waits for a grace.
+        self.shutdown().await;
     }
 
     /// Graceful shutdown: stop accepting, let in-flight sends commit and be acknowledged (up to

@@ -18,7 +18,6 @@ fn sha256(b: &[u8]) -> [u8; 32] {
         .unwrap()
 }
 
-/// Deterministic bytes that do not compress or repeat.
 /// The first frame of a new upload of `bytes`, with their hash.
 fn new_upload(bytes: &[u8]) -> Frame {
     Frame::Upload(Upload {
@@ -31,18 +30,7 @@ fn new_upload(bytes: &[u8]) -> Frame {
     })
 }
 
-fn data(len: usize, seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
-}
+use common::noise as data;
 
 fn png(width: u32, height: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(width, height, |x, y| {

@@ -296,6 +296,19 @@ pub async fn all_history(
     }
 }
 
+/// Deterministic bytes that do not compress or repeat.
+pub fn noise(len: usize, seed: u64) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 pub fn body(i: usize) -> Bytes {
     Bytes::from(format!("message number {i}"))
 }
