@@ -57,23 +57,27 @@ impl CommitListener for Fanout {
         }
         for c in batch {
             let users = c.chat.members.iter().chain(&c.also_notify);
-            deliver(&self.registry, &self.metrics, &c.message, users);
+            deliver(&self.registry, &self.metrics, &c.message, users, None);
         }
     }
 }
 
-/// Pushes `m` to the online devices (on this node) of `users`, but the sending device.
+/// Pushes `m` to the online devices (on this node) of `users`, but the sending device; with
+/// the commit's `version` (from a cluster's inbox), not to devices whose sync has it already.
 fn deliver<'u>(
     registry: &Registry,
     metrics: &Metrics,
     m: &Message,
     users: impl Iterator<Item = &'u String>,
+    version: Option<u64>,
 ) {
     let frame = deliver_frame(m);
     for user in users {
         let is_sender = *user == m.sender_user;
         registry.for_each_device(user, |d| {
-            if !(is_sender && d.device == m.sender_device) {
+            let own = is_sender && d.device == m.sender_device;
+            let synced = version.is_some_and(|v| v <= d.since);
+            if !(own || synced) {
                 match d.push(frame.clone()) {
                     Pushed::Queued => {
                         metrics.deliveries.inc();
@@ -121,8 +125,12 @@ pub(crate) async fn inbox_loop(
                 failures = 0;
                 for d in deliveries {
                     match d {
-                        Delivery::Message { message, users } => {
-                            deliver(&registry, &metrics, &message, users.iter());
+                        Delivery::Message {
+                            message,
+                            users,
+                            version,
+                        } => {
+                            deliver(&registry, &metrics, &message, users.iter(), Some(version));
                         }
                         Delivery::Event(e) => {
                             registry.push_to(&e.users, &e.frame, (&e.except.0, e.except.1));

@@ -561,12 +561,36 @@ async fn connection(
             }
         };
 
+    // In a cluster, the user's route names this node before the session starts: every
+    // message committed from here on reaches this node's inbox, and the client's sync covers
+    // everything before (so the inbox need not deliver to this device what committed at or
+    // before `since`).
+    let since = match shared.store.route_up(&claims.user).await {
+        Ok(v) => v,
+        Err(e) => {
+            shared.store.route_down(&claims.user);
+            tracing::warn!(user = %claims.user, "route: {e}");
+            let frame =
+                crate::session::store_error_frame(version, hello_request_id, &claims.user, &e);
+            close_with(
+                &conn,
+                out,
+                writer,
+                Some(frame),
+                ErrorCode::UNAVAILABLE,
+                "route",
+            )
+            .await;
+            return Ok(());
+        }
+    };
     let conn_id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let device = Device {
         conn_id,
         device: claims.device,
         out: out.clone(),
         conn: conn.clone(),
+        since,
     };
     let session = Session::new(
         claims.user.clone(),
@@ -594,24 +618,6 @@ async fn connection(
         max_body: shared.limits.max_body,
         max_inflight: shared.limits.max_inflight,
     });
-    // In a cluster, the user's route names this node before the session starts: every
-    // message committed from here on reaches this node's inbox, and the client's sync covers
-    // everything before.
-    if let Err(e) = shared.store.route_up(&claims.user).await {
-        shared.store.route_down(&claims.user);
-        tracing::warn!(user = %claims.user, "route: {e}");
-        let frame = crate::session::store_error_frame(version, hello_request_id, &claims.user, &e);
-        close_with(
-            &conn,
-            out,
-            writer,
-            Some(frame),
-            ErrorCode::UNAVAILABLE,
-            "route",
-        )
-        .await;
-        return Ok(());
-    }
     // Welcome goes out before registration makes the device visible to fanout, so it comes first.
     out.send(welcome.to_bytes()).await.ok();
     shared.metrics.handshakes.inc();

@@ -539,3 +539,46 @@ async fn media_uploaded_on_one_node_downloads_on_another_and_a_resume_elsewhere_
         n.gateway.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_gets_no_live_copy_of_what_its_sync_has() {
+    // Every round trip takes 5 ms, so the nodes' inboxes lag behind the acknowledgements.
+    let sim = Sim::new(SimConfig {
+        seed: seed(),
+        latency: Duration::from_millis(5),
+        ..SimConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path(), 2, &sim).await;
+    let (alice, _a) = nodes[0].connect("alice", 1).await;
+    let (_bob, _b) = nodes[1].connect("bob", 1).await;
+    let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
+    let mut sends = Vec::new();
+    for i in 0..40 {
+        let alice = alice.clone();
+        sends.push(tokio::spawn(async move {
+            alice.send(chat, body(i)).await.unwrap()
+        }));
+    }
+    for s in sends {
+        s.await.unwrap();
+    }
+    // Alice's second device connects while node 0's inbox still holds those messages: they
+    // committed before its route was read, so its sync has them and the inbox does not
+    // deliver them to it again.
+    let (mut second, _) = nodes[0].raw_session("alice", 2).await;
+    let quiet = tokio::time::timeout(Duration::from_secs(1), second.read_frame()).await;
+    match quiet {
+        Err(_) => {}
+        Ok(f) => panic!("a live copy of what the device's sync has: {f:?}"),
+    }
+    // What comes after its connection is delivered.
+    let ok = alice.send(chat, body(99)).await.unwrap();
+    match second.read_frame().await {
+        Some(Frame::Deliver(d)) => assert_eq!(d.message.seq, ok.seq),
+        other => panic!("expected the new message, got {other:?}"),
+    }
+    for n in nodes {
+        n.gateway.shutdown().await;
+    }
+}

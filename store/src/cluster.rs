@@ -313,6 +313,9 @@ pub enum Delivery {
         message: Message,
         /// Its recipients with a device on this node.
         users: Vec<String>,
+        /// The commit's version (from the entry's versionstamp): a device whose route was
+        /// read at this version or later has the message from its sync already.
+        version: u64,
     },
     /// An event frame for these users' devices on this node.
     Event(Event),
@@ -492,10 +495,11 @@ impl Attempt<'_> {
     }
 
     /// Brings `user`'s route up to date with this node's devices of it: this node listed
-    /// while it has one, and nodes known dead dropped.
-    pub(crate) fn route(&mut self, user: &str) -> Result<(), KvError> {
+    /// while it has one, and nodes known dead dropped. Returns the attempt's read version:
+    /// every message committed after it finds this node in the route (0: unknown).
+    pub(crate) fn route(&mut self, user: &str) -> Result<u64, KvError> {
         let Some(cluster) = self.shared.cluster.clone() else {
-            return Ok(());
+            return Ok(0);
         };
         let key = keys::route(user);
         let (last_seen, found) = match self.t.get(&key)? {
@@ -533,7 +537,7 @@ impl Attempt<'_> {
             self.note_presence(&cluster, user, change, seen)?;
         }
         self.routes.insert(user.to_owned(), nodes);
-        Ok(())
+        Ok(self.t.read_version()?.unwrap_or(0))
     }
 
     /// Tells the nodes watching `user`'s presence (`w user node`) of a change, in this
@@ -794,10 +798,13 @@ impl crate::Store {
     }
 
     /// Counts a device of `user` online on this node and makes sure its route names this node;
-    /// returns once the route is committed. Outside a cluster it does nothing.
-    pub async fn route_up(&self, user: &str) -> Result<(), StoreError> {
+    /// returns once the route is committed, with the version its transaction read at: every
+    /// message committed at or before it is in the device's sync (begun later), so deliveries
+    /// of such versions can be skipped for the device; later ones reach this node's inbox or
+    /// are in the sync as well. Outside a cluster it does nothing (0).
+    pub async fn route_up(&self, user: &str) -> Result<u64, StoreError> {
         let Some(c) = &self.shared.cluster else {
-            return Ok(());
+            return Ok(0);
         };
         c.count(user, true);
         let user = user.to_owned();
@@ -923,8 +930,14 @@ impl crate::Store {
                     k
                 });
                 let mut items = Vec::new();
-                for (_, v) in &pairs {
-                    items.extend(decode_items(v)?);
+                let mut versions = Vec::new();
+                for (k, v) in &pairs {
+                    let version = k
+                        .get(keys::INBOX_STAMP_OFFSET..keys::INBOX_STAMP_OFFSET + 8)
+                        .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+                    let got = decode_items(v)?;
+                    versions.extend(std::iter::repeat_n(version, got.len()));
+                    items.extend(got);
                 }
                 let wanted: Vec<Vec<u8>> = items
                     .iter()
@@ -935,14 +948,18 @@ impl crate::Store {
                     .collect();
                 let mut found = t.get_many(&wanted)?.into_iter();
                 let mut deliveries = Vec::with_capacity(items.len());
-                for item in items {
+                for (item, version) in items.into_iter().zip(versions) {
                     match item {
                         Item::Message { users, .. } => {
                             // A message the retention sweep deleted meanwhile is not delivered.
                             if let Some(v) = found.next().flatten() {
                                 let message = record::decode_message(&v)
                                     .map_err(|_| KvError::fatal("corrupt message"))?;
-                                deliveries.push(Delivery::Message { message, users });
+                                deliveries.push(Delivery::Message {
+                                    message,
+                                    users,
+                                    version,
+                                });
                             }
                         }
                         Item::Event(e) => deliveries.push(Delivery::Event(e)),

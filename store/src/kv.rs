@@ -168,6 +168,11 @@ pub trait Txn {
     ) -> Result<Pairs, KvError> {
         self.scan(start, end, limit, reverse)
     }
+    /// The version this transaction reads at (FoundationDB's read version, in the same space
+    /// as the commit version that begins a versionstamp), on engines that have one.
+    fn read_version(&mut self) -> Result<Option<u64>, KvError> {
+        Ok(None)
+    }
     /// Writes `value` under `key`.
     fn set(&mut self, key: &[u8], value: &[u8]);
     /// Deletes `key`.
@@ -295,6 +300,10 @@ impl Txn for Prefetched<'_> {
         reverse: bool,
     ) -> Result<Pairs, KvError> {
         self.inner.scan_snapshot(start, end, limit, reverse)
+    }
+
+    fn read_version(&mut self) -> Result<Option<u64>, KvError> {
+        self.inner.read_version()
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) {

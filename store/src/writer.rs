@@ -113,10 +113,11 @@ pub(crate) enum Op {
         result: PushResult,
         reply: Reply<()>,
     },
-    /// This node's part of a user's route brought up to date (in a cluster).
+    /// This node's part of a user's route brought up to date (in a cluster); answered with
+    /// the attempt's read version.
     Route {
         user: String,
-        reply: Option<Reply<()>>,
+        reply: Option<Reply<u64>>,
     },
     /// An event for other nodes' devices (in a cluster): written to their inboxes.
     Publish(crate::cluster::Event),
@@ -175,6 +176,7 @@ enum Answer {
     Sweep(Result<SweepStats, StoreError>),
     Unit(Result<(), StoreError>),
     Receipt(Result<ReceiptOutcome, StoreError>),
+    Version(Result<u64, StoreError>),
     None,
 }
 
@@ -224,10 +226,7 @@ fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, KvError> {
             ..
         } => Answer::Unit(a.register_push(user, *device, *provider, token)?),
         Op::PushDone { job, result, .. } => Answer::Unit(a.push_done(job, result)?),
-        Op::Route { user, .. } => {
-            a.route(user)?;
-            Answer::Unit(Ok(()))
-        }
+        Op::Route { user, .. } => Answer::Version(Ok(a.route(user)?)),
         Op::Publish(e) => {
             a.events.push(e.clone());
             Answer::None
@@ -265,7 +264,12 @@ fn answer(op: Op, answer: Answer) {
             drop(reply.send(r));
         }
         (Op::Receipt { reply, .. }, Answer::Receipt(r)) => drop(reply.send(r)),
-        (Op::Route { reply, .. } | Op::Watch { reply, .. }, Answer::Unit(r)) => {
+        (Op::Route { reply, .. }, Answer::Version(r)) => {
+            if let Some(reply) = reply {
+                drop(reply.send(r));
+            }
+        }
+        (Op::Watch { reply, .. }, Answer::Unit(r)) => {
             if let Some(reply) = reply {
                 drop(reply.send(r));
             }
@@ -289,7 +293,12 @@ fn fail(op: Op, e: StoreError) {
         | Op::RegisterPush { reply, .. }
         | Op::PushDone { reply, .. } => drop(reply.send(Err(e))),
         Op::Receipt { reply, .. } => drop(reply.send(Err(e))),
-        Op::Route { reply, .. } | Op::Watch { reply, .. } => {
+        Op::Route { reply, .. } => {
+            if let Some(reply) = reply {
+                drop(reply.send(Err(e)));
+            }
+        }
+        Op::Watch { reply, .. } => {
             if let Some(reply) = reply {
                 drop(reply.send(Err(e)));
             }

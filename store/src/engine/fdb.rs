@@ -233,6 +233,12 @@ impl Txn for FdbTxn<'_> {
         self.range(start, end, limit, reverse, true)
     }
 
+    fn read_version(&mut self) -> Result<Option<u64>, KvError> {
+        // The transaction's read version is fixed by its first read; this answers from it.
+        let v = block_on(self.trx.get_read_version()).map_err(kv_err)?;
+        Ok(u64::try_from(v).ok())
+    }
+
     fn set(&mut self, key: &[u8], value: &[u8]) {
         self.bytes += 3 * (self.prefix.len() + key.len()) + value.len() + 1;
         self.trx.set(&self.key(key), value);

@@ -729,6 +729,10 @@ impl Txn for SimTxn<'_> {
         self.scan_range(start, end, limit, reverse, false)
     }
 
+    fn read_version(&mut self) -> Result<Option<u64>, KvError> {
+        Ok(Some(self.read_version))
+    }
+
     fn set(&mut self, key: &[u8], value: &[u8]) {
         self.key_limit(key);
         if value.len() > MAX_VALUE && self.refused.is_none() {

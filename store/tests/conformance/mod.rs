@@ -1498,7 +1498,12 @@ pub async fn cluster_inboxes_get_each_message_once_in_seq_order(h: &dyn Harness)
             );
             for d in inbox.next(Duration::from_millis(100)).await.unwrap() {
                 match d {
-                    Delivery::Message { message, users } => {
+                    Delivery::Message {
+                        message,
+                        users,
+                        version,
+                    } => {
+                        assert!(version > 0, "an entry carries its commit's version");
                         let chat = message.chat_id;
                         for u in &users {
                             assert!(routed(node, u), "node {node} got {u}'s message");
@@ -1565,7 +1570,9 @@ pub async fn cluster_inboxes_get_each_message_once_in_seq_order(h: &dyn Harness)
             }
         };
         match &got[..] {
-            [Delivery::Message { message, users: to }] => {
+            [Delivery::Message {
+                message, users: to, ..
+            }] => {
                 assert_eq!(
                     (message.seq, to.clone()),
                     (
