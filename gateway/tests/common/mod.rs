@@ -313,17 +313,19 @@ pub fn body(i: usize) -> Bytes {
     Bytes::from(format!("message number {i}"))
 }
 
-/// Bob authenticates and never reads while alice sends him 120 messages of 30 KB: the server
+/// Bob authenticates and never reads while alice sends him 160 messages of 30 KB (4.8 MB: well
+/// past his stream's flow-control window plus the 2 MiB outbound bound): the server
 /// disconnects him as a slow reader (CLOSE_SLOW_READER; the close packet itself can be lost
 /// when his socket buffer is full, and he then learns of it from a stateless reset), and every
 /// message waits in the store for his next connection.
 pub async fn a_reader_that_never_reads_is_cut_off(server: &TestServer) {
+    const MESSAGES: usize = 160;
     let (alice, _a) = server.connect("alice", 1).await;
     let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
     let (raw, _) = server.raw_session("bob", 1).await;
     let big = Bytes::from(vec![b'x'; 30_000]);
     let mut tasks = Vec::new();
-    for _ in 0..120 {
+    for _ in 0..MESSAGES {
         let (alice, big) = (alice.clone(), big.clone());
         tasks.push(tokio::spawn(
             async move { alice.send(chat, big).await.unwrap() },
@@ -332,7 +334,9 @@ pub async fn a_reader_that_never_reads_is_cut_off(server: &TestServer) {
     for t in tasks {
         t.await.unwrap();
     }
-    let closed = tokio::time::timeout(Duration::from_secs(10), raw.conn.closed())
+    // A lost close packet leaves bob to learn of it from a stateless reset or, at worst, from
+    // the 30 s idle timeout.
+    let closed = tokio::time::timeout(Duration::from_secs(40), raw.conn.closed())
         .await
         .expect("disconnected as a slow reader");
     match closed {
@@ -343,9 +347,9 @@ pub async fn a_reader_that_never_reads_is_cut_off(server: &TestServer) {
         quinn::ConnectionError::Reset => {}
         other => panic!("unexpected close: {other}"),
     }
-    // In a cluster the node's inbox may still hold the 120 messages (3.6 MB) when bob's new
+    // In a cluster the node's inbox may still hold the messages (4.8 MB) when bob's new
     // connection registers: it does not deliver them to it again (they committed before its
     // route, so its sync has them), so the burst cannot cut the new connection.
     let (bob, _b) = server.connect("bob", 1).await;
-    assert_eq!(all_history(&bob, chat, 500).await.len(), 120);
+    assert_eq!(all_history(&bob, chat, 500).await.len(), MESSAGES);
 }
