@@ -185,6 +185,11 @@ impl Meter {
         )
     }
 
+    /// The measured window.
+    pub(crate) fn window(&self) -> (Instant, Instant) {
+        (self.from, self.until)
+    }
+
     /// Whether the measured window has begun, and how far into it we are.
     pub(crate) fn progress(&self) -> Option<Duration> {
         Instant::now().checked_duration_since(self.from)

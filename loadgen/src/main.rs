@@ -23,6 +23,7 @@ mod progress;
 mod report;
 mod run;
 mod target;
+mod threads;
 
 use clap::{Parser, Subcommand};
 

@@ -82,6 +82,16 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     );
     let duration = Duration::from_secs(args.duration);
     let phase = fleet.start(pace, Duration::from_secs(args.warmup), duration);
+    // The gateway's threads, sampled at both ends of the measured window.
+    let sampler = args.target.gateway_pid.map(|pid| {
+        let (from, until) = phase.meter().window();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(from.into()).await;
+            let before = crate::threads::sample(pid);
+            tokio::time::sleep_until(until.into()).await;
+            (before, crate::threads::sample(pid))
+        })
+    });
     let progress = Progress::start("run".into(), phase.meter(), duration);
     let meter = phase.finish(Duration::from_secs(args.drain)).await;
     progress.finish();
@@ -95,13 +105,35 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let result = meter.result(label, pace);
     let correctness = fleet.check();
     fleet.close().await;
+    let threads = match sampler {
+        Some(s) => match s.await {
+            Ok((before, after)) => crate::threads::report(
+                &before,
+                &after,
+                result.acked,
+                crate::threads::ticks_per_second(),
+            ),
+            Err(_) => None,
+        },
+        None => None,
+    };
 
     println!();
     report::print_phase(&result);
     report::print_correctness(&correctness);
+    if let Some(t) = &threads {
+        println!("gateway CPU per acknowledged message, by thread:");
+        for (name, us) in &t.us_per_msg {
+            println!("  {name:<24} {us:>8.2} µs");
+        }
+        println!(
+            "  {:<24} {:>8.2} µs (serial bound {:.0} msg/s: {})",
+            "all threads", t.total_us_per_msg, t.serial_bound_per_s, t.serial_thread
+        );
+    }
     let (ack, e2e) = (&result.send_to_sendok_us, &result.send_to_deliver_us);
     println!(
-        "loadgen run: conns={} group={} {} acked_per_s={:.0} delivered_per_s={:.0} ack_p50_us={} ack_p99_us={} e2e_p50_us={} e2e_p99_us={} e2e_p999_us={}{} lost={} dup={} gaps={} errors={}",
+        "loadgen run: conns={} group={} {} acked_per_s={:.0} delivered_per_s={:.0} ack_p50_us={} ack_p99_us={} e2e_p50_us={} e2e_p99_us={} e2e_p999_us={}{} lost={} dup={} gaps={} errors={}{}",
         args.users,
         args.group_size,
         match pace {
@@ -126,6 +158,13 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         correctness.dup,
         correctness.gaps,
         correctness.errors,
+        match &threads {
+            Some(t) => format!(
+                " gateway_us_per_msg={:.2} serial_bound_per_s={:.0} serial_thread={}",
+                t.total_us_per_msg, t.serial_bound_per_s, t.serial_thread
+            ),
+            None => String::new(),
+        },
     );
     if let Some(path) = &args.json {
         let json = serde_json::json!({
@@ -138,6 +177,7 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             "sockets": args.target.sockets,
             "result": result,
             "correctness": correctness,
+            "gateway_threads": threads,
         });
         report::write_json(path, &json)?;
     }

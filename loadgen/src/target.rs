@@ -46,6 +46,10 @@ pub(crate) struct Target {
     /// Shards of the spawned gateway.
     #[arg(long)]
     pub(crate) gateway_shards: Option<usize>,
+    /// The process id of a gateway on this machine, to report its CPU per thread and the
+    /// serial bound (set by itself with --spawn-gateway).
+    #[arg(long)]
+    pub(crate) gateway_pid: Option<u32>,
 }
 
 /// A gateway this run started, stopped (SIGTERM) when dropped.
@@ -125,6 +129,7 @@ impl Target {
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
+        self.gateway_pid = Some(child.id());
         self.server = vec![addr];
         self.ca = dir.path().join("tls/cert.pem");
         self.issuer_key = dir.path().join("issuer.key");

@@ -1,0 +1,187 @@
+//! The gateway's CPU per thread over the measured window, from `/proc/<pid>/task/*/stat`, and
+//! the serial bound: the rate over the CPU share of the busiest thread that exists once per
+//! node (every thread but the shards'), i.e. the rate at which that thread would be saturated
+//! if nothing else stopped the node first (docs/PERFORMANCE.md, "How to measure").
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// CPU time (clock ticks) of each thread of a process, by thread id, with its name.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sample {
+    pub(crate) at: Option<Instant>,
+    pub(crate) threads: BTreeMap<u32, (String, u64)>,
+}
+
+/// `utime + stime` and the name from one `/proc/<pid>/task/<tid>/stat` line. The name is in
+/// parentheses and may hold spaces or parentheses itself: the fields follow the last `)`.
+fn parse_stat(line: &str) -> Option<(String, u64)> {
+    let open = line.find('(')?;
+    let close = line.rfind(')')?;
+    let name = line.get(open + 1..close)?.to_owned();
+    let rest: Vec<&str> = line.get(close + 1..)?.split_whitespace().collect();
+    // After the name: state (3rd field overall) ... utime is the 14th, stime the 15th.
+    let utime: u64 = rest.get(11)?.parse().ok()?;
+    let stime: u64 = rest.get(12)?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+/// Reads every thread of `pid` (an empty sample when it cannot be read).
+pub(crate) fn sample(pid: u32) -> Sample {
+    let mut s = Sample {
+        at: Some(Instant::now()),
+        threads: BTreeMap::new(),
+    };
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return s;
+    };
+    for entry in dir.flatten() {
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        if let Ok(line) = std::fs::read_to_string(entry.path().join("stat")) {
+            if let Some(t) = parse_stat(&line) {
+                s.threads.insert(tid, t);
+            }
+        }
+    }
+    s
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; Linux's usual 100 if that cannot be run).
+pub(crate) fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// What the gateway's threads did over a window.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct ThreadReport {
+    /// Per thread name (threads of one name summed, e.g. the shards kept apart by number):
+    /// CPU µs per acknowledged message.
+    pub(crate) us_per_msg: Vec<(String, f64)>,
+    /// All threads together, µs per message.
+    pub(crate) total_us_per_msg: f64,
+    /// The busiest thread that exists once per node, and the serial bound it sets (msg/s).
+    pub(crate) serial_thread: String,
+    pub(crate) serial_bound_per_s: f64,
+}
+
+/// Whether a thread is one of the shards' (their number grows with `--shards`).
+fn per_shard(name: &str) -> bool {
+    name.starts_with("courier-shard")
+}
+
+/// The report for `messages` acknowledged between `before` and `after`.
+pub(crate) fn report(
+    before: &Sample,
+    after: &Sample,
+    messages: u64,
+    ticks_per_s: f64,
+) -> Option<ThreadReport> {
+    let (t0, t1) = (before.at?, after.at?);
+    let wall = t1.duration_since(t0).as_secs_f64();
+    if messages == 0 || wall <= 0.0 || after.threads.is_empty() {
+        return None;
+    }
+    let us_per_tick = 1e6 / ticks_per_s;
+    // Per thread (by id): CPU seconds in the window.
+    let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
+    let mut serial: Option<(String, u64)> = None;
+    for (tid, (name, ticks)) in &after.threads {
+        let start = before.threads.get(tid).map_or(0, |(_, t)| *t);
+        let used = ticks.saturating_sub(start);
+        *by_name.entry(name.clone()).or_default() += used;
+        if !per_shard(name) && serial.as_ref().is_none_or(|(_, u)| used > *u) {
+            serial = Some((name.clone(), used));
+        }
+    }
+    let per_msg = |ticks: u64| ticks as f64 * us_per_tick / messages as f64;
+    let mut us_per_msg: Vec<(String, f64)> = by_name
+        .iter()
+        .map(|(n, t)| (n.clone(), per_msg(*t)))
+        .filter(|(_, us)| *us > 0.0)
+        .collect();
+    us_per_msg.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total_us_per_msg = per_msg(by_name.values().sum());
+    let (serial_thread, serial_ticks) = serial.unwrap_or_default();
+    let share = serial_ticks as f64 / ticks_per_s / wall;
+    let rate = messages as f64 / wall;
+    let serial_bound_per_s = if share > 0.0 {
+        rate / share
+    } else {
+        f64::INFINITY
+    };
+    Some(ThreadReport {
+        us_per_msg,
+        total_us_per_msg,
+        serial_thread,
+        serial_bound_per_s,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_parse_whatever_the_thread_is_called() {
+        let line = "4242 (courier-shard-0) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
+        assert_eq!(parse_stat(line), Some(("courier-shard-0".into(), 300)));
+        let odd = "7 (a (b) c) R 1 2 3 4 5 6 7 8 9 10 11 12 0 0";
+        assert_eq!(parse_stat(odd), Some(("a (b) c".into(), 23)));
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn the_serial_bound_is_the_rate_over_the_busiest_once_per_node_threads_share() {
+        let t0 = Instant::now();
+        let t1 = t0 + std::time::Duration::from_secs(10);
+        let mk = |at, v: &[(u32, &str, u64)]| Sample {
+            at: Some(at),
+            threads: v
+                .iter()
+                .map(|&(id, n, t)| (id, (n.to_owned(), t)))
+                .collect(),
+        };
+        let before = mk(
+            t0,
+            &[
+                (1, "courier-shard-0", 0),
+                (2, "courier-store-c", 100),
+                (3, "courier-store-w", 0),
+            ],
+        );
+        // 10 s, 100,000 messages (10K/s); the commit thread used 2 s (a 20% share), the writer
+        // 1 s, a shard 5 s (not counted: there is one per shard).
+        let after = mk(
+            t1,
+            &[
+                (1, "courier-shard-0", 500),
+                (2, "courier-store-c", 300),
+                (3, "courier-store-w", 100),
+            ],
+        );
+        let r = report(&before, &after, 100_000, 100.0).unwrap();
+        assert_eq!(r.serial_thread, "courier-store-c");
+        assert!(
+            (r.serial_bound_per_s - 50_000.0).abs() < 1e-6,
+            "{}",
+            r.serial_bound_per_s
+        );
+        assert!(
+            (r.total_us_per_msg - 80.0).abs() < 1e-9,
+            "{}",
+            r.total_us_per_msg
+        );
+        assert_eq!(r.us_per_msg[0].0, "courier-shard-0");
+        assert!((r.us_per_msg[0].1 - 50.0).abs() < 1e-9);
+        assert!(report(&before, &after, 0, 100.0).is_none());
+    }
+}
