@@ -32,14 +32,7 @@ fn new_upload(bytes: &[u8]) -> Frame {
 
 use common::noise as data;
 
-fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x % 251) as u8, (y % 241) as u8, 7])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
+use common::png;
 
 fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = !0u32;

@@ -9,19 +9,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{next_message, noise, TestServer};
+use common::{next_message, noise, png, TestServer};
 use courier_client::{UploadOptions, UploadState};
 use courier_gateway::media::BlobStoreConfig;
 use courier_wire::frame::MessageKind;
-
-fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x % 251) as u8, (y % 241) as u8, 7])
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_and_thumbnails_round_trip_through_an_s3_compatible_server() {

@@ -166,20 +166,19 @@ impl Cluster {
         }
     }
 
-    fn watching(&self, user: &str) -> bool {
-        self.watched
-            .lock()
+    fn counted(map: &Mutex<HashMap<String, u32>>, user: &str) -> bool {
+        map.lock()
             .expect("cluster lock")
             .get(user)
             .is_some_and(|&n| n > 0)
     }
 
+    fn watching(&self, user: &str) -> bool {
+        Self::counted(&self.watched, user)
+    }
+
     fn here(&self, user: &str) -> bool {
-        self.local
-            .lock()
-            .expect("cluster lock")
-            .get(user)
-            .is_some_and(|&n| n > 0)
+        Self::counted(&self.local, user)
     }
 
     /// Whether `node` is alive as of `now`: this node is; a node with a lease until later is;
@@ -605,34 +604,22 @@ impl Attempt<'_> {
 
     /// The live nodes that host some of `recipients` (routes read), each with those users.
     fn spread<'u>(
-        &mut self,
-        cluster: &Cluster,
-        live: &mut HashMap<u64, bool>,
+        &self,
+        live: &HashMap<u64, bool>,
         recipients: &[&'u str],
-    ) -> Result<BTreeMap<u64, Vec<&'u str>>, KvError> {
+    ) -> BTreeMap<u64, Vec<&'u str>> {
         let mut by_node: BTreeMap<u64, Vec<&'u str>> = BTreeMap::new();
         for &u in recipients {
-            let Some(nodes) = self.routes.get(u) else {
-                continue;
-            };
-            for n in nodes.clone() {
-                let ok = match live.get(&n) {
-                    Some(&ok) => ok,
-                    None => {
-                        let ok = cluster.alive(&mut *self.t, n)?;
-                        live.insert(n, ok);
-                        ok
-                    }
-                };
-                if ok {
-                    let list = by_node.entry(n).or_default();
+            for n in self.routes.get(u).into_iter().flatten() {
+                if live.get(n).copied().unwrap_or(false) {
+                    let list = by_node.entry(*n).or_default();
                     if list.last() != Some(&u) {
                         list.push(u);
                     }
                 }
             }
         }
-        Ok(by_node)
+        by_node
     }
 
     fn publish_these(
@@ -655,8 +642,18 @@ impl Attempt<'_> {
             users.extend(e.users.iter().map(String::as_str));
         }
         self.read_routes(&users)?;
+        // Whether each node those routes name is alive, once per node.
+        let named: BTreeSet<u64> = users
+            .iter()
+            .filter_map(|u| self.routes.get(*u))
+            .flatten()
+            .copied()
+            .collect();
+        let mut live: HashMap<u64, bool> = HashMap::with_capacity(named.len());
+        for n in named {
+            live.insert(n, cluster.alive(&mut *self.t, n)?);
+        }
         // Per node, the users of each item who have a device there.
-        let mut live: HashMap<u64, bool> = HashMap::new();
         let mut out: BTreeMap<u64, Outgoing> = BTreeMap::new();
         for c in committed {
             let recipients: Vec<&str> = c
@@ -666,7 +663,7 @@ impl Attempt<'_> {
                 .chain(&c.also_notify)
                 .map(String::as_str)
                 .collect();
-            for (node, users) in self.spread(cluster, &mut live, &recipients)? {
+            for (node, users) in self.spread(&live, &recipients) {
                 let mut item = vec![ITEM_MESSAGE];
                 item.put_u64(c.message.chat_id);
                 item.put_u64(c.message.seq);
@@ -679,7 +676,7 @@ impl Attempt<'_> {
         }
         for e in events {
             let recipients: Vec<&str> = e.users.iter().map(String::as_str).collect();
-            for (node, users) in self.spread(cluster, &mut live, &recipients)? {
+            for (node, users) in self.spread(&live, &recipients) {
                 let mut item = vec![ITEM_EVENT];
                 put_str(&mut item, &e.except.0);
                 item.put_u32(e.except.1);
@@ -911,85 +908,70 @@ impl crate::Store {
     ) -> Result<InboxRead, StoreError> {
         let start = keys::inbox_prefix(node);
         let end = keys::prefix_end(&start);
-        let mut tries = 0;
-        loop {
-            let attempt = (|| -> Result<InboxRead, KvError> {
-                let mut t = self.shared.engine.begin()?;
-                if delivered {
-                    t.clear_range(&start, cursor);
-                }
-                let pairs = t.scan_snapshot(cursor, &end, INBOX_PAGE, false)?;
-                let watch = if pairs.is_empty() {
-                    Some(t.watch(&keys::wake(node))?)
-                } else {
-                    None
-                };
-                let next = pairs.last().map(|(k, _)| {
-                    let mut k = k.clone();
-                    k.push(0);
-                    k
-                });
-                let mut items = Vec::new();
-                let mut versions = Vec::new();
-                for (k, v) in &pairs {
-                    let version = k
-                        .get(keys::INBOX_STAMP_OFFSET..keys::INBOX_STAMP_OFFSET + 8)
-                        .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
-                    let got = decode_items(v)?;
-                    versions.extend(std::iter::repeat_n(version, got.len()));
-                    items.extend(got);
-                }
-                let wanted: Vec<Vec<u8>> = items
-                    .iter()
-                    .filter_map(|i| match i {
-                        Item::Message { chat, seq, .. } => Some(keys::message(*chat, *seq)),
-                        Item::Event(_) | Item::Presence(..) => None,
-                    })
-                    .collect();
-                let mut found = t.get_many(&wanted)?.into_iter();
-                let mut deliveries = Vec::with_capacity(items.len());
-                for (item, version) in items.into_iter().zip(versions) {
-                    match item {
-                        Item::Message { users, .. } => {
-                            // A message the retention sweep deleted meanwhile is not delivered.
-                            if let Some(v) = found.next().flatten() {
-                                let message = record::decode_message(&v)
-                                    .map_err(|_| KvError::fatal("corrupt message"))?;
-                                deliveries.push(Delivery::Message {
-                                    message,
-                                    users,
-                                    version,
-                                });
-                            }
-                        }
-                        Item::Event(e) => deliveries.push(Delivery::Event(e)),
-                        Item::Presence(user, change, last_seen_ms) => {
-                            deliveries.push(Delivery::Presence {
-                                user,
-                                change,
-                                last_seen_ms,
+        transact(&self.shared, self.shared.config.max_retries, |t| {
+            if delivered {
+                t.clear_range(&start, cursor);
+            }
+            let pairs = t.scan_snapshot(cursor, &end, INBOX_PAGE, false)?;
+            let watch = if pairs.is_empty() {
+                Some(t.watch(&keys::wake(node))?)
+            } else {
+                None
+            };
+            let next = pairs.last().map(|(k, _)| {
+                let mut k = k.clone();
+                k.push(0);
+                k
+            });
+            let mut items = Vec::new();
+            let mut versions = Vec::new();
+            for (k, v) in &pairs {
+                let version = k
+                    .get(keys::INBOX_STAMP_OFFSET..keys::INBOX_STAMP_OFFSET + 8)
+                    .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+                let got = decode_items(v)?;
+                versions.extend(std::iter::repeat_n(version, got.len()));
+                items.extend(got);
+            }
+            let wanted: Vec<Vec<u8>> = items
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Message { chat, seq, .. } => Some(keys::message(*chat, *seq)),
+                    Item::Event(_) | Item::Presence(..) => None,
+                })
+                .collect();
+            let mut found = t.get_many(&wanted)?.into_iter();
+            let mut deliveries = Vec::with_capacity(items.len());
+            for (item, version) in items.into_iter().zip(versions) {
+                match item {
+                    Item::Message { users, .. } => {
+                        // A message the retention sweep deleted meanwhile is not delivered.
+                        if let Some(v) = found.next().flatten() {
+                            let message = record::decode_message(&v)
+                                .map_err(|_| KvError::fatal("corrupt message"))?;
+                            deliveries.push(Delivery::Message {
+                                message,
+                                users,
+                                version,
                             });
                         }
                     }
-                }
-                t.commit()?;
-                Ok((deliveries, next, watch))
-            })();
-            match attempt {
-                Ok(r) => return Ok(r),
-                Err(e)
-                    if (e.is_retryable() || e.is_maybe_committed())
-                        && tries < self.shared.config.max_retries =>
-                {
-                    tries += 1;
-                    std::thread::sleep(crate::writer::retry_wait(&self.shared.config, tries));
-                }
-                Err(e) => {
-                    limited_warn!(INBOX_ERRORS, "inbox read failed: {e}");
-                    return Err(StoreError::from(e));
+                    Item::Event(e) => deliveries.push(Delivery::Event(e)),
+                    Item::Presence(user, change, last_seen_ms) => {
+                        deliveries.push(Delivery::Presence {
+                            user,
+                            change,
+                            last_seen_ms,
+                        });
+                    }
                 }
             }
-        }
+            Ok((deliveries, next, watch))
+        })
+        .map_err(|e| {
+            limited_warn!(INBOX_ERRORS, "inbox read failed: {e}");
+            StoreError::from(e)
+        })
     }
 }
 
@@ -1167,16 +1149,27 @@ pub(crate) fn join(shared: &Shared, cluster: &Cluster) -> Result<(), StoreError>
 /// Runs `f` in a write transaction, retried while the engine says so.
 fn once(
     shared: &Shared,
-    mut f: impl FnMut(&mut dyn Txn) -> Result<(), KvError>,
+    f: impl FnMut(&mut dyn Txn) -> Result<(), KvError>,
 ) -> Result<(), KvError> {
+    transact(shared, 5, f)
+}
+
+/// Runs `f` in a transaction and commits it, in a fresh one again (after the writer's wait)
+/// while the engine says to retry, at most `retries` times more.
+fn transact<T>(
+    shared: &Shared,
+    retries: u32,
+    mut f: impl FnMut(&mut dyn Txn) -> Result<T, KvError>,
+) -> Result<T, KvError> {
     let mut tries = 0;
     loop {
         let r = shared.engine.begin().and_then(|mut t| {
-            f(&mut *t)?;
-            t.commit()
+            let v = f(&mut *t)?;
+            t.commit()?;
+            Ok(v)
         });
         match r {
-            Err(e) if (e.is_retryable() || e.is_maybe_committed()) && tries < 5 => {
+            Err(e) if (e.is_retryable() || e.is_maybe_committed()) && tries < retries => {
                 tries += 1;
                 std::thread::sleep(crate::writer::retry_wait(&shared.config, tries));
             }

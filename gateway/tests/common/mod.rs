@@ -309,6 +309,16 @@ pub fn noise(len: usize, seed: u64) -> Bytes {
         .collect()
 }
 
+/// A PNG of `width` x `height` pixels.
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, 7])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
 pub fn body(i: usize) -> Bytes {
     Bytes::from(format!("message number {i}"))
 }
