@@ -1,7 +1,8 @@
 //! Message-log throughput on the embedded engine: durable appends in batches of 1, 64 and 1024
 //! (each append complete: message, dedupe record, retention index, chat metadata), 1024 single
-//! appends queued at once (group commit), sync reads, and the engine's floor (bare fjall writing
-//! the same entries).
+//! appends queued at once (group commit), the same on a store split into 1, 2 and 4 partitions
+//! (`store_partitions`), sync reads, and the engine's floor (bare fjall writing the same
+//! entries).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -53,6 +54,14 @@ async fn append_all(store: &Store, requests: impl Iterator<Item = AppendRequest>
 /// A runtime and a store in a fresh directory (kept alive by the returned guard), whose writer
 /// puts at most `max_batch` appends in one transaction.
 fn setup(max_batch: usize) -> (tokio::runtime::Runtime, tempfile::TempDir, Store) {
+    setup_partitioned(max_batch, 1)
+}
+
+/// [`setup`] with the store split into `partitions`.
+fn setup_partitioned(
+    max_batch: usize,
+    partitions: usize,
+) -> (tokio::runtime::Runtime, tempfile::TempDir, Store) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -62,7 +71,9 @@ fn setup(max_batch: usize) -> (tokio::runtime::Runtime, tempfile::TempDir, Store
     let mut cfg = StoreConfig::new(dir.path());
     cfg.sweep_interval = None;
     cfg.max_batch = max_batch;
+    cfg.partitions = partitions;
     let store = Store::open(cfg).unwrap();
+    assert_eq!(store.partitions(), partitions);
     (rt, dir, store)
 }
 
@@ -161,6 +172,32 @@ fn append(c: &mut Criterion) {
     rt.block_on(store.close());
 }
 
+/// 4,096 single sends to 64 chats queued at once, on stores of 1, 2 and 4 partitions (a writer,
+/// a commit thread and a database each).
+fn partitions(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store_partitions");
+    g.measurement_time(Duration::from_secs(8));
+    g.throughput(Throughput::Elements(4096));
+    for p in [1usize, 2, 4] {
+        let (rt, _dir, store) = setup_partitioned(4096, p);
+        let chats = chats(&rt, &store);
+        g.bench_function(format!("queued_4096_p{p}"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let requests = (0..4096).map(|i| request(chats[i % chats.len()], "sender"));
+                        append_all(&store, requests).await;
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        rt.block_on(store.close());
+    }
+    g.finish();
+}
+
 fn sync(c: &mut Criterion) {
     let (rt, _dir, store) = setup(4096);
     // A user in 100 chats with 100 messages each.
@@ -231,5 +268,5 @@ fn floor(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, append, sync, floor);
+criterion_group!(benches, append, partitions, sync, floor);
 criterion_main!(benches);

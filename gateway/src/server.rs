@@ -86,6 +86,10 @@ impl Gateway {
         store_cfg.retention = config.retention;
         store_cfg.min_free_bytes = config.store_min_free;
         store_cfg.clock = config.clock.clone();
+        store_cfg.partitions = config
+            .store_partitions
+            .unwrap_or_else(|| config.default_partitions())
+            .max(1);
         let clustered = config.store_engine.shared();
         if clustered {
             store_cfg.cluster = Some(config.cluster);

@@ -161,7 +161,9 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         match &threads {
             Some(t) => format!(
                 " gateway_us_per_msg={:.2} serial_bound_per_s={:.0} serial_thread={}",
-                t.total_us_per_msg, t.serial_bound_per_s, t.serial_thread
+                t.total_us_per_msg,
+                t.serial_bound_per_s,
+                t.serial_thread.replace(' ', "_")
             ),
             None => String::new(),
         },

@@ -46,6 +46,9 @@ pub(crate) struct Target {
     /// Shards of the spawned gateway.
     #[arg(long)]
     pub(crate) gateway_shards: Option<usize>,
+    /// Store partitions of the spawned gateway (default: its own, one per shard).
+    #[arg(long)]
+    pub(crate) gateway_partitions: Option<usize>,
     /// The process id of a gateway on this machine, to report its CPU per thread and the
     /// serial bound (set by itself with --spawn-gateway).
     #[arg(long)]
@@ -109,6 +112,9 @@ impl Target {
         .arg(dir.path());
         if let Some(n) = self.gateway_shards {
             cmd.args(["--shards", &n.to_string()]);
+        }
+        if let Some(n) = self.gateway_partitions {
+            cmd.args(["--partitions", &n.to_string()]);
         }
         let mut child = cmd
             .stdout(std::process::Stdio::piped())

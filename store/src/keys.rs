@@ -73,6 +73,147 @@ pub mod tag {
     /// `h sha256 node token` -> until when (ms) a node is storing the blob (an upload) or,
     /// with node 0, deleting it (the janitor).
     pub const BLOB_MARK: u8 = b'h';
+    /// `r media` -> a chat of this partition stopped referencing the media, and none of this
+    /// partition's did any more: partition 0 deletes the media unless another chat references
+    /// it (stores split into partitions; [`super::place`]).
+    pub const MEDIA_RELEASE: u8 = b'r';
+}
+
+/// Where a key lives in a store split into partitions (`docs/STORAGE.md`, "Partitions").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// In this partition.
+    Part(usize),
+    /// In the partition of the transaction's writer: dedupe records (with the chat sent to),
+    /// commit markers and media release candidates.
+    Own,
+}
+
+/// The partition of a chat: its id modulo the partition count. Everything keyed by a chat
+/// lives there, and that partition's writer alone writes it.
+pub fn chat_partition(chat: u64, partitions: usize) -> usize {
+    (chat % partitions.max(1) as u64) as usize
+}
+
+/// A 64-bit hash that is stable across builds and platforms (a key's partition is on disk):
+/// FNV-1a, then MurmurHash3's finalizer, whose low bits depend on every input bit (FNV's
+/// lowest bit alone is the parity of the bytes' lowest bits, so user ids that differ in one
+/// digit would land in the same partition modulo 2).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The partition of a user pair's direct chat: the pair record lives there, and the chat's
+/// id is drawn in it, so that one writer decides a pair's chat.
+pub fn pair_partition(a: &str, b: &str, partitions: usize) -> usize {
+    (stable_hash(&pair(a, b)) % partitions.max(1) as u64) as usize
+}
+
+/// The chat id at `range` of `key`.
+fn chat_at(key: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The chat a key is about, for keys that name one: `M S F C` lead with it, `T U A E J W X R`
+/// end with it. `None` for other tags, and for a key too short to hold one (a prefix).
+fn chat_of(key: &[u8], whole: bool) -> Option<u64> {
+    match *key.first()? {
+        tag::MESSAGE | tag::LAST_SEQ | tag::FLOOR | tag::CHAT => chat_at(key, 1),
+        tag::TIME
+        | tag::MEMBER
+        | tag::POSITION
+        | tag::RECEIPT
+        | tag::PUSH_JOB
+        | tag::PUSH_DUE
+        | tag::PUSH_DEAD
+        | tag::MEDIA_REF
+            if whole =>
+        {
+            chat_at(key, key.len().checked_sub(8)?)
+        }
+        _ => None,
+    }
+}
+
+/// Whether keys of this tag live with a chat (placed by [`chat_of`]).
+fn chat_tag(t: u8) -> bool {
+    matches!(
+        t,
+        tag::MESSAGE
+            | tag::LAST_SEQ
+            | tag::FLOOR
+            | tag::CHAT
+            | tag::TIME
+            | tag::MEMBER
+            | tag::POSITION
+            | tag::RECEIPT
+            | tag::PUSH_JOB
+            | tag::PUSH_DUE
+            | tag::PUSH_DEAD
+            | tag::MEDIA_REF
+    )
+}
+
+/// Where `key` lives among `partitions`: with its chat; dedupe records, commit markers and
+/// release candidates with their writer; a pair record by the pair's hash; everything else
+/// (users' settings and registrations, media, the cluster's keys) in partition 0.
+pub fn place(key: &[u8], partitions: usize) -> Place {
+    let Some(&t) = key.first() else {
+        return Place::Part(0);
+    };
+    match t {
+        tag::DEDUPE | tag::COMMIT_MARKER | tag::MEDIA_RELEASE => Place::Own,
+        tag::PAIR => Place::Part((stable_hash(key) % partitions.max(1) as u64) as usize),
+        t if chat_tag(t) => match chat_of(key, true) {
+            Some(chat) => Place::Part(chat_partition(chat, partitions)),
+            // A malformed key: no writer writes one; reads find nothing there.
+            None => Place::Part(0),
+        },
+        _ => Place::Part(0),
+    }
+}
+
+/// Where every key of `start..end` lives, when they all live in one place: `None` when the
+/// range spans partitions (a user's chats, every chat's entries of an hour).
+pub fn place_range(start: &[u8], end: &[u8], partitions: usize) -> Option<Place> {
+    let (&t, &u) = (start.first()?, end.first()?);
+    if t != u {
+        // Only a range over one tag, or up to the next tag's first key, stays in one place.
+        if !(u == t.wrapping_add(1) && end.len() == 1) {
+            return None;
+        }
+    }
+    match t {
+        tag::DEDUPE | tag::COMMIT_MARKER => Some(Place::Own),
+        // Partition 0's writer reads every partition's candidates.
+        tag::PAIR | tag::MEDIA_RELEASE => None,
+        tag::MESSAGE | tag::LAST_SEQ | tag::FLOOR | tag::CHAT => {
+            let (a, b) = (chat_of(start, false)?, chat_of(end, false)?);
+            (a == b).then(|| Place::Part(chat_partition(a, partitions)))
+        }
+        t if chat_tag(t) => None,
+        _ => Some(Place::Part(0)),
+    }
+}
+
+/// `r media`.
+pub fn media_release(id: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(tag::MEDIA_RELEASE);
+    k.extend_from_slice(id);
+    k
+}
+
+/// The media id of a release candidate key.
+pub fn media_release_id(key: &[u8]) -> Option<[u8; 16]> {
+    key.get(1..17)?.try_into().ok()
 }
 
 fn user(out: &mut Vec<u8>, user: &str) {

@@ -216,6 +216,18 @@ pub trait Txn {
         let _ = key;
         Err(unsupported("watches"))
     }
+    /// [`Txn::scan`] of this transaction's own partition only, on an engine split into
+    /// partitions ([`Engine::partitions`]): the keys the writer of this partition owns. The
+    /// default (one partition) is [`Txn::scan`].
+    fn scan_local(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, KvError> {
+        self.scan(start, end, limit, reverse)
+    }
     /// Makes every write durable and visible, atomically.
     fn commit(self: Box<Self>) -> Result<(), KvError>;
     /// Starts the commit and hands back the durable rest of it, to be finished on another
@@ -355,6 +367,16 @@ impl Txn for Prefetched<'_> {
         self.inner.watch(key)
     }
 
+    fn scan_local(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, KvError> {
+        self.inner.scan_local(start, end, limit, reverse)
+    }
+
     fn commit(self: Box<Self>) -> Result<(), KvError> {
         self.inner.commit()
     }
@@ -391,6 +413,24 @@ pub trait Engine: Send + Sync + 'static {
     /// flight ([`Txn::commit_pipelined`]). The default is [`Engine::begin`].
     fn begin_write(&self) -> Result<Box<dyn Txn + '_>, KvError> {
         self.begin()
+    }
+    /// Into how many partitions the engine's data is split, each with its own writer and
+    /// commit (an engine of several local databases, [`crate::engine::partitioned`]); 1 for an
+    /// engine that is one transactional key space (however many writers it has).
+    fn partitions(&self) -> usize {
+        1
+    }
+    /// The writer's transaction of `partition` (below [`Engine::partitions`]): it writes only
+    /// that partition's keys, and reads the others' durable data. The default (one partition)
+    /// is [`Engine::begin_write`].
+    fn begin_write_on(&self, partition: usize) -> Result<Box<dyn Txn + '_>, KvError> {
+        let _ = partition;
+        self.begin_write()
+    }
+    /// [`Engine::heal`] of one partition, by its writer. The default is [`Engine::heal`].
+    fn heal_on(&self, partition: usize) -> Result<(), KvError> {
+        let _ = partition;
+        self.heal()
     }
     /// True when this process is the engine's only writer, so caches of committed state stay
     /// true (the embedded engine); false when other processes write too (FoundationDB).

@@ -8,8 +8,10 @@
 //!
 //! The logic is written once, against a small ordered transactional key-value interface
 //! ([`kv`]); engines only adapt that interface: fjall in a local directory (default) and
-//! FoundationDB (cargo feature `fdb`). All writes go through one writer thread per process
-//! ([`writer`]) that folds whatever is queued into one transaction (group commit).
+//! FoundationDB (cargo feature `fdb`). All writes go through a writer thread per partition
+//! ([`writer`]; a chat's partition is its id modulo the count) that folds whatever is queued
+//! into one transaction (group commit); on the embedded engine each partition is its own
+//! database ([`engine::partitioned`]).
 //!
 //! # Layout
 //! - [`kv`] — the engine interface ([`kv::Engine`], [`kv::Txn`]).

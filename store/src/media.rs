@@ -103,7 +103,57 @@ impl Attempt<'_> {
         }
         self.t.clear(&key);
         if !self.referenced(media)? {
-            self.drop_media(media, stats)?;
+            if self.shared.engine.partitions() > 1 {
+                // The media lives in partition 0: its writer decides (`release_media`).
+                self.t
+                    .set(&keys::media_release(media), &self.now.to_be_bytes());
+            } else {
+                self.drop_media(media, stats)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// On a store of several partitions, partition 0's writer (with every other writer held
+    /// off attaching media, so no reference can appear meanwhile): deletes the media that the
+    /// other partitions' sweeps found unreferenced and that no chat references any more, and
+    /// the uploads no message attached within a day. The candidates it dealt with are in
+    /// `released_candidates`, for their writers to clear.
+    pub(crate) fn release_media(&mut self, limit: usize) -> OpResult<SweepStats> {
+        let mut stats = SweepStats::default();
+        let budget = limit.max(1);
+        let start = [keys::tag::MEDIA_RELEASE];
+        let candidates = self
+            .t
+            .scan(&start, &keys::prefix_end(&start), budget, false)?;
+        if candidates.len() == budget {
+            stats.more = true;
+        }
+        for (k, v) in candidates {
+            let Some(id) = keys::media_release_id(&k) else {
+                continue;
+            };
+            if !self.referenced(&id)? {
+                self.drop_media(&id, &mut stats)?;
+            }
+            // Partition 0's own candidate, if it is one; the others' go back to their writers.
+            self.t.clear(&k);
+            stats.released_candidates.push((id, v));
+        }
+        if !stats.more {
+            self.expire_unattached_uploads(budget, &mut stats)?;
+        }
+        Ok(Ok(stats))
+    }
+
+    /// Clears the release candidates partition 0's writer dealt with, unless one was written
+    /// again since (a later sweep found the media unreferenced anew).
+    pub(crate) fn forget_released(&mut self, done: &[([u8; 16], Vec<u8>)]) -> Result<(), KvError> {
+        for (id, v) in done {
+            let key = keys::media_release(id);
+            if self.t.get(&key)?.as_deref() == Some(v.as_slice()) {
+                self.t.clear(&key);
+            }
         }
         Ok(())
     }

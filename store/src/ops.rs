@@ -85,6 +85,9 @@ pub struct SweepStats {
     pub released_blobs: Vec<[u8; 32]>,
     /// Whether expired entries remain (another sweep transaction is needed).
     pub more: bool,
+    /// Release candidates this sweep dealt with, as `(media, candidate value)`: the other
+    /// partitions' writers clear those they hold (a store split into partitions).
+    pub(crate) released_candidates: Vec<([u8; 16], Vec<u8>)>,
 }
 
 /// One transaction attempt of the writer.
@@ -92,6 +95,8 @@ pub(crate) struct Attempt<'a> {
     pub(crate) t: Box<dyn Txn + 'a>,
     pub(crate) shared: &'a Shared,
     pub(crate) now: u64,
+    /// The partition whose writer runs this attempt (0 of 1 when the store has one writer).
+    pub(crate) partition: usize,
     /// Chats created or changed in this attempt (the cache learns them only after commit).
     pub(crate) changed: HashMap<u64, Arc<Chat>>,
     pub(crate) committed: Vec<Committed>,
@@ -121,11 +126,17 @@ fn check_users<'u>(users: impl IntoIterator<Item = &'u String>) -> Result<(), St
 }
 
 impl<'a> Attempt<'a> {
-    pub(crate) fn new(t: Box<dyn Txn + 'a>, shared: &'a Shared, now: u64) -> Self {
+    pub(crate) fn new(
+        t: Box<dyn Txn + 'a>,
+        shared: &'a Shared,
+        now: u64,
+        partition: usize,
+    ) -> Self {
         Self {
             t,
             shared,
             now,
+            partition,
             changed: HashMap::new(),
             committed: Vec::new(),
             last_seqs: HashMap::new(),
@@ -319,9 +330,16 @@ impl<'a> Attempt<'a> {
     /// A chat id drawn at random from 1 to 2^53 - 1, checked unused: ids say nothing about how
     /// many chats exist (so a `FORBIDDEN` for a guessed id reveals nothing), need no counter
     /// that every writer would contend on, and stay exact as JSON numbers (push payloads).
+    /// With several writers, the id is one of this writer's partition, which then owns the
+    /// chat.
     fn fresh_chat_id(&mut self) -> Result<u64, KvError> {
+        let n = self.shared.writers as u64;
         for _ in 0..16 {
-            let id = rand::random_range(1..1u64 << 53);
+            let drawn = rand::random_range(n..1u64 << 53);
+            let id = drawn - drawn % n + self.partition as u64;
+            if id == 0 || id >= 1 << 53 {
+                continue;
+            }
             if !self.changed.contains_key(&id) && self.t.get(&keys::chat(id))?.is_none() {
                 return Ok(id);
             }
@@ -566,7 +584,8 @@ impl<'a> Attempt<'a> {
             &keys::commit_markers_from(0),
             &keys::commit_markers_from(self.now.saturating_sub(MARKER_TTL_MS)),
         );
-        let runs = self.t.scan(
+        // This partition's chats only (all of them on an engine of one partition).
+        let runs = self.t.scan_local(
             &keys::time_prefix(0),
             &keys::time_prefix(cutoff),
             budget,
@@ -641,7 +660,9 @@ impl<'a> Attempt<'a> {
         if runs.len() == limit.max(1) {
             stats.more = true;
         }
-        if budget > 0 && !stats.more {
+        // Uploads live in partition 0; on a store of several partitions its writer expires
+        // them with the release candidates (`release_media`).
+        if budget > 0 && !stats.more && self.shared.engine.partitions() == 1 {
             self.expire_unattached_uploads(budget, &mut stats)?;
         }
         Ok(Ok(stats))

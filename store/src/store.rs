@@ -1,4 +1,5 @@
-//! The [`Store`] handle: writes through the writer thread, reads straight from the engine.
+//! The [`Store`] handle: writes through the writer thread of each operation's partition (its
+//! chat's), reads straight from the engine.
 
 use std::path::PathBuf;
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
@@ -10,7 +11,6 @@ use courier_wire::frame::{Attachment, Message, MessageKind};
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::embedded::Embedded;
 use crate::kv::{Engine, KvError, Txn};
 use crate::ops::{read_chat, GroupChange, SweepStats};
 use crate::record::Chat;
@@ -104,6 +104,12 @@ pub struct StoreConfig {
     /// ([`crate::cluster`]). Needs an engine with versionstamps and watches (FoundationDB, the
     /// simulation). None: this process delivers only what it commits itself.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Into how many partitions the durable append path is split: each has its own writer
+    /// and commit thread, and chats are assigned to partitions by id. On the embedded engine
+    /// each partition is its own database (journal, fsync) and the count is fixed when the
+    /// store is created ([`Store::open`]); on a shared engine (FoundationDB) it is the number
+    /// of writer threads and may change between runs.
+    pub partitions: usize,
 }
 
 impl StoreConfig {
@@ -126,6 +132,7 @@ impl StoreConfig {
             online: None,
             push_coalesce: None,
             cluster: None,
+            partitions: 1,
         }
     }
 }
@@ -166,8 +173,13 @@ pub(crate) struct Shared {
     pub(crate) engine: Arc<dyn Engine>,
     /// Committed chat records; kept only when the engine is exclusive to this process.
     pub(crate) chats: DashMap<u64, Arc<Chat>>,
-    /// A batch found the engine unavailable: the writer heals it before the next batch.
-    pub(crate) unhealthy: std::sync::atomic::AtomicBool,
+    /// Per partition: a batch found the engine unavailable, so the partition's writer heals
+    /// it before its next batch.
+    pub(crate) unhealthy: Vec<std::sync::atomic::AtomicBool>,
+    /// How many writers (partitions) the store runs.
+    pub(crate) writers: usize,
+    /// Partition 0's media release against the other writers' attachments.
+    pub(crate) gate: Arc<crate::writer::Gate>,
     pub(crate) config: StoreConfig,
     /// This node's view of the cluster, when it is in one.
     pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
@@ -228,24 +240,27 @@ impl Drop for Then {
 }
 
 struct Threads {
-    writer: Option<JoinHandle<()>>,
+    writers: Vec<JoinHandle<()>>,
     sweeper: Option<(std_mpsc::Sender<()>, JoinHandle<()>)>,
     cluster: Option<(std_mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
-/// A handle to the message log. Cheap to clone; all clones share one writer thread.
+/// A handle to the message log. Cheap to clone; all clones share the writer threads.
 #[derive(Clone)]
 pub struct Store {
     pub(crate) shared: Arc<Shared>,
-    tx: mpsc::Sender<Op>,
+    /// Each partition's writer queue.
+    txs: Arc<[mpsc::Sender<Op>]>,
     threads: Arc<Mutex<Threads>>,
 }
 
 impl Store {
-    /// Opens (or creates) the embedded store in `config.path`.
+    /// Opens (or creates) the embedded store in `config.path`, split into
+    /// `config.partitions` partitions when it is created (an existing store keeps its own
+    /// count: a chat's data stays in the partition of its id).
     pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
-        let engine = Embedded::open(&config.path)?;
-        Self::with_engine(Arc::new(engine), config)
+        let engine = crate::engine::partitioned::open_dir(&config.path, config.partitions)?;
+        Self::with_engine(engine, config)
     }
 
     /// A store over any engine.
@@ -256,10 +271,23 @@ impl Store {
                 engine.name()
             )));
         }
+        // An engine of several databases has one writer for each; one local database, one
+        // writer; a shared engine, as many writers as configured.
+        let writers = if engine.partitions() > 1 {
+            engine.partitions()
+        } else if engine.exclusive() {
+            1
+        } else {
+            config
+                .partitions
+                .clamp(1, crate::engine::partitioned::MAX_PARTITIONS)
+        };
         let shared = Arc::new(Shared {
             engine,
             chats: DashMap::new(),
-            unhealthy: Default::default(),
+            unhealthy: (0..writers).map(|_| Default::default()).collect(),
+            writers,
+            gate: Default::default(),
             cluster: config
                 .cluster
                 .map(|c| Arc::new(crate::cluster::Cluster::new(c))),
@@ -279,36 +307,98 @@ impl Store {
                 Some((stop_tx, h))
             }
         };
-        let (tx, rx) = mpsc::channel(shared.config.queue_depth.max(1));
-        let writer = Writer::new(shared.clone());
-        let handle = std::thread::Builder::new()
-            .name("courier-store-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Engine(format!("spawn writer: {e}")))?;
-        let sweeper = match shared.config.sweep_interval {
-            Some(every) => Some(spawn_sweeper(
-                shared.clone(),
-                tx.clone(),
-                every,
-                shared.config.sweep_limit,
-            )?),
-            None => None,
-        };
+        // Each writer's queue holds its share of the configured depth.
+        let depth = (shared.config.queue_depth / writers).max(1);
+        let mut txs = Vec::with_capacity(writers);
+        let mut handles = Vec::with_capacity(writers);
+        for partition in 0..writers {
+            let (tx, rx) = mpsc::channel(depth);
+            let writer = Writer::new(shared.clone(), partition);
+            let name = if writers == 1 {
+                "courier-store-writer".to_owned()
+            } else {
+                format!("courier-part-w{partition}")
+            };
+            let handle = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || writer.run(rx))
+                .map_err(|e| StoreError::Engine(format!("spawn writer: {e}")))?;
+            txs.push(tx);
+            handles.push(handle);
+        }
         let threads = Threads {
-            writer: Some(handle),
-            sweeper,
+            writers: handles,
+            sweeper: None,
             cluster,
         };
-        Ok(Self {
+        let store = Self {
             shared,
-            tx,
+            txs: txs.into(),
             threads: Arc::new(Mutex::new(threads)),
-        })
+        };
+        if let Some(every) = store.shared.config.sweep_interval {
+            let sweeper = spawn_sweeper(store.clone(), every)?;
+            store.threads.lock().expect("threads lock").sweeper = Some(sweeper);
+        }
+        Ok(store)
+    }
+
+    /// How many writers (partitions) this store runs.
+    pub fn partitions(&self) -> usize {
+        self.shared.writers
+    }
+
+    /// The partition of chat `chat`.
+    fn of_chat(&self, chat: u64) -> usize {
+        crate::keys::chat_partition(chat, self.shared.writers)
+    }
+
+    /// The writer an operation goes to: the one of its chat; a new group's, at random; a
+    /// user pair's, by the pair; a user's route and watch, by the user (so they apply in
+    /// order); everything else (users' settings, media, sweeps' partition-0 part), the first.
+    fn partition_of(&self, op: &Op) -> usize {
+        let n = self.shared.writers;
+        if n == 1 {
+            return 0;
+        }
+        match op {
+            Op::Append(r, _) => self.of_chat(r.chat_id),
+            Op::AppendBatch(rs, _) => rs.first().map_or(0, |r| self.of_chat(r.chat_id)),
+            Op::CreateDirect { a, b, .. } => crate::keys::pair_partition(a, b, n),
+            Op::CreateGroup { .. } => rand::random_range(0..n),
+            Op::UpdateGroup { chat_id, .. } | Op::Receipt { chat_id, .. } => self.of_chat(*chat_id),
+            Op::Ack { acks, .. } => acks.first().map_or(0, |&(c, _)| self.of_chat(c)),
+            Op::PushDone { job, .. } => self.of_chat(job.chat_id),
+            Op::Route { user, .. } | Op::Watch { user, .. } => {
+                crate::keys::chat_partition(crate::keys::stable_hash(user.as_bytes()), n)
+            }
+            _ => 0,
+        }
+    }
+
+    /// The queue of the writer `op` goes to.
+    fn tx_for(&self, op: &Op) -> &mpsc::Sender<Op> {
+        &self.txs[self.partition_of(op)]
     }
 
     pub(crate) async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
+        let op = op(reply);
+        self.tx_for(&op)
+            .send(op)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ticket(rx).wait().await
+    }
+
+    /// [`Store::call`] of partition `partition`'s writer.
+    async fn call_on<T>(
+        &self,
+        partition: usize,
+        op: impl FnOnce(Reply<T>) -> Op,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.txs[partition]
             .send(op(reply))
             .await
             .map_err(|_| StoreError::Closed)?;
@@ -324,7 +414,7 @@ impl Store {
     /// from one task get sequence numbers in that order; waiting on tickets can be done elsewhere.
     pub async fn submit_append(&self, req: AppendRequest) -> Result<Ticket<Appended>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
+        self.txs[self.of_chat(req.chat_id)]
             .send(Op::Append(req, AppendReply::Ticket(reply)))
             .await
             .map_err(|_| StoreError::Closed)?;
@@ -341,7 +431,7 @@ impl Store {
         then: impl FnOnce(Result<Appended, StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
         let then = Then(Some(Box::new(then)));
-        self.tx
+        self.txs[self.of_chat(req.chat_id)]
             .send(Op::Append(req, AppendReply::Then(then)))
             .await
             .map_err(|_| StoreError::Closed)
@@ -353,8 +443,53 @@ impl Store {
     /// consecutive transactions.
     pub async fn append_batch(
         &self,
-        mut requests: Vec<AppendRequest>,
+        requests: Vec<AppendRequest>,
     ) -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        // Each partition's share goes to its writer (one transaction there, or consecutive
+        // ones); the answers come back in the order given.
+        let n = requests.len();
+        let mut pending = Vec::new();
+        for share in self.split(requests, |r| r.chat_id) {
+            let tickets = self.queue_batch(share.partition, share.items).await?;
+            pending.push((share.at, tickets));
+        }
+        let mut answered = Vec::with_capacity(pending.len());
+        for (at, tickets) in pending {
+            let mut answers = Vec::with_capacity(at.len());
+            for t in tickets {
+                answers.extend(t.wait().await?);
+            }
+            answered.push((at, answers));
+        }
+        Ok(gather(n, answered))
+    }
+
+    /// `items` split by the partition of each one's chat, keeping their order and where each
+    /// came from; partitions with nothing left out.
+    fn split<T>(&self, items: Vec<T>, chat: impl Fn(&T) -> u64) -> Vec<Share<T>> {
+        let mut shares: Vec<Share<T>> = (0..self.shared.writers)
+            .map(|partition| Share {
+                partition,
+                at: Vec::new(),
+                items: Vec::new(),
+            })
+            .collect();
+        for (i, item) in items.into_iter().enumerate() {
+            let share = &mut shares[self.of_chat(chat(&item))];
+            share.at.push(i);
+            share.items.push(item);
+        }
+        shares.retain(|s| !s.items.is_empty());
+        shares
+    }
+
+    /// Queues `requests` (all of partition `partition`) to its writer in chunks that fit a
+    /// transaction; a ticket per chunk.
+    async fn queue_batch(
+        &self,
+        partition: usize,
+        mut requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Ticket<Vec<Result<Appended, StoreError>>>>, StoreError> {
         let max = self
             .shared
             .engine
@@ -379,17 +514,13 @@ impl Store {
             let rest = requests.split_off(fit.max(1));
             let chunk = std::mem::replace(&mut requests, rest);
             let (reply, rx) = oneshot::channel();
-            self.tx
+            self.txs[partition]
                 .send(Op::AppendBatch(chunk, reply))
                 .await
                 .map_err(|_| StoreError::Closed)?;
             tickets.push(Ticket(rx));
         }
-        let mut out = Vec::new();
-        for t in tickets {
-            out.extend(t.wait().await?);
-        }
-        Ok(out)
+        Ok(tickets)
     }
 
     /// The direct chat of `a` and `b`, created if the pair has none.
@@ -458,31 +589,71 @@ impl Store {
         device: u32,
         acks: Vec<(u64, u64)>,
     ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
-        let user = user.to_owned();
-        self.call(|reply| Op::Ack {
-            user,
-            device,
-            acks,
-            reply,
-        })
-        .await
+        // Each partition's chats to its writer; the answers back in the order given.
+        let n = acks.len();
+        let mut answered = Vec::new();
+        for share in self.split(acks, |a| a.0) {
+            let user = user.to_owned();
+            let acks = share.items;
+            let answers = self
+                .call_on(share.partition, |reply| Op::Ack {
+                    user,
+                    device,
+                    acks,
+                    reply,
+                })
+                .await?;
+            answered.push((share.at, answers));
+        }
+        Ok(gather(n, answered))
     }
 
     /// Deletes expired data now, in bounded transactions, until nothing expired is left.
     pub async fn sweep(&self) -> Result<SweepStats, StoreError> {
         let limit = self.shared.config.sweep_limit.max(1);
         let mut total = SweepStats::default();
-        loop {
-            let s = self.call(|reply| Op::Sweep { limit, reply }).await?;
+        let add = |total: &mut SweepStats, s: SweepStats| {
             total.chat_hours += s.chat_hours;
             total.messages += s.messages;
             total.dedupe_records += s.dedupe_records;
             total.media += s.media;
             total.released_blobs.extend(s.released_blobs);
-            if !s.more {
-                return Ok(total);
+            total.released_candidates.extend(s.released_candidates);
+            s.more
+        };
+        // Each partition sweeps its own chats; on a shared engine (one key space), the first
+        // writer sweeps them all.
+        let partitioned = self.shared.engine.partitions() > 1;
+        let sweepers = if partitioned { self.shared.writers } else { 1 };
+        for p in 0..sweepers {
+            loop {
+                let s = self.call_on(p, |reply| Op::Sweep { limit, reply }).await?;
+                if !add(&mut total, s) {
+                    break;
+                }
             }
         }
+        if partitioned {
+            // Then partition 0 releases the media no partition references any more, and the
+            // other writers clear the candidates it dealt with.
+            loop {
+                let s = self
+                    .call_on(0, |reply| Op::ReleaseMedia { limit, reply })
+                    .await?;
+                if !add(&mut total, s) {
+                    break;
+                }
+            }
+            let done = std::mem::take(&mut total.released_candidates);
+            if !done.is_empty() {
+                for p in 1..self.shared.writers {
+                    let done = done.clone();
+                    self.call_on(p, |reply| Op::ForgetReleased { done, reply })
+                        .await?;
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// The store's clock, milliseconds since the Unix epoch.
@@ -490,9 +661,12 @@ impl Store {
         self.shared.config.clock.now_ms()
     }
 
-    /// Operations waiting in the writer's queue.
+    /// Operations waiting in the writers' queues.
     pub fn queue_depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.txs
+            .iter()
+            .map(|tx| tx.max_capacity() - tx.capacity())
+            .sum()
     }
 
     /// Whether this process is the engine's only writer.
@@ -507,9 +681,11 @@ impl Store {
             drop(stop);
             let _ = h.join();
         }
-        let _ = self.tx.send(Op::Shutdown).await;
-        let writer = self.threads.lock().expect("threads lock").writer.take();
-        if let Some(h) = writer {
+        for tx in self.txs.iter() {
+            let _ = tx.send(Op::Shutdown).await;
+        }
+        let writers = std::mem::take(&mut self.threads.lock().expect("threads lock").writers);
+        for h in writers {
             let _ = h.join();
         }
         // The node leaves the cluster last: until its writer stopped, others may address it.
@@ -523,10 +699,11 @@ impl Store {
     /// Queues `op` without waiting: at once when the queue has room, else from a task (or,
     /// outside a runtime, this thread) that waits for room.
     pub(crate) fn queue(&self, op: Op) {
-        match self.tx.try_send(op) {
+        let tx = self.tx_for(&op);
+        match tx.try_send(op) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(op)) => {
-                let tx = self.tx.clone();
+                let tx = tx.clone();
                 match tokio::runtime::Handle::try_current() {
                     Ok(h) => {
                         h.spawn(async move {
@@ -542,44 +719,62 @@ impl Store {
     }
 }
 
+/// One partition's part of a request that spans several, and where each item came from.
+struct Share<T> {
+    partition: usize,
+    at: Vec<usize>,
+    items: Vec<T>,
+}
+
+/// A share's answers, with where its items came from.
+type Answered<A> = (Vec<usize>, Vec<Result<A, StoreError>>);
+
+/// The answers of a request's shares back in the request's order; an item left unanswered
+/// gets [`StoreError::Closed`].
+fn gather<A>(n: usize, answered: Vec<Answered<A>>) -> Vec<Result<A, StoreError>> {
+    let mut out: Vec<Option<Result<A, StoreError>>> = (0..n).map(|_| None).collect();
+    for (at, answers) in answered {
+        for (i, a) in at.into_iter().zip(answers) {
+            out[i] = Some(a);
+        }
+    }
+    out.into_iter()
+        .map(|a| a.unwrap_or(Err(StoreError::Closed)))
+        .collect()
+}
+
+/// The background sweeper: every `every`, [`Store::sweep`] (in a cluster, only on the node
+/// holding the sweep's work lease), until the stop sender is dropped. It holds the writers'
+/// queues but not the store's threads, so dropping every other handle stops it.
 fn spawn_sweeper(
-    shared: Arc<Shared>,
-    tx: mpsc::Sender<Op>,
+    store: Store,
     every: Duration,
-    limit: usize,
 ) -> Result<(std_mpsc::Sender<()>, JoinHandle<()>), StoreError> {
     let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
+    let store = Store {
+        threads: Arc::new(Mutex::new(Threads {
+            writers: Vec::new(),
+            sweeper: None,
+            cluster: None,
+        })),
+        ..store
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| StoreError::Engine(format!("sweeper runtime: {e}")))?;
     let handle = std::thread::Builder::new()
         .name("courier-store-sweeper".into())
         .spawn(move || {
-            // Wakes every `every` until the stop sender is dropped.
             while let Err(std_mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
-                // In a cluster, one node sweeps: the one holding the sweep's work lease.
-                if let Some(c) = &shared.cluster {
+                if let Some(c) = &store.shared.cluster {
                     if !c.owns(crate::cluster::Work::Sweep) {
                         continue;
                     }
                 }
-                loop {
-                    let (reply, rx) = oneshot::channel();
-                    if tx
-                        .blocking_send(Op::Sweep {
-                            limit: limit.max(1),
-                            reply,
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                    match rx.blocking_recv() {
-                        Ok(Ok(s)) if s.more => continue,
-                        Ok(Ok(_)) => break,
-                        Ok(Err(e)) => {
-                            tracing::warn!("retention sweep failed: {e}");
-                            break;
-                        }
-                        Err(_) => return,
-                    }
+                match runtime.block_on(store.sweep()) {
+                    Ok(_) => {}
+                    Err(StoreError::Closed) => return,
+                    Err(e) => tracing::warn!("retention sweep failed: {e}"),
                 }
             }
         })

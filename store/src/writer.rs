@@ -84,6 +84,17 @@ pub(crate) enum Op {
         limit: usize,
         reply: Reply<SweepStats>,
     },
+    /// Partition 0's part of a sweep on a store of several partitions: media no chat
+    /// references any more, and uploads never attached ([`Attempt::release_media`]).
+    ReleaseMedia {
+        limit: usize,
+        reply: Reply<SweepStats>,
+    },
+    /// Release candidates partition 0 dealt with, cleared where this partition holds them.
+    ForgetReleased {
+        done: Vec<([u8; 16], Vec<u8>)>,
+        reply: Reply<()>,
+    },
     PutMedia {
         records: Vec<Media>,
         quota: Option<u64>,
@@ -158,6 +169,16 @@ impl Op {
         )
     }
 
+    /// Whether this operation attaches media (reads partition 0's media records and writes a
+    /// reference in its own partition).
+    fn attaches(&self) -> bool {
+        match self {
+            Self::Append(r, _) => !r.attachments.is_empty(),
+            Self::AppendBatch(rs, _) => rs.iter().any(|r| !r.attachments.is_empty()),
+            _ => false,
+        }
+    }
+
     /// How much of a batch this operation fills.
     fn weight(&self) -> usize {
         match self {
@@ -209,6 +230,11 @@ fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, KvError> {
                 .collect::<Result<Vec<_>, _>>()?,
         ),
         Op::Sweep { limit, .. } => Answer::Sweep(a.sweep(*limit)?),
+        Op::ReleaseMedia { limit, .. } => Answer::Sweep(a.release_media(*limit)?),
+        Op::ForgetReleased { done, .. } => {
+            a.forget_released(done)?;
+            Answer::Unit(Ok(()))
+        }
         Op::PutMedia { records, quota, .. } => Answer::Unit(a.put_media(records, *quota)?),
         Op::Receipt {
             user,
@@ -253,12 +279,15 @@ fn answer(op: Op, answer: Answer) {
             drop(reply.send(r));
         }
         (Op::Ack { reply, .. }, Answer::Seqs(r)) => drop(reply.send(Ok(r))),
-        (Op::Sweep { reply, .. }, Answer::Sweep(r)) => drop(reply.send(r)),
+        (Op::Sweep { reply, .. } | Op::ReleaseMedia { reply, .. }, Answer::Sweep(r)) => {
+            drop(reply.send(r));
+        }
         (
             Op::PutMedia { reply, .. }
             | Op::SetPresence { reply, .. }
             | Op::RegisterPush { reply, .. }
-            | Op::PushDone { reply, .. },
+            | Op::PushDone { reply, .. }
+            | Op::ForgetReleased { reply, .. },
             Answer::Unit(r),
         ) => {
             drop(reply.send(r));
@@ -287,11 +316,12 @@ fn fail(op: Op, e: StoreError) {
         | Op::CreateGroup { reply, .. }
         | Op::UpdateGroup { reply, .. } => drop(reply.send(Err(e))),
         Op::Ack { reply, .. } => drop(reply.send(Err(e))),
-        Op::Sweep { reply, .. } => drop(reply.send(Err(e))),
+        Op::Sweep { reply, .. } | Op::ReleaseMedia { reply, .. } => drop(reply.send(Err(e))),
         Op::PutMedia { reply, .. }
         | Op::SetPresence { reply, .. }
         | Op::RegisterPush { reply, .. }
-        | Op::PushDone { reply, .. } => drop(reply.send(Err(e))),
+        | Op::PushDone { reply, .. }
+        | Op::ForgetReleased { reply, .. } => drop(reply.send(Err(e))),
         Op::Receipt { reply, .. } => drop(reply.send(Err(e))),
         Op::Route { reply, .. } => {
             if let Some(reply) = reply {
@@ -307,17 +337,85 @@ fn fail(op: Op, e: StoreError) {
     }
 }
 
+/// Keeps partition 0's media release apart from the other writers' attachments: a batch that
+/// attaches media holds a token from before it reads the media records until its commit is
+/// over; the release waits for every token to go and holds new ones off until it committed.
+#[derive(Default)]
+pub(crate) struct Gate {
+    state: std::sync::Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    tokens: usize,
+    exclusive: bool,
+    /// Releases waiting: new tokens wait behind them.
+    waiting: usize,
+}
+
+/// A batch's hold on the [`Gate`].
+pub(crate) struct GateToken(Arc<Gate>);
+
+/// The release's hold on the [`Gate`].
+pub(crate) struct Exclusive<'g>(&'g Gate);
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A token, once no release holds or waits for the gate.
+    pub(crate) fn enter(self: &Arc<Self>) -> GateToken {
+        let mut s = self.lock();
+        while s.exclusive || s.waiting > 0 {
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.tokens += 1;
+        GateToken(self.clone())
+    }
+
+    /// The gate alone, once every token is gone.
+    pub(crate) fn exclusive(&self) -> Exclusive<'_> {
+        let mut s = self.lock();
+        s.waiting += 1;
+        while s.exclusive || s.tokens > 0 {
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.waiting -= 1;
+        s.exclusive = true;
+        Exclusive(self)
+    }
+}
+
+impl Drop for GateToken {
+    fn drop(&mut self) {
+        self.0.lock().tokens -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
+impl Drop for Exclusive<'_> {
+    fn drop(&mut self) {
+        self.0.lock().exclusive = false;
+        self.0.changed.notify_all();
+    }
+}
+
 pub(crate) struct Writer {
     shared: Arc<Shared>,
+    /// The partition this writer owns (0 of 1 when the store has one writer).
+    partition: usize,
 }
 
 /// Failed batches logged: one line per interval however many fail (a full disk fails them all).
 static FAILED_BATCHES: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 
-/// Logs a batch that failed; an unavailable engine is marked for healing.
-fn failed(shared: &Shared, e: &KvError, n: usize) {
+/// Logs a batch that failed; an unavailable engine is marked for healing (by this
+/// partition's writer).
+fn failed(shared: &Shared, partition: usize, e: &KvError, n: usize) {
     if e.is_unavailable() {
-        shared.unhealthy.store(true, Ordering::Release);
+        shared.unhealthy[partition].store(true, Ordering::Release);
         limited_warn!(FAILED_BATCHES, "batch of {n} refused: {e}");
     } else {
         limited_error!(FAILED_BATCHES, "batch of {n} failed: {e}");
@@ -413,6 +511,9 @@ impl PendingCommit for AlreadyCommitted {
 
 /// A batch whose transaction is built and whose commit is under way.
 struct Prepared {
+    partition: usize,
+    /// Held while the batch attaches media, until its commit is over ([`Gate`]).
+    gate: Option<GateToken>,
     ops: Vec<Op>,
     answers: Vec<Answer>,
     pending: Box<dyn PendingCommit>,
@@ -426,6 +527,8 @@ impl Prepared {
     /// fails every caller if it did not commit.
     fn finish(self, shared: &Shared) {
         let Self {
+            partition,
+            gate,
             ops,
             answers,
             pending,
@@ -434,8 +537,10 @@ impl Prepared {
             started,
         } = self;
         let n = ops.len();
-        if let Err(e) = pending.finish() {
-            failed(shared, &e, n);
+        let finished = pending.finish();
+        drop(gate);
+        if let Err(e) = finished {
+            failed(shared, partition, &e, n);
             let err = StoreError::from(e);
             for op in ops {
                 fail(op, err.clone());
@@ -510,8 +615,17 @@ impl Committer {
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub(crate) fn new(shared: Arc<Shared>, partition: usize) -> Self {
+        Self { shared, partition }
+    }
+
+    /// The name of this writer's commit thread.
+    fn commit_thread_name(&self) -> String {
+        if self.shared.writers == 1 {
+            "courier-store-commit".into()
+        } else {
+            format!("courier-part-c{}", self.partition)
+        }
     }
 
     pub(crate) fn run(self, mut rx: mpsc::Receiver<Op>) {
@@ -525,7 +639,7 @@ impl Writer {
             let (batches, incoming) = std_mpsc::sync_channel::<Prepared>(0);
             let (done_tx, done) = std_mpsc::channel();
             let spawned = std::thread::Builder::new()
-                .name("courier-store-commit".into())
+                .name(self.commit_thread_name())
                 .spawn_scoped(scope, move || {
                     for p in incoming {
                         p.finish(shared);
@@ -572,8 +686,10 @@ impl Writer {
             committer.idle();
             // Dropping the committer closes its channel; the scope joins the thread.
         });
-        if let Err(e) = shared.engine.sync() {
-            tracing::error!("final sync failed: {e}");
+        if self.partition == 0 {
+            if let Err(e) = shared.engine.sync() {
+                tracing::error!("final sync failed: {e}");
+            }
         }
     }
 
@@ -588,7 +704,7 @@ impl Writer {
     #[must_use]
     fn apply(&self, ops: Vec<Op>, committer: &mut Committer, health: &mut Health) -> Vec<Op> {
         let shared = &*self.shared;
-        if shared.unhealthy.load(Ordering::Acquire) {
+        if shared.unhealthy[self.partition].load(Ordering::Acquire) {
             committer.idle();
             if let Err(e) = self.heal(health) {
                 for op in ops {
@@ -605,6 +721,14 @@ impl Writer {
         if barrier {
             committer.idle();
         }
+        // On a store of several partitions, media is released by partition 0's writer while
+        // no other writer is between reading a media record and committing a reference to it.
+        let partitioned = shared.engine.partitions() > 1;
+        let _exclusive = (partitioned
+            && ops.iter().any(|op| matches!(op, Op::ReleaseMedia { .. })))
+        .then(|| shared.gate.exclusive());
+        let gate = (partitioned && _exclusive.is_none() && ops.iter().any(Op::attaches))
+            .then(|| shared.gate.enter());
         // Engines that can answer "maybe committed" get a commit marker per batch: each attempt
         // first reads it (a conflict read) and then writes its own number under it. An
         // attempt that finds it learns which earlier attempt committed, and answers with that
@@ -621,7 +745,7 @@ impl Writer {
         loop {
             let started = Instant::now();
             let now = shared.config.clock.now_ms();
-            let built = shared.engine.begin_write().and_then(|t| {
+            let built = shared.engine.begin_write_on(self.partition).and_then(|t| {
                 // A remote engine reads what the batch's operations will read first all at
                 // once (one round trip), and the commit marker with them.
                 // (The engines that get a marker are the remote ones.)
@@ -638,7 +762,7 @@ impl Writer {
                         return Ok(Attempted::Found(marker_attempt(&v)?));
                     }
                 }
-                let mut a = Attempt::new(t, shared, now);
+                let mut a = Attempt::new(t, shared, now, self.partition);
                 // Operations go in until the transaction reaches the engine's size target; the
                 // rest of the batch goes to the next transaction.
                 let mut answers = Vec::with_capacity(ops.len());
@@ -706,6 +830,8 @@ impl Writer {
                     let mut ops = ops;
                     let rest = ops.split_off(b.answers.len());
                     let p = Prepared {
+                        partition: self.partition,
+                        gate,
                         ops,
                         answers: b.answers,
                         pending,
@@ -741,7 +867,7 @@ impl Writer {
                     std::thread::sleep(retry_wait(&shared.config, tries));
                 }
                 Err(e) => {
-                    failed(shared, &e, ops.len());
+                    failed(shared, self.partition, &e, ops.len());
                     let err = StoreError::from(e);
                     for op in ops {
                         fail(op, err.clone());
@@ -765,10 +891,14 @@ impl Writer {
             });
         }
         health.next_heal = now + HEAL_EVERY;
-        match shared.engine.heal() {
+        match shared.engine.heal_on(self.partition) {
             Ok(()) => {
-                shared.unhealthy.store(false, Ordering::Release);
-                shared.chats.clear();
+                shared.unhealthy[self.partition].store(false, Ordering::Release);
+                // This partition's chats: the other writers' stay true.
+                let (me, n) = (self.partition, shared.writers);
+                shared
+                    .chats
+                    .retain(|&id, _| keys::chat_partition(id, n) != me);
                 Ok(())
             }
             Err(e) => {
@@ -825,6 +955,38 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_release_waits_for_every_token_and_holds_new_ones_off() {
+        let gate = Arc::new(Gate::default());
+        let token = gate.enter();
+        let (held_tx, held) = std_mpsc::channel();
+        let (go_tx, go) = std_mpsc::channel::<()>();
+        let g = gate.clone();
+        let release = std::thread::spawn(move || {
+            let exclusive = g.exclusive();
+            held_tx.send(()).unwrap();
+            go.recv().unwrap();
+            drop(exclusive);
+        });
+        // The release waits while a batch holds its token...
+        assert!(held.recv_timeout(Duration::from_millis(100)).is_err());
+        drop(token);
+        held.recv_timeout(Duration::from_secs(5)).unwrap();
+        // ... and a batch that comes while it holds the gate waits until it lets go.
+        let (entered_tx, entered) = std_mpsc::channel();
+        let g = gate.clone();
+        let batch = std::thread::spawn(move || {
+            let t = g.enter();
+            entered_tx.send(()).unwrap();
+            drop(t);
+        });
+        assert!(entered.recv_timeout(Duration::from_millis(100)).is_err());
+        go_tx.send(()).unwrap();
+        entered.recv_timeout(Duration::from_secs(5)).unwrap();
+        release.join().unwrap();
+        batch.join().unwrap();
+    }
 
     #[test]
     fn retries_wait_longer_each_time_up_to_the_longest() {

@@ -2,7 +2,8 @@
 //! acknowledged message; the parent kills it with SIGKILL at a random moment, reopens the store
 //! and checks that everything acknowledged survived, densely numbered, and deduplicates.
 //!
-//! `COURIER_CRASH_CYCLES` sets the number of kill cycles (default 50).
+//! It runs on a store of one partition and on one of three (three writers, three databases):
+//! `COURIER_CRASH_CYCLES` sets the number of kill cycles of each (default 25).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -36,9 +37,10 @@ fn request(writer: u32, cycle: u32, n: u32, chat: u64) -> AppendRequest {
     }
 }
 
-fn config(dir: &str) -> StoreConfig {
+fn config(dir: &str, partitions: usize) -> StoreConfig {
     let mut c = StoreConfig::new(dir);
     c.sweep_interval = None;
+    c.partitions = partitions;
     c
 }
 
@@ -49,13 +51,15 @@ fn crash_child() {
         return;
     };
     let cycle: u32 = std::env::var("CRASH_CYCLE").unwrap().parse().unwrap();
+    let partitions: usize = std::env::var("CRASH_PARTITIONS").unwrap().parse().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let store = Store::open(config(&dir)).unwrap();
+        let store = Store::open(config(&dir, partitions)).unwrap();
+        assert_eq!(store.partitions(), partitions);
         // Writer w talks in chat (w % CHATS) with "hub"; every chat has two writers.
         let mut chats = Vec::new();
         for c in 0..CHATS {
@@ -107,10 +111,19 @@ impl Rng {
 
 #[test]
 fn acknowledged_messages_survive_sigkill() {
+    survive_sigkill(1);
+}
+
+#[test]
+fn acknowledged_messages_survive_sigkill_with_three_partitions() {
+    survive_sigkill(3);
+}
+
+fn survive_sigkill(partitions: usize) {
     let cycles: u32 = std::env::var("COURIER_CRASH_CYCLES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(25);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_owned();
     let exe = std::env::current_exe().unwrap();
@@ -134,6 +147,7 @@ fn acknowledged_messages_survive_sigkill() {
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env("CRASH_CHILD_DIR", &path)
             .env("CRASH_CYCLE", cycle.to_string())
+            .env("CRASH_PARTITIONS", partitions.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -180,7 +194,7 @@ fn acknowledged_messages_survive_sigkill() {
         }
 
         rt.block_on(async {
-            let store = Store::open(config(&path)).unwrap();
+            let store = Store::open(config(&path, partitions)).unwrap();
             // Every acknowledged message of this cycle is present with its seq and body...
             let mut by_chat: BTreeMap<u64, Vec<(u64, Origin)>> = BTreeMap::new();
             for &(chat, seq, e) in &this_cycle {
@@ -233,7 +247,7 @@ fn acknowledged_messages_survive_sigkill() {
 
     // Finally every chat's seqs are dense from 1, and every acknowledgement ever made holds.
     rt.block_on(async {
-        let store = Store::open(config(&path)).unwrap();
+        let store = Store::open(config(&path, partitions)).unwrap();
         for (&chat, seqs) in &acked {
             let reader = format!("w{}", seqs.values().next().unwrap().0);
             let mut expect = 1;
@@ -263,7 +277,7 @@ fn acknowledged_messages_survive_sigkill() {
     });
     let total: usize = acked.values().map(BTreeMap::len).sum();
     eprintln!(
-        "crash test: {cycles} SIGKILL cycles, {checked} acknowledged messages re-read and re-sent, {total} checked for density, in {:.1} s",
+        "crash test, {partitions} partition(s): {cycles} SIGKILL cycles, {checked} acknowledged messages re-read and re-sent, {total} checked for density, in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(total > 0, "the child acknowledged nothing");

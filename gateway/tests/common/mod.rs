@@ -77,6 +77,9 @@ impl TestServer {
             verifier,
         );
         config.shutdown_grace = Duration::from_secs(3);
+        // Three partitions: every end-to-end test runs on three writers (and, on the embedded
+        // engine, three databases).
+        config.store_partitions = Some(3);
         let simulated = simulated_store(&dir.join("store"));
         if let Some(sim) = &simulated {
             config.store_engine = courier_gateway::StoreEngine::Custom(sim.clone());

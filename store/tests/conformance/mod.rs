@@ -509,6 +509,15 @@ impl Engine for Counting {
             message_reads: self.message_reads.clone(),
         }))
     }
+    fn partitions(&self) -> usize {
+        self.inner.partitions()
+    }
+    fn begin_write_on(&self, partition: usize) -> Result<Box<dyn Txn + '_>, KvError> {
+        Ok(Box::new(CountingTxn {
+            inner: self.inner.begin_write_on(partition)?,
+            message_reads: self.message_reads.clone(),
+        }))
+    }
     fn exclusive(&self) -> bool {
         self.inner.exclusive()
     }
@@ -545,6 +554,16 @@ impl Txn for CountingTxn<'_> {
     ) -> Result<Pairs, KvError> {
         self.note(start);
         self.inner.scan(start, end, limit, reverse)
+    }
+    fn scan_local(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Pairs, KvError> {
+        self.note(start);
+        self.inner.scan_local(start, end, limit, reverse)
     }
     fn set(&mut self, key: &[u8], value: &[u8]) {
         self.inner.set(key, value);

@@ -198,6 +198,12 @@ struct ServeArgs {
     /// Shards (threads with their own QUIC endpoint on the port); default: number of cores.
     #[arg(long)]
     shards: Option<usize>,
+    /// Partitions of the store's append path, each with its own writer and commit thread
+    /// and, on the embedded store, its own database and fsync; chats are spread over them by
+    /// id. Default: one per shard from 4 shards on, else 1. An embedded store keeps the
+    /// count it was created with.
+    #[arg(long)]
+    partitions: Option<usize>,
     /// Largest media upload, in bytes.
     #[arg(long, default_value_t = 100 << 20)]
     max_upload: u64,
@@ -592,6 +598,15 @@ fn node_config(
             bail!("--shards must be at least 1");
         }
         config.shards = n;
+    }
+    if let Some(n) = args.partitions {
+        if !(1..=courier_store::engine::partitioned::MAX_PARTITIONS).contains(&n) {
+            bail!(
+                "--partitions must be 1 to {}",
+                courier_store::engine::partitioned::MAX_PARTITIONS
+            );
+        }
+        config.store_partitions = Some(n);
     }
     // The simulation's one engine is shared by the nodes `serve_simulated` starts.
     if args.store != "sim" {
