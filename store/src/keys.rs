@@ -121,44 +121,39 @@ fn chat_at(key: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(at..at + 8)?.try_into().ok()?))
 }
 
-/// The chat a key is about, for keys that name one: `M S F C` lead with it, `T U A E J W X R`
-/// end with it. `None` for other tags, and for a key too short to hold one (a prefix).
+/// Tags whose keys lead with their chat: `M chat seq`, `S chat`, `F chat`, `C chat`.
+const CHAT_FIRST: [u8; 4] = [tag::MESSAGE, tag::LAST_SEQ, tag::FLOOR, tag::CHAT];
+
+/// Tags whose keys end with their chat: `T hour chat`, `U user chat`, `A user device chat`,
+/// `E user chat`, `J user chat`, `W due user chat`, `X user chat`, `R media chat`.
+const CHAT_LAST: [u8; 8] = [
+    tag::TIME,
+    tag::MEMBER,
+    tag::POSITION,
+    tag::RECEIPT,
+    tag::PUSH_JOB,
+    tag::PUSH_DUE,
+    tag::PUSH_DEAD,
+    tag::MEDIA_REF,
+];
+
+/// The chat a key is about, for keys that name one ([`CHAT_FIRST`], [`CHAT_LAST`]); `None`
+/// for other tags, and for a key too short to hold one (a prefix; a key ending with its chat
+/// only when `whole`).
 fn chat_of(key: &[u8], whole: bool) -> Option<u64> {
-    match *key.first()? {
-        tag::MESSAGE | tag::LAST_SEQ | tag::FLOOR | tag::CHAT => chat_at(key, 1),
-        tag::TIME
-        | tag::MEMBER
-        | tag::POSITION
-        | tag::RECEIPT
-        | tag::PUSH_JOB
-        | tag::PUSH_DUE
-        | tag::PUSH_DEAD
-        | tag::MEDIA_REF
-            if whole =>
-        {
-            chat_at(key, key.len().checked_sub(8)?)
-        }
-        _ => None,
+    let t = *key.first()?;
+    if CHAT_FIRST.contains(&t) {
+        return chat_at(key, 1);
     }
+    if whole && CHAT_LAST.contains(&t) {
+        return chat_at(key, key.len().checked_sub(8)?);
+    }
+    None
 }
 
 /// Whether keys of this tag live with a chat (placed by [`chat_of`]).
 fn chat_tag(t: u8) -> bool {
-    matches!(
-        t,
-        tag::MESSAGE
-            | tag::LAST_SEQ
-            | tag::FLOOR
-            | tag::CHAT
-            | tag::TIME
-            | tag::MEMBER
-            | tag::POSITION
-            | tag::RECEIPT
-            | tag::PUSH_JOB
-            | tag::PUSH_DUE
-            | tag::PUSH_DEAD
-            | tag::MEDIA_REF
-    )
+    CHAT_FIRST.contains(&t) || CHAT_LAST.contains(&t)
 }
 
 /// Where `key` lives among `partitions`: with its chat; dedupe records, commit markers and
@@ -194,7 +189,7 @@ pub fn place_range(start: &[u8], end: &[u8], partitions: usize) -> Option<Place>
         tag::DEDUPE | tag::COMMIT_MARKER => Some(Place::Own),
         // Partition 0's writer reads every partition's candidates.
         tag::PAIR | tag::MEDIA_RELEASE => None,
-        tag::MESSAGE | tag::LAST_SEQ | tag::FLOOR | tag::CHAT => {
+        t if CHAT_FIRST.contains(&t) => {
             let (a, b) = (chat_of(start, false)?, chat_of(end, false)?);
             (a == b).then(|| Place::Part(chat_partition(a, partitions)))
         }

@@ -21,16 +21,9 @@ fn local() -> Local {
     Local(tempfile::tempdir().unwrap())
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            conformance::$name(&local()).await;
-        }
-    )*};
-}
+use conformance::on_local;
 
-conformance::every_test!(conformance);
+conformance::every_test!(on_local);
 
 /// A store made with three partitions spreads its chats over three databases, keeps that
 /// count when reopened with another, and finds every chat, message and position again.

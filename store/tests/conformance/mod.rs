@@ -49,6 +49,20 @@ macro_rules! every_test {
 }
 pub(crate) use every_test;
 
+/// One test per name that runs it on the test file's `local()` harness: for the engines in a
+/// local directory, `conformance::every_test!(on_local)`.
+#[allow(unused_macros)]
+macro_rules! on_local {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            conformance::$name(&local()).await;
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use on_local;
+
 /// Gives each test a fresh, isolated engine; the same name again reopens the same data.
 pub trait Harness {
     fn engine(&self, name: &str) -> Arc<dyn Engine>;
