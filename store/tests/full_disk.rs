@@ -55,23 +55,61 @@ fn all_seqs(store: &Store, chat: u64) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_then_heals_without_a_restart() {
+    refuses_then_heals(1).await;
+}
+
+/// The same on a store of three partitions, one database each on the one disk: the first to
+/// commit into the full disk refuses, and afterwards every partition takes writes again (each
+/// writer heals its own database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_heals_every_partition_without_a_restart() {
+    refuses_then_heals(3).await;
+}
+
+async fn refuses_then_heals(partitions: usize) {
     let Some(fs) = Tmpfs::mount(48) else {
         return;
     };
     let dir = fs.path().join("store");
+    let config = |min_free| {
+        let mut c = config(dir.clone(), min_free);
+        c.partitions = partitions;
+        c
+    };
     // No floor: the commit itself must meet ENOSPC.
-    let store = Store::open(config(dir.clone(), 0)).unwrap();
-    let chat = store.create_direct("alice", "bob").await.unwrap().id;
-    let mut acked = Vec::new();
+    let store = Store::open(config(0)).unwrap();
+    assert_eq!(store.partitions(), partitions);
+    // A chat in every partition; sends go round them.
+    let mut chats: Vec<u64> = Vec::new();
+    for i in 0.. {
+        let c = store
+            .create_direct("alice", &format!("bob{i}"))
+            .await
+            .unwrap()
+            .id;
+        let p = courier_store::keys::chat_partition(c, partitions);
+        if chats
+            .iter()
+            .all(|&o| courier_store::keys::chat_partition(o, partitions) != p)
+        {
+            chats.push(c);
+        }
+        if chats.len() == partitions {
+            break;
+        }
+    }
+    let chat_of = |n: u32| chats[n as usize % chats.len()];
+    let mut acked: Vec<(u64, u64)> = Vec::new();
     for n in 0..200 {
-        acked.push(store.append(send(chat, n, 2000)).await.unwrap().seq);
+        let a = store.append(send(chat_of(n), n, 2000)).await.unwrap();
+        acked.push((a.chat_id, a.seq));
     }
 
     fill(&fs.path().join("ballast"));
     let mut refused = None;
     for n in 200..20_000 {
-        match store.append(send(chat, n, 2000)).await {
-            Ok(a) => acked.push(a.seq),
+        match store.append(send(chat_of(n), n, 2000)).await {
+            Ok(a) => acked.push((a.chat_id, a.seq)),
             Err(e) => {
                 refused = Some((n, e));
                 break;
@@ -83,42 +121,53 @@ async fn a_full_disk_refuses_writes_then_heals_without_a_restart() {
     assert!(e.retry_after().is_some(), "{e}");
     // It stays refused (not acknowledged) while the disk is full, and reads go on.
     for _ in 0..3 {
-        let e = store.append(send(chat, n, 2000)).await.unwrap_err();
+        let e = store.append(send(chat_of(n), n, 2000)).await.unwrap_err();
         assert!(matches!(e, StoreError::Unavailable { .. }), "{e}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert!(all_seqs(&store, chat).len() >= acked.len());
+    let stored: usize = chats.iter().map(|&c| all_seqs(&store, c).len()).sum();
+    assert!(stored >= acked.len());
 
     std::fs::remove_file(fs.path().join("ballast")).unwrap();
+    // Every partition takes writes again: the refused send first, then some more to each.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let healed = loop {
-        match store.append(send(chat, n, 2000)).await {
-            Ok(a) => break a,
-            Err(e) => {
-                assert_eq!(e.code(), ErrorCode::UNAVAILABLE, "{e}");
-                assert!(Instant::now() < deadline, "not healed: {e}");
-                tokio::time::sleep(e.retry_after().unwrap()).await;
+    for m in (n..n + 50).chain(std::iter::once(n)) {
+        let healed = loop {
+            match store.append(send(chat_of(m), m, 2000)).await {
+                Ok(a) => break a,
+                Err(e) => {
+                    assert_eq!(e.code(), ErrorCode::UNAVAILABLE, "{e}");
+                    assert!(Instant::now() < deadline, "not healed: {e}");
+                    tokio::time::sleep(e.retry_after().unwrap()).await;
+                }
             }
-        }
-    };
-    // The refused send was never acknowledged; if its failed commit landed after all, the
-    // retry finds it (duplicate) rather than storing it twice.
-    acked.push(healed.seq);
-    for m in n + 1..n + 50 {
-        acked.push(store.append(send(chat, m, 2000)).await.unwrap().seq);
+        };
+        // A refused send was never acknowledged; if its failed commit landed after all, the
+        // retry finds it (duplicate) rather than storing it twice.
+        acked.push((healed.chat_id, healed.seq));
     }
-    let seqs = all_seqs(&store, chat);
-    let dense: Vec<u64> = (1..=seqs.len() as u64).collect();
-    assert_eq!(seqs, dense, "seqs are dense");
-    for s in &acked {
-        assert!(seqs.contains(s), "acknowledged seq {s} lost");
+    let mut dense = Vec::new();
+    for &c in &chats {
+        let seqs = all_seqs(&store, c);
+        let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, want, "seqs of chat {c} are dense");
+        dense.push(want);
+    }
+    for (c, s) in &acked {
+        let i = chats.iter().position(|x| x == c).unwrap();
+        assert!(
+            dense[i].contains(s),
+            "acknowledged seq {s} of chat {c} lost"
+        );
     }
     store.close().await;
     drop(store);
 
     // And the directory opens again with all of it.
-    let store = Store::open(config(dir, 0)).unwrap();
-    assert_eq!(all_seqs(&store, chat), dense);
+    let store = Store::open(config(0)).unwrap();
+    for (c, want) in chats.iter().zip(&dense) {
+        assert_eq!(&all_seqs(&store, *c), want);
+    }
     store.close().await;
 }
 
