@@ -1,8 +1,9 @@
 //! The conformance suite on the simulation engine (FoundationDB's semantics, in memory), for
 //! many seeds with faults on: conflicts, timeouts and `commit_unknown_result`, applied or not.
 //!
-//! `COURIER_SIM_SEEDS=N` sets how many seeds each test runs (default 100), `COURIER_SIM_SEED=S`
-//! replays one seed. A failing seed is printed.
+//! Each test runs with one writer for `COURIER_SIM_SEEDS=N` seeds (default 100), and with three
+//! writers (partitions of the append path, as on FoundationDB) for a fifth as many (module
+//! `three_writers`); `COURIER_SIM_SEED=S` replays one seed. A failing seed is printed.
 
 mod conformance;
 
@@ -72,11 +73,14 @@ impl Drop for SaySeedOnPanic {
     }
 }
 
+/// The tests `$name`, each over the seeds `$seeds` with `$writers` writers per store.
 macro_rules! on_the_simulation {
-    ($($name:ident),* $(,)?) => {$(
+    ($writers:expr, $seeds:expr; $($name:ident),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let seeds = seeds();
+            conformance::with_writers($writers);
+            assert_eq!(conformance::config().partitions, $writers);
+            let seeds: Vec<u64> = $seeds;
             let mut total = SimStats::default();
             for &seed in &seeds {
                 let cluster = Cluster {
@@ -93,9 +97,10 @@ macro_rules! on_the_simulation {
                 total.add(&cluster.stats());
             }
             eprintln!(
-                "{}: seeds={} commits={} conflicts={} injected: conflicts={} timeouts={} \
+                "{} ({} writers): seeds={} commits={} conflicts={} injected: conflicts={} timeouts={} \
                  unknown={} (applied {}) read_errors={} largest_transaction={} B",
                 stringify!($name),
+                $writers,
                 seeds.len(),
                 total.commits,
                 total.conflicts,
@@ -118,7 +123,33 @@ macro_rules! on_the_simulation {
     )*};
 }
 
-conformance::every_test!(on_the_simulation);
+/// One writer per store, every seed.
+macro_rules! one_writer {
+    ($($name:ident),* $(,)?) => {
+        on_the_simulation!(1, seeds(); $($name),*);
+    };
+}
+
+/// Three writers per store (chats spread over them by id), a fifth of the seeds.
+macro_rules! three_writers {
+    ($($name:ident),* $(,)?) => {
+        mod three_writers {
+            use super::*;
+            on_the_simulation!(3, fifth(seeds()); $($name),*);
+        }
+    };
+}
+
+/// Every fifth seed (at least one).
+fn fifth(seeds: Vec<u64>) -> Vec<u64> {
+    if seeds.len() < 5 {
+        return seeds;
+    }
+    seeds.into_iter().step_by(5).collect()
+}
+
+conformance::every_test!(one_writer);
+conformance::every_test!(three_writers);
 
 /// An engine whose writer transactions wait until the test opens the gate: the test can queue
 /// everything before the writer takes its batch.

@@ -90,12 +90,24 @@ impl CommitListener for Recorder {
     }
 }
 
+thread_local! {
+    /// Writers a store of this test thread runs on a shared engine ([`with_writers`]).
+    static WRITERS: std::cell::Cell<usize> = const { std::cell::Cell::new(1) };
+}
+
+/// Stores that this thread's tests open run `n` writers (partitions) on a shared engine (an
+/// engine of partitions has one per partition whatever this says).
+pub fn with_writers(n: usize) {
+    WRITERS.with(|w| w.set(n));
+}
+
 pub fn config() -> StoreConfig {
     let mut c = StoreConfig::new("unused");
     c.sweep_interval = None;
     // The simulation injects a fault into one commit in seven: its retries do not wait, so a
     // hundred seeds run in a minute (the waits themselves are a unit test of the writer).
     c.retry_backoff = Duration::ZERO;
+    c.partitions = WRITERS.with(std::cell::Cell::get);
     c
 }
 
