@@ -32,9 +32,13 @@ pub struct Partitioned {
 }
 
 /// Opens the store in `path` with the partition count it was created with (`wanted` for a new
-/// store): one embedded database in `path` for one partition, else a [`Partitioned`].
+/// store): one embedded database in `path` for one partition, else a [`Partitioned`]. A new
+/// store's count is written once its partitions' databases exist, so a creation cut short
+/// (only `p<i>` directories, no count) starts again; a store whose count names a partition
+/// directory that is gone is refused rather than opened without that partition's chats.
 pub fn open_dir(path: &Path, wanted: usize) -> Result<std::sync::Arc<dyn Engine>, KvError> {
-    let count = match std::fs::read_to_string(path.join(COUNT_FILE)) {
+    let count_file = path.join(COUNT_FILE);
+    let count = match std::fs::read_to_string(&count_file) {
         Ok(s) => s
             .trim()
             .parse::<usize>()
@@ -43,31 +47,49 @@ pub fn open_dir(path: &Path, wanted: usize) -> Result<std::sync::Arc<dyn Engine>
             .ok_or_else(|| {
                 KvError::fatal(format!(
                     "{}: not a partition count (1 to {MAX_PARTITIONS}): {:?}",
-                    path.join(COUNT_FILE).display(),
+                    count_file.display(),
                     s.trim()
                 ))
             })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let fresh = match std::fs::read_dir(path) {
-                Ok(mut d) => d.next().is_none(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            let entries: Vec<String> = match std::fs::read_dir(path) {
+                Ok(d) => d
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => return Err(KvError::fatal(format!("read {}: {e}", path.display()))),
             };
-            if !fresh || wanted <= 1 {
+            let partition_dir = |n: &String| {
+                n.strip_prefix('p')
+                    .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+            };
+            let cut_short = !entries.is_empty() && entries.iter().all(partition_dir);
+            if !cut_short && (!entries.is_empty() || wanted <= 1) {
                 // A store made before partitions (or with one): the database is the directory.
-                1
-            } else {
-                let n = wanted.min(MAX_PARTITIONS);
-                std::fs::create_dir_all(path)
-                    .and_then(|()| std::fs::write(path.join(COUNT_FILE), format!("{n}\n")))
-                    .map_err(|e| KvError::fatal(format!("create {}: {e}", path.display())))?;
-                n
+                if !entries.is_empty() && wanted > 1 {
+                    tracing::warn!(
+                        "the store in {} was made with one partition; {wanted} asked for",
+                        path.display()
+                    );
+                }
+                return Ok(std::sync::Arc::new(Embedded::open(path)?));
             }
+            let n = if wanted > 1 { wanted } else { entries.len() };
+            let n = n.clamp(2, MAX_PARTITIONS);
+            let engine = Partitioned::open(path, n)?;
+            let tmp = path.join(format!("{COUNT_FILE}.new"));
+            std::fs::write(&tmp, format!("{n}\n"))
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &count_file))
+                .and_then(|()| std::fs::File::open(path)?.sync_all())
+                .map_err(|e| KvError::fatal(format!("write {}: {e}", count_file.display())))?;
+            return Ok(std::sync::Arc::new(engine));
         }
         Err(e) => {
             return Err(KvError::fatal(format!(
                 "read {}: {e}",
-                path.join(COUNT_FILE).display()
+                count_file.display()
             )))
         }
     };
@@ -79,6 +101,13 @@ pub fn open_dir(path: &Path, wanted: usize) -> Result<std::sync::Arc<dyn Engine>
     }
     if count == 1 {
         return Ok(std::sync::Arc::new(Embedded::open(path)?));
+    }
+    if let Some(i) = (0..count).find(|&i| !Partitioned::dir(path, i).is_dir()) {
+        return Err(KvError::fatal(format!(
+            "the store in {} has {count} partitions but its partition directory p{i} is missing \
+             (the chats of that partition would be gone): restore it from a backup",
+            path.display()
+        )));
     }
     Ok(std::sync::Arc::new(Partitioned::open(path, count)?))
 }
@@ -407,8 +436,18 @@ mod tests {
         let one = dir.path().join("one");
         drop(open_dir(&one, 1).unwrap());
         assert_eq!(open_dir(&one, 8).unwrap().partitions(), 1);
+        // A partition that went missing is refused, not opened empty.
+        std::fs::remove_dir_all(path.join("p2")).unwrap();
+        let err = open_dir(&path, 4).err().unwrap();
+        assert!(err.to_string().contains("p2 is missing"), "{err}");
         std::fs::write(path.join(COUNT_FILE), "many").unwrap();
         let err = open_dir(&path, 4).err().unwrap();
         assert!(err.to_string().contains("not a partition count"), "{err}");
+        // A creation cut short before its count was written starts again.
+        let cut = dir.path().join("cut");
+        std::fs::create_dir_all(cut.join("p0")).unwrap();
+        std::fs::create_dir_all(cut.join("p1")).unwrap();
+        assert_eq!(open_dir(&cut, 1).unwrap().partitions(), 2);
+        assert_eq!(open_dir(&cut, 1).unwrap().partitions(), 2);
     }
 }
