@@ -65,7 +65,27 @@ pub struct Client {
     _endpoint: quinn::Endpoint,
 }
 
+/// UDP datagrams a connection has sent and received so far (QUIC's own count: every packet,
+/// acknowledgements and retransmissions included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Datagrams {
+    /// Sent to the server.
+    pub sent: u64,
+    /// Received from the server.
+    pub received: u64,
+}
+
 impl Client {
+    /// The datagrams this connection has sent and received so far: against the server's
+    /// message count, what each message costs on the wire.
+    pub fn datagrams(&self) -> Datagrams {
+        let s = self.conn.stats();
+        Datagrams {
+            sent: s.udp_tx.datagrams,
+            received: s.udp_rx.datagrams,
+        }
+    }
+
     /// Connects to `addr`, trusting certificates as `trust` says, and authenticates with `token`.
     /// `server_name` is the name in the server's certificate (`localhost` for `courier serve`'s own).
     pub async fn connect(

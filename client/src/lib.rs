@@ -25,7 +25,7 @@ pub mod media;
 pub mod messenger;
 pub mod tls;
 
-pub use connection::{Client, Event, Events};
+pub use connection::{Client, Datagrams, Event, Events};
 pub use error::{ClientError, Closer, ConnectKind};
 pub use inbox::{Inbox, MemoryPositions, Offer, PositionStore};
 pub use media::{UploadOptions, UploadState};

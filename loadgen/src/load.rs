@@ -561,6 +561,11 @@ impl Fleet {
         self.members.len()
     }
 
+    /// Every user's connection (clones share them), to sample their datagram counts.
+    pub(crate) fn clients(&self) -> Vec<Client> {
+        self.members.iter().map(|m| m.client.clone()).collect()
+    }
+
     /// Starts a phase: `warmup` unmeasured, then `duration` measured. Returns its meter at once;
     /// [`Phase::finish`] waits for its senders and then (up to `drain`) for its deliveries.
     pub(crate) fn start(&mut self, pace: Pace, warmup: Duration, duration: Duration) -> Phase {

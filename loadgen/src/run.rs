@@ -92,6 +92,25 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             (before, crate::threads::sample(pid))
         })
     });
+    // Every connection's datagrams, at both ends of the window: what the gateway received
+    // (the users sent) and sent (the users received) per message.
+    let datagrams = {
+        let (from, until) = phase.meter().window();
+        let clients = fleet.clients();
+        tokio::spawn(async move {
+            let count = |clients: &[courier_client::Client]| {
+                clients
+                    .iter()
+                    .map(|c| c.datagrams())
+                    .fold((0, 0), |(s, r), d| (s + d.sent, r + d.received))
+            };
+            tokio::time::sleep_until(from.into()).await;
+            let before = count(&clients);
+            tokio::time::sleep_until(until.into()).await;
+            let after = count(&clients);
+            (after.0 - before.0, after.1 - before.1)
+        })
+    };
     let progress = Progress::start("run".into(), phase.meter(), duration);
     let meter = phase.finish(Duration::from_secs(args.drain)).await;
     progress.finish();
@@ -118,6 +137,16 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    // Datagrams per acknowledged message, each way at the gateway, and (with its CPU) µs per
+    // datagram.
+    let wire = match datagrams.await {
+        Ok((to_gateway, from_gateway)) if result.acked > 0 => {
+            let per = |n: u64| n as f64 / result.acked as f64;
+            Some((per(to_gateway), per(from_gateway)))
+        }
+        _ => None,
+    };
+
     println!();
     report::print_phase(&result);
     report::print_correctness(&correctness);
@@ -131,9 +160,19 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             "all threads", t.total_us_per_msg, t.serial_bound_per_s, t.serial_thread
         );
     }
+    if let Some((inn, out)) = wire {
+        print!("datagrams per message at the gateway: {inn:.2} in, {out:.2} out");
+        if let Some(t) = &threads {
+            print!(
+                ", {:.2} µs of gateway CPU per datagram",
+                t.total_us_per_msg / (inn + out)
+            );
+        }
+        println!();
+    }
     let (ack, e2e) = (&result.send_to_sendok_us, &result.send_to_deliver_us);
     println!(
-        "loadgen run: conns={} group={} {} acked_per_s={:.0} delivered_per_s={:.0} ack_p50_us={} ack_p99_us={} e2e_p50_us={} e2e_p99_us={} e2e_p999_us={}{} lost={} dup={} gaps={} errors={}{}",
+        "loadgen run: conns={} group={} {} acked_per_s={:.0} delivered_per_s={:.0} ack_p50_us={} ack_p99_us={} e2e_p50_us={} e2e_p99_us={} e2e_p999_us={}{} lost={} dup={} gaps={} errors={}{}{}",
         args.users,
         args.group_size,
         match pace {
@@ -158,6 +197,10 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         correctness.dup,
         correctness.gaps,
         correctness.errors,
+        match wire {
+            Some((inn, out)) => format!(" dgrams_in_per_msg={inn:.2} dgrams_out_per_msg={out:.2}"),
+            None => String::new(),
+        },
         match &threads {
             Some(t) => format!(
                 " gateway_us_per_msg={:.2} serial_bound_per_s={:.0} serial_thread={}",
@@ -180,6 +223,7 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             "result": result,
             "correctness": correctness,
             "gateway_threads": threads,
+            "datagrams_per_message": wire.map(|(inn, out)| serde_json::json!({"in": inn, "out": out})),
         });
         report::write_json(path, &json)?;
     }
