@@ -465,24 +465,8 @@ async fn media_uploaded_on_one_node_downloads_on_another_and_a_resume_elsewhere_
     let (bob, mut b) = nodes[1].connect("bob", 1).await;
     let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
     let bytes = common::noise(300_000, 1);
-    let media = alice
-        .upload(
-            bytes.clone(),
-            UploadOptions::default(),
-            &mut UploadState::default(),
-        )
-        .await
-        .unwrap();
-    alice
-        .send_message(
-            chat,
-            courier_client::connection::new_client_msg_id(),
-            MessageKind::Text,
-            body(0),
-            vec![media.clone()],
-        )
-        .await
-        .unwrap();
+    let media = common::upload(&alice, bytes.clone()).await;
+    common::send_attached(&alice, chat, vec![media.clone()]).await;
     let m = next_message(&mut b).await;
     assert_eq!(m.attachments.len(), 1);
     let (info, back) = bob.download(media.media_id, 0, 0).await.unwrap();

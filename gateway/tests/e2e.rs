@@ -386,14 +386,9 @@ async fn metrics_are_served_in_prometheus_text() {
     }
     assert!(server.try_connect("forged").await.is_err());
     // The refused connection's task may still be closing it: wait until only the two remain.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while server.gateway.shard_connections().iter().sum::<usize>() != 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the refused connection is released"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    server
+        .until_connections(2, "the refused connection is released")
+        .await;
 
     let response = http_get(addr, "/metrics").await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");

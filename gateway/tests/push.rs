@@ -191,7 +191,7 @@ async fn offline_devices_get_one_signed_push_per_chat_and_repeats_share_a_key() 
         "not configured"
     );
     bob.close();
-    until_connections(&server, 0).await;
+    server.until_connections(0, "bob is offline").await;
 
     let (alice, _a) = server.connect("alice", 1).await;
     let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
@@ -236,7 +236,7 @@ async fn invalid_tokens_are_removed_and_failing_jobs_end_as_dead_letters() {
         .await
         .unwrap();
     bob.close();
-    until_connections(&server, 0).await;
+    server.until_connections(0, "bob is offline").await;
     let (alice, _a) = server.connect("alice", 1).await;
     let chat = alice.create_direct_chat("bob").await.unwrap().chat_id;
     alice.send(chat, "hi").await.unwrap();
@@ -252,7 +252,7 @@ async fn invalid_tokens_are_removed_and_failing_jobs_end_as_dead_letters() {
         .unwrap();
     _carol.close();
     // Offline (only alice connected) before the message commits: else no push is due.
-    until_connections(&server, 1).await;
+    server.until_connections(1, "carol is offline").await;
     *hook.script.lock().unwrap() = vec![500, 500, 500];
     let chat2 = alice.create_direct_chat("carol").await.unwrap().chat_id;
     alice.send(chat2, "hello carol").await.unwrap();
@@ -385,30 +385,13 @@ async fn until_no_tokens(server: &TestServer, user: &str, why: &str) {
 /// Connects `user`, registers its push token, and disconnects it (waiting until the gateway
 /// has let the connection go: a member online when a message commits gets no push).
 async fn offline_with_token(server: &TestServer, user: &str, provider: PushProvider, token: &str) {
-    let before = connections(server);
+    let before = server.connections();
     let (c, _e) = server.connect(user, 1).await;
     c.register_push(provider, token.to_owned()).await.unwrap();
     c.close();
-    until_connections(server, before).await;
-}
-
-/// The gateway's open connections.
-fn connections(server: &TestServer) -> usize {
-    server.gateway.shard_connections().iter().sum()
-}
-
-/// Waits (up to 10 s) until the gateway holds `n` connections: a closed client's session has
-/// ended, so the user is offline.
-async fn until_connections(server: &TestServer, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while connections(server) != n {
-        assert!(
-            Instant::now() < deadline,
-            "{} connections, {n} expected",
-            connections(server)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    server
+        .until_connections(before, "the user is offline")
+        .await;
 }
 
 /// A JWT's header and claims, after checking its signature with `public` under `alg`.

@@ -9,10 +9,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{next_message, noise, png, TestServer};
-use courier_client::{UploadOptions, UploadState};
+use common::{next_message, noise, png, send_attached, upload, TestServer};
 use courier_gateway::media::BlobStoreConfig;
-use courier_wire::frame::MessageKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_and_thumbnails_round_trip_through_an_s3_compatible_server() {
@@ -51,34 +49,11 @@ async fn media_and_thumbnails_round_trip_through_an_s3_compatible_server() {
 
     // An image (stored with its thumbnail) and 3 MiB of bytes, both through S3.
     let image = bytes::Bytes::from(png(640, 480));
-    let photo = alice
-        .upload(
-            image.clone(),
-            UploadOptions::default(),
-            &mut UploadState::default(),
-        )
-        .await
-        .unwrap();
+    let photo = upload(&alice, image.clone()).await;
     let thumb = photo.thumbnail_id.expect("an image gets a thumbnail");
     let blob = noise(3 << 20, 7);
-    let file = alice
-        .upload(
-            blob.clone(),
-            UploadOptions::default(),
-            &mut UploadState::default(),
-        )
-        .await
-        .unwrap();
-    alice
-        .send_message(
-            chat,
-            courier_client::connection::new_client_msg_id(),
-            MessageKind::Text,
-            common::body(0),
-            vec![photo.clone(), file.clone()],
-        )
-        .await
-        .unwrap();
+    let file = upload(&alice, blob.clone()).await;
+    send_attached(&alice, chat, vec![photo.clone(), file.clone()]).await;
     assert_eq!(next_message(&mut b).await.attachments.len(), 2);
     let (_, got) = bob.download(photo.media_id, 0, 0).await.unwrap();
     assert_eq!(got, image);

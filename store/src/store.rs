@@ -314,13 +314,8 @@ impl Store {
         for partition in 0..writers {
             let (tx, rx) = mpsc::channel(depth);
             let writer = Writer::new(shared.clone(), partition);
-            let name = if writers == 1 {
-                "courier-store-writer".to_owned()
-            } else {
-                format!("courier-part-w{partition}")
-            };
             let handle = std::thread::Builder::new()
-                .name(name)
+                .name(writer.thread_name(false))
                 .spawn(move || writer.run(rx))
                 .map_err(|e| StoreError::Engine(format!("spawn writer: {e}")))?;
             txs.push(tx);

@@ -619,12 +619,14 @@ impl Writer {
         Self { shared, partition }
     }
 
-    /// The name of this writer's commit thread.
-    fn commit_thread_name(&self) -> String {
-        if self.shared.writers == 1 {
-            "courier-store-commit".into()
-        } else {
-            format!("courier-part-c{}", self.partition)
+    /// The name of this writer's thread (`commit`: of its commit thread): once per store,
+    /// `courier-store-writer` / `-commit`; per partition, `courier-part-w<i>` / `-c<i>`.
+    pub(crate) fn thread_name(&self, commit: bool) -> String {
+        match (self.shared.writers, commit) {
+            (1, false) => "courier-store-writer".into(),
+            (1, true) => "courier-store-commit".into(),
+            (_, false) => format!("courier-part-w{}", self.partition),
+            (_, true) => format!("courier-part-c{}", self.partition),
         }
     }
 
@@ -639,7 +641,7 @@ impl Writer {
             let (batches, incoming) = std_mpsc::sync_channel::<Prepared>(0);
             let (done_tx, done) = std_mpsc::channel();
             let spawned = std::thread::Builder::new()
-                .name(self.commit_thread_name())
+                .name(self.thread_name(true))
                 .spawn_scoped(scope, move || {
                     for p in incoming {
                         p.finish(shared);

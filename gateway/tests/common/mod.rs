@@ -110,6 +110,26 @@ impl TestServer {
         self.gateway.local_addr()
     }
 
+    /// The gateway's open connections.
+    pub fn connections(&self) -> usize {
+        self.gateway.shard_connections().iter().sum()
+    }
+
+    /// Waits (up to 10 s) until the gateway holds `n` connections: the sessions of closed or
+    /// refused connections have ended (a closed client's user is offline); `why` says what
+    /// the wait is for if it times out.
+    pub async fn until_connections(&self, n: usize, why: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.connections() != n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{why}: {} connections, {n} expected",
+                self.connections()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn token(&self, user: &str, device: u32) -> String {
         self.issuer.mint(&Claims {
             user: user.into(),
@@ -300,6 +320,36 @@ pub async fn all_history(
 }
 
 /// Deterministic bytes that do not compress or repeat.
+/// Uploads `bytes` with the default options, whole, and returns what a message attaches.
+pub async fn upload(client: &Client, bytes: Bytes) -> courier_wire::frame::Attachment {
+    client
+        .upload(
+            bytes,
+            courier_client::UploadOptions::default(),
+            &mut courier_client::UploadState::default(),
+        )
+        .await
+        .unwrap()
+}
+
+/// Sends a text message with `attachments` to `chat`.
+pub async fn send_attached(
+    client: &Client,
+    chat: u64,
+    attachments: Vec<courier_wire::frame::Attachment>,
+) {
+    client
+        .send_message(
+            chat,
+            courier_client::connection::new_client_msg_id(),
+            courier_wire::frame::MessageKind::Text,
+            body(0),
+            attachments,
+        )
+        .await
+        .unwrap();
+}
+
 pub fn noise(len: usize, seed: u64) -> Bytes {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
