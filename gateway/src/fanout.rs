@@ -40,7 +40,14 @@ fn deliver_frame(m: &Message) -> Bytes {
 
 impl CommitListener for Fanout {
     fn batch_committed(&self, operations: usize, elapsed: Duration) {
+        // The batch's deliveries and answers wake their connections' writers once each, per
+        // shard, at the end ([`courier_net::outbound`]).
+        courier_net::outbound::defer_wakes();
         self.metrics.commit(operations, elapsed);
+    }
+
+    fn batch_answered(&self) {
+        courier_net::outbound::flush_wakes();
     }
 
     fn blobs_released(&self, sha256: &[[u8; 32]]) {
@@ -123,6 +130,8 @@ pub(crate) async fn inbox_loop(
         match next {
             Ok(deliveries) => {
                 failures = 0;
+                // No await in between: the deferral stays on this thread.
+                courier_net::outbound::defer_wakes();
                 for d in deliveries {
                     match d {
                         Delivery::Message {
@@ -142,6 +151,7 @@ pub(crate) async fn inbox_loop(
                         } => presence.remote(user, change, last_seen_ms),
                     }
                 }
+                courier_net::outbound::flush_wakes();
             }
             Err(_) => {
                 // Logged by the store; back off and read again.

@@ -325,6 +325,8 @@ fn run_shard(
         }
     };
     rt.block_on(async move {
+        // Wake-ups that the commit threads defer for this shard's writers are done from here.
+        courier_net::outbound::Home::install();
         let runtime = Arc::new(quinn::TokioRuntime);
         let endpoint = match quinn::Endpoint::new(
             quinn::EndpointConfig::default(),

@@ -682,12 +682,12 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use courier_net::io::Receiver;
     use courier_store::StoreConfig;
     use courier_wire::frame::{CreateChat, History, Send};
     use courier_wire::FrameDecoder;
-    use tokio::sync::mpsc;
 
-    async fn next(rx: &mut mpsc::Receiver<Bytes>) -> Frame {
+    async fn next(rx: &mut Receiver) -> Frame {
         let bytes = rx.recv().await.expect("a frame");
         let mut buf = bytes::BytesMut::from(&bytes[..]);
         FrameDecoder::new(u32::MAX)
@@ -697,7 +697,7 @@ mod tests {
     }
 
     /// A session of alice's device 1 on a store in `dir`, and its outbound queue.
-    fn alice_session(dir: &std::path::Path) -> (Session, Store, mpsc::Receiver<Bytes>) {
+    fn alice_session(dir: &std::path::Path) -> (Session, Store, Receiver) {
         let store = Store::open(StoreConfig::new(dir)).unwrap();
         let (tx, rx) = Outbound::channel(64);
         let s = Session::new(

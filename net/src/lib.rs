@@ -2,9 +2,11 @@
 //! does not depend on the SDK, nor the SDK on the gateway).
 //!
 //! - [`io`] — framed reading and coalesced writing on a QUIC stream.
+//! - [`outbound`] — a connection's bounded outbound queue, and wake-ups batched per shard.
 //! - [`scrape`] — reading a node's Prometheus metrics over HTTP (loadgen, tests).
 
 #![forbid(unsafe_code)]
 
 pub mod io;
+pub mod outbound;
 pub mod scrape;

@@ -59,6 +59,10 @@ pub trait CommitListener: Send + Sync + 'static {
     /// Blobs that no media record uses any more, after the sweep that released them committed:
     /// the owner of the blob store deletes them (checking again that nothing uses them).
     fn blobs_released(&self, _sha256: &[[u8; 32]]) {}
+    /// After a committed batch's callers were answered, on the same thread: the end of the
+    /// work a batch causes there ([`CommitListener::batch_committed`] is its start). A
+    /// listener that kept wake-ups for the batch does them here. The default does nothing.
+    fn batch_answered(&self) {}
 }
 
 /// How to open a [`Store`].

@@ -570,6 +570,9 @@ impl Prepared {
         for (op, a) in ops.into_iter().zip(answers) {
             answer(op, a);
         }
+        if let Some(l) = &shared.config.listener {
+            l.batch_answered();
+        }
     }
 }
 
