@@ -65,6 +65,24 @@ struct State {
     waker: Option<Waker>,
 }
 
+impl State {
+    /// Queues `frame` (room already checked); the writer's waker, if it waits.
+    fn enqueue(&mut self, frame: Bytes) -> Option<Waker> {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+        self.waker.take()
+    }
+
+    /// The writer's waker when the last handle or slot is gone (it then ends).
+    fn waker_if_ended(&mut self) -> Option<Waker> {
+        if self.senders == 0 && self.reserved == 0 {
+            self.waker.take()
+        } else {
+            None
+        }
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves the queue consistent (every update is a
@@ -76,7 +94,7 @@ impl Shared {
     fn wake(&self, waker: Option<Waker>) {
         let Some(waker) = waker else { return };
         match &self.home {
-            Some(home) => wake_from_home(home, waker),
+            Some(home) => defer_or_wake(home, waker),
             None => waker.wake(),
         }
     }
@@ -103,11 +121,7 @@ impl Drop for Outbound {
         let waker = {
             let mut s = self.shared.lock();
             s.senders -= 1;
-            if s.senders == 0 && s.reserved == 0 {
-                s.waker.take()
-            } else {
-                None
-            }
+            s.waker_if_ended()
         };
         self.shared.wake(waker);
     }
@@ -179,9 +193,7 @@ impl Outbound {
             let Some(frame) = frame.take() else {
                 return Ok(());
             };
-            s.bytes += len;
-            s.frames.push_back(frame);
-            s.waker.take()
+            s.enqueue(frame)
         };
         self.shared.wake(waker);
         Ok(())
@@ -225,11 +237,11 @@ impl Slot {
         let waker = {
             let mut s = shared.lock();
             s.reserved -= 1;
-            if !s.closed {
-                s.bytes += frame.len();
-                s.frames.push_back(frame);
+            if s.closed {
+                None
+            } else {
+                s.enqueue(frame)
             }
-            s.waker.take()
         };
         shared.wake(waker);
     }
@@ -243,11 +255,7 @@ impl Drop for Slot {
         let waker = {
             let mut s = shared.lock();
             s.reserved -= 1;
-            if s.senders == 0 && s.reserved == 0 {
-                s.waker.take()
-            } else {
-                None
-            }
+            s.waker_if_ended()
         };
         shared.drained.notify_waiters();
         shared.wake(waker);
@@ -383,8 +391,8 @@ impl Home {
     }
 }
 
-/// Keeps `waker` for the thread's open deferral, or hands it to `home` now.
-fn wake_from_home(home: &Arc<Home>, waker: Waker) {
+/// Keeps `waker` for the thread's open deferral (to be handed to `home`), or wakes it now.
+fn defer_or_wake(home: &Arc<Home>, waker: Waker) {
     let waker = DEFERRED.with(|d| match &mut *d.borrow_mut() {
         Some(groups) => {
             match groups.iter_mut().find(|(h, _)| Arc::ptr_eq(h, home)) {
@@ -396,7 +404,7 @@ fn wake_from_home(home: &Arc<Home>, waker: Waker) {
         None => Some(waker),
     });
     if let Some(w) = waker {
-        home.hand(&mut vec![w]);
+        w.wake();
     }
 }
 
