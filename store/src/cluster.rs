@@ -452,7 +452,7 @@ impl Outgoing {
     }
 }
 
-impl Attempt<'_> {
+impl Attempt<'_, '_> {
     /// The routes of `users` (read with conflict ranges, all at once, each user once per
     /// attempt).
     pub(crate) fn read_routes(&mut self, users: &[&str]) -> Result<(), KvError> {

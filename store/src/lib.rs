@@ -25,6 +25,7 @@
 //! - `presence` — presence settings and who shares a chat with whom.
 //! - [`push`] — push registrations and the durable push outbox.
 //! - [`writer`] — the group-commit writer thread.
+//! - `lastseqs` — the writer's memory of its chats' last seqs between batches.
 //! - [`cluster`] — nodes sharing one engine: leases, routes, inboxes, work owned once.
 //! - [`error`] — [`StoreError`].
 //! - [`logging`] — log lines that cannot flood ([`LogLimiter`]).
@@ -36,6 +37,7 @@ pub mod engine;
 pub mod error;
 pub mod keys;
 pub mod kv;
+mod lastseqs;
 pub mod logging;
 mod media;
 pub mod ops;

@@ -48,7 +48,7 @@ pub fn quota_error(used: u64, quota: u64) -> StoreError {
 /// How long an upload may wait for a message to attach it.
 pub const UNATTACHED_UPLOAD_TTL_MS: u64 = 24 * 3_600_000;
 
-impl Attempt<'_> {
+impl Attempt<'_, '_> {
     /// Stores media records (an upload and its thumbnail, together), who uses each blob, and
     /// (for uploads) when they were made, for expiry unless attached. Their bytes count against
     /// each uploader's usage; with a `quota`, records that would take an uploader past it are

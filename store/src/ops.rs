@@ -13,6 +13,7 @@ use courier_wire::valid_user_id;
 
 use crate::error::Forbid;
 use crate::kv::{KvError, Txn};
+use crate::lastseqs::{LastSeqs, SeqWrites};
 use crate::record::{self, Chat, DedupeRecord};
 use crate::store::{AppendRequest, Appended, Committed, Shared};
 use crate::{keys, StoreError};
@@ -91,7 +92,7 @@ pub struct SweepStats {
 }
 
 /// One transaction attempt of the writer.
-pub(crate) struct Attempt<'a> {
+pub(crate) struct Attempt<'a, 'k> {
     pub(crate) t: Box<dyn Txn + 'a>,
     pub(crate) shared: &'a Shared,
     pub(crate) now: u64,
@@ -103,6 +104,10 @@ pub(crate) struct Attempt<'a> {
     /// Each chat this attempt read the last seq of: its `S` entry as found, and its last seq
     /// now (greater when the attempt appended to it); written once, by `finish`.
     last_seqs: HashMap<u64, (record::LastSeq, u64)>,
+    /// The writer's memory of last seqs from earlier batches (exclusive engines only).
+    known: Option<&'k LastSeqs>,
+    /// The `S` entries this attempt wrote, for that memory.
+    pub(crate) seq_writes: SeqWrites,
     /// Users' routes as read in this attempt (in a cluster).
     pub(crate) routes: HashMap<String, Vec<u64>>,
     /// Events for other nodes' devices, written to their inboxes with this attempt.
@@ -125,12 +130,13 @@ fn check_users<'u>(users: impl IntoIterator<Item = &'u String>) -> Result<(), St
     }
 }
 
-impl<'a> Attempt<'a> {
+impl<'a, 'k> Attempt<'a, 'k> {
     pub(crate) fn new(
         t: Box<dyn Txn + 'a>,
         shared: &'a Shared,
         now: u64,
         partition: usize,
+        known: Option<&'k LastSeqs>,
     ) -> Self {
         Self {
             t,
@@ -140,18 +146,24 @@ impl<'a> Attempt<'a> {
             changed: HashMap::new(),
             committed: Vec::new(),
             last_seqs: HashMap::new(),
+            known,
+            seq_writes: Vec::new(),
             routes: HashMap::new(),
             events: Vec::new(),
             presence: Vec::new(),
         }
     }
 
-    /// A chat's last seq, as of this attempt.
+    /// A chat's last seq, as of this attempt: from the writer's memory when it has the chat,
+    /// else read (as a conflict read on engines with other writers).
     pub(crate) fn last_seq(&mut self, chat: u64) -> Result<u64, KvError> {
         if let Some(&(_, s)) = self.last_seqs.get(&chat) {
             return Ok(s);
         }
-        let found = get_last_seq(&mut *self.t, chat)?;
+        let found = match self.known.and_then(|k| k.get(chat)) {
+            Some(found) => found,
+            None => get_last_seq(&mut *self.t, chat)?,
+        };
         self.last_seqs.insert(chat, (found, found.seq));
         Ok(found.seq)
     }
@@ -206,6 +218,9 @@ impl<'a> Attempt<'a> {
                 open_hour: Some(hour),
             };
             self.t.set(&keys::last_seq(chat), &value.encode());
+            if self.known.is_some() {
+                self.seq_writes.push((chat, Some(value)));
+            }
         }
     }
 
@@ -649,6 +664,7 @@ impl<'a> Attempt<'a> {
                         ..s
                     };
                     self.t.set(&keys::last_seq(chat), &closed.encode());
+                    self.seq_writes.push((chat, None));
                 }
             }
             stats.chat_hours += 1;

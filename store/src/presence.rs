@@ -13,7 +13,7 @@ use crate::{keys, StoreError};
 /// Most chats of a user looked at to decide whether it shares one with another user.
 const MAX_CHATS_CHECKED: usize = 100_000;
 
-impl Attempt<'_> {
+impl Attempt<'_, '_> {
     /// Stores whether `user` shows its presence.
     pub(crate) fn set_presence(&mut self, user: &str, visible: bool) -> OpResult<()> {
         if !courier_wire::valid_user_id(user) {

@@ -128,7 +128,7 @@ pub enum PushResult {
     },
 }
 
-impl Attempt<'_> {
+impl Attempt<'_, '_> {
     /// Registers (or, with an empty token, removes) a device's push token.
     pub(crate) fn register_push(
         &mut self,

@@ -81,7 +81,7 @@ pub struct ReceiptOutcome {
     pub notify: Vec<String>,
 }
 
-impl Attempt<'_> {
+impl Attempt<'_, '_> {
     /// Moves `user`'s pointer of `kind` in `chat_id` to `seq` (clamped to the chat's last seq;
     /// never backwards; a read also moves the delivered pointer).
     pub(crate) fn receipt(

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::keys;
 use crate::kv::{KvError, PendingCommit};
+use crate::lastseqs::{LastSeqs, SeqWrites};
 use crate::logging::{limited_error, limited_warn, LogLimiter};
 use crate::ops::{Attempt, GroupChange, SweepStats};
 use crate::push::{PushJob, PushResult};
@@ -201,7 +202,7 @@ enum Answer {
     None,
 }
 
-fn run_op(a: &mut Attempt<'_>, op: &Op) -> Result<Answer, KvError> {
+fn run_op(a: &mut Attempt<'_, '_>, op: &Op) -> Result<Answer, KvError> {
     Ok(match op {
         Op::Append(req, _) => Answer::Appended(a.append(req)?),
         Op::AppendBatch(reqs, _) => Answer::Batch(
@@ -455,6 +456,8 @@ struct Built {
     answers: Vec<Answer>,
     changed: HashMap<u64, Arc<Chat>>,
     committed: Vec<Committed>,
+    /// The chats' last seqs it wrote (for the writer's memory of them).
+    seq_writes: SeqWrites,
 }
 
 /// One attempt's start: the batch's commit marker was found (naming the attempt that
@@ -524,8 +527,8 @@ struct Prepared {
 
 impl Prepared {
     /// Waits for the commit to be durable, then tells the listener and answers the callers; or
-    /// fails every caller if it did not commit.
-    fn finish(self, shared: &Shared) {
+    /// fails every caller if it did not commit. Returns whether it committed.
+    fn finish(self, shared: &Shared) -> bool {
         let Self {
             partition,
             gate,
@@ -545,7 +548,7 @@ impl Prepared {
             for op in ops {
                 fail(op, err.clone());
             }
-            return;
+            return false;
         }
         if shared.engine.exclusive() {
             for (id, chat) in changed {
@@ -573,47 +576,66 @@ impl Prepared {
         if let Some(l) = &shared.config.listener {
             l.batch_answered();
         }
+        true
     }
 }
 
 /// Where prepared batches go: a commit thread, so the next batch is built while this one is
 /// made durable (at most one in flight), or inline when no thread could be started.
-enum Committer {
+enum Commits {
     Thread {
         batches: std_mpsc::SyncSender<Prepared>,
-        done: std_mpsc::Receiver<()>,
-        outstanding: bool,
+        /// Whether each batch committed, in order.
+        done: std_mpsc::Receiver<bool>,
     },
     Inline,
 }
 
+/// The writer's side of the commits: where they go, whether one is in flight, and what the
+/// writer remembers of the last seqs they wrote (on exclusive engines).
+struct Committer {
+    commits: Commits,
+    outstanding: bool,
+    seqs: LastSeqs,
+}
+
 impl Committer {
+    /// Whether a commit is in flight (a batch built now reads its writes).
+    fn outstanding(&self) -> bool {
+        self.outstanding
+    }
+
     /// Waits until no commit is in flight.
     fn idle(&mut self) {
-        if let Self::Thread {
-            done, outstanding, ..
-        } = self
-        {
-            if *outstanding {
-                // An error means the commit thread is gone; nothing is in flight then either.
-                let _ = done.recv();
-                *outstanding = false;
-            }
+        if !self.outstanding {
+            return;
+        }
+        self.outstanding = false;
+        // (An inline commit settles in `submit`, never outstanding.)
+        if let Commits::Thread { done, .. } = &self.commits {
+            // An error means the commit thread is gone: nothing is in flight then, and whether
+            // the batch committed is unknown.
+            let committed = done.recv().unwrap_or(false);
+            self.seqs.settled(committed);
         }
     }
 
-    fn submit(&mut self, p: Prepared, shared: &Shared) {
-        match self {
-            Self::Thread {
-                batches,
-                outstanding,
-                ..
-            } => match batches.send(p) {
-                Ok(()) => *outstanding = true,
+    /// Hands a batch to its commit, with nothing in flight. `seqs`: the last seqs it wrote;
+    /// `read_in_flight`: it was built while the commit before it was in flight.
+    fn submit(&mut self, p: Prepared, shared: &Shared, seqs: SeqWrites, read_in_flight: bool) {
+        debug_assert!(!self.outstanding);
+        self.seqs.submitted(seqs, read_in_flight);
+        let committed = match &self.commits {
+            Commits::Thread { batches, .. } => match batches.send(p) {
+                Ok(()) => {
+                    self.outstanding = true;
+                    return;
+                }
                 Err(std_mpsc::SendError(p)) => p.finish(shared),
             },
-            Self::Inline => p.finish(shared),
-        }
+            Commits::Inline => p.finish(shared),
+        };
+        self.seqs.settled(committed);
     }
 }
 
@@ -647,22 +669,22 @@ impl Writer {
                 .name(self.thread_name(true))
                 .spawn_scoped(scope, move || {
                     for p in incoming {
-                        p.finish(shared);
-                        if done_tx.send(()).is_err() {
+                        if done_tx.send(p.finish(shared)).is_err() {
                             break;
                         }
                     }
                 });
-            let mut committer = match spawned {
-                Ok(_) => Committer::Thread {
-                    batches,
-                    done,
-                    outstanding: false,
-                },
+            let commits = match spawned {
+                Ok(_) => Commits::Thread { batches, done },
                 Err(e) => {
                     tracing::warn!("no commit thread ({e}); committing on the writer thread");
-                    Committer::Inline
+                    Commits::Inline
                 }
+            };
+            let mut committer = Committer {
+                commits,
+                outstanding: false,
+                seqs: LastSeqs::default(),
             };
             let mut ops = Vec::with_capacity(max_batch);
             let mut health = Health::new();
@@ -711,6 +733,8 @@ impl Writer {
         let shared = &*self.shared;
         if shared.unhealthy[self.partition].load(Ordering::Acquire) {
             committer.idle();
+            // The engine is reopened: read what it holds afresh.
+            committer.seqs.forget();
             if let Err(e) = self.heal(health) {
                 for op in ops {
                     fail(op, e.clone());
@@ -747,9 +771,13 @@ impl Writer {
         // Operations moved out of this transaction after a conflict: they go, in order, to the
         // next one.
         let mut deferred: Vec<Op> = Vec::new();
+        // Only this writer writes its partition of an exclusive engine: it may remember the last
+        // seqs it wrote instead of reading them back.
+        let remembers = shared.engine.exclusive();
         loop {
             let started = Instant::now();
             let now = shared.config.clock.now_ms();
+            let read_in_flight = committer.outstanding();
             let built = shared.engine.begin_write_on(self.partition).and_then(|t| {
                 // A remote engine reads what the batch's operations will read first all at
                 // once (one round trip), and the commit marker with them.
@@ -767,7 +795,8 @@ impl Writer {
                         return Ok(Attempted::Found(marker_attempt(&v)?));
                     }
                 }
-                let mut a = Attempt::new(t, shared, now, self.partition);
+                let known = remembers.then_some(&committer.seqs);
+                let mut a = Attempt::new(t, shared, now, self.partition, known);
                 // Operations go in until the transaction reaches the engine's size target; the
                 // rest of the batch goes to the next transaction.
                 let mut answers = Vec::with_capacity(ops.len());
@@ -784,6 +813,7 @@ impl Writer {
                     mut t,
                     changed,
                     committed,
+                    seq_writes,
                     ..
                 } = a;
                 if let Some(m) = &marker {
@@ -798,6 +828,7 @@ impl Writer {
                         answers,
                         changed,
                         committed,
+                        seq_writes,
                     },
                 ))
             });
@@ -844,7 +875,7 @@ impl Writer {
                         committed: b.committed,
                         started,
                     };
-                    committer.submit(p, shared);
+                    committer.submit(p, shared, b.seq_writes, read_in_flight);
                     if barrier {
                         committer.idle();
                     }

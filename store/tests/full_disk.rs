@@ -194,3 +194,77 @@ async fn under_the_free_space_floor_sends_are_refused_and_acks_go_on() {
     assert_eq!(store.ack("bob", 1, chat, 1).await.unwrap(), 1);
     store.close().await;
 }
+
+/// Sends in flight from many tasks while the disk fills: batches are built while the one before
+/// them commits, so a failed commit has a batch built on its writes behind it. Whatever the
+/// writer remembered of seqs from them must go with them: after the heal every chat's seqs are
+/// dense and hold every acknowledged send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_concurrent_sends_keeps_seqs_dense() {
+    let Some(fs) = Tmpfs::mount(48) else {
+        return;
+    };
+    let store = Store::open(config(fs.path().join("store"), 0)).unwrap();
+    let mut chats = Vec::new();
+    for i in 0..4 {
+        chats.push(
+            store
+                .create_direct("alice", &format!("bob{i}"))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let ballast = fs.path().join("ballast");
+    let mut acked: Vec<(u64, u64)> = Vec::new();
+    let mut next = 0u32;
+    let mut refusals = 0;
+    let mut filled = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Rounds of 64 sends at once: fill the disk after the first round, free it once sends are
+    // refused, and stop after a round that was acknowledged whole following the heal.
+    loop {
+        assert!(Instant::now() < deadline, "not healed");
+        let mut round = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let (store, chat) = (store.clone(), chats[next as usize % chats.len()]);
+            let n = next;
+            next += 1;
+            round.spawn(async move { store.append(send(chat, n, 2000)).await });
+        }
+        let mut refused = 0;
+        while let Some(r) = round.join_next().await {
+            match r.unwrap() {
+                Ok(a) => acked.push((a.chat_id, a.seq)),
+                Err(e) => {
+                    assert_eq!(e.code(), ErrorCode::UNAVAILABLE, "{e}");
+                    refused += 1;
+                }
+            }
+        }
+        refusals += refused;
+        if !filled {
+            fill(&ballast);
+            filled = true;
+        } else if refused > 0 && ballast.exists() {
+            std::fs::remove_file(&ballast).unwrap();
+        } else if refused == 0 && !ballast.exists() {
+            break;
+        } else if refused > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(refusals > 0, "the full disk refused no send");
+    for &c in &chats {
+        let seqs = all_seqs(&store, c);
+        let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, want, "seqs of chat {c} are dense");
+    }
+    for (c, s) in &acked {
+        assert!(
+            all_seqs(&store, *c).contains(s),
+            "acknowledged seq {s} of chat {c} lost"
+        );
+    }
+    store.close().await;
+}
