@@ -82,16 +82,24 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     );
     let duration = Duration::from_secs(args.duration);
     let phase = fleet.start(pace, Duration::from_secs(args.warmup), duration);
-    // The gateway's threads, sampled at both ends of the measured window.
-    let sampler = args.target.gateway_pid.map(|pid| {
+    // The gateway's threads (when it is on this machine) and the load generator's own,
+    // sampled at both ends of the measured window.
+    let sampler = {
         let (from, until) = phase.meter().window();
+        let (gateway, me) = (args.target.gateway_pid, std::process::id());
         tokio::spawn(async move {
+            let both = || {
+                (
+                    gateway.map(crate::threads::sample),
+                    crate::threads::sample(me),
+                )
+            };
             tokio::time::sleep_until(from.into()).await;
-            let before = crate::threads::sample(pid);
+            let before = both();
             tokio::time::sleep_until(until.into()).await;
-            (before, crate::threads::sample(pid))
+            (before, both())
         })
-    });
+    };
     // Every connection's datagrams, at both ends of the window: what the gateway received
     // (the users sent) and sent (the users received) per message.
     let datagrams = {
@@ -124,17 +132,17 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let result = meter.result(label, pace);
     let correctness = fleet.check();
     fleet.close().await;
-    let threads = match sampler {
-        Some(s) => match s.await {
-            Ok((before, after)) => crate::threads::report(
-                &before,
-                &after,
-                result.acked,
-                crate::threads::ticks_per_second(),
-            ),
-            Err(_) => None,
-        },
-        None => None,
+    let (threads, loadgen_us) = match sampler.await {
+        Ok(((gateway0, me0), (gateway1, me1))) => {
+            let ticks = crate::threads::ticks_per_second();
+            (
+                gateway0
+                    .zip(gateway1)
+                    .and_then(|(b, a)| crate::threads::report(&b, &a, result.acked, ticks)),
+                crate::threads::process_us_per_msg(&me0, &me1, result.acked, ticks),
+            )
+        }
+        Err(_) => (None, None),
     };
 
     // Datagrams per acknowledged message, each way at the gateway, and (with its CPU) µs per
@@ -170,9 +178,16 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         }
         println!();
     }
+    if let Some(us) = loadgen_us {
+        print!("load generator CPU per acknowledged message: {us:.2} µs");
+        if let Some(t) = &threads {
+            print!(" ({:.2}x the gateway's)", us / t.total_us_per_msg);
+        }
+        println!();
+    }
     let (ack, e2e) = (&result.send_to_sendok_us, &result.send_to_deliver_us);
     println!(
-        "loadgen run: conns={} group={} {} acked_per_s={:.0} delivered_per_s={:.0} ack_p50_us={} ack_p99_us={} e2e_p50_us={} e2e_p99_us={} e2e_p999_us={}{} lost={} dup={} gaps={} errors={}{}{}",
+        "loadgen run: conns={} group={} {} acked_per_s={:.0} delivered_per_s={:.0} ack_p50_us={} ack_p99_us={} e2e_p50_us={} e2e_p99_us={} e2e_p999_us={}{} lost={} dup={} gaps={} errors={}{}{}{}",
         args.users,
         args.group_size,
         match pace {
@@ -210,6 +225,10 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             ),
             None => String::new(),
         },
+        match loadgen_us {
+            Some(us) => format!(" loadgen_us_per_msg={us:.2}"),
+            None => String::new(),
+        },
     );
     if let Some(path) = &args.json {
         let json = serde_json::json!({
@@ -223,6 +242,7 @@ pub(crate) async fn run(mut args: RunArgs) -> anyhow::Result<()> {
             "result": result,
             "correctness": correctness,
             "gateway_threads": threads,
+            "loadgen_us_per_msg": loadgen_us,
             "datagrams_per_message": wire.map(|(inn, out)| serde_json::json!({"in": inn, "out": out})),
         });
         report::write_json(path, &json)?;

@@ -94,6 +94,27 @@ fn per_shard_stems<'n>(names: impl Iterator<Item = &'n str>) -> Vec<String> {
         .collect()
 }
 
+/// CPU µs per message of the whole process between `before` and `after`, `messages` in the
+/// window (the load generator's own cost, beside the gateway's).
+pub(crate) fn process_us_per_msg(
+    before: &Sample,
+    after: &Sample,
+    messages: u64,
+    ticks_per_s: f64,
+) -> Option<f64> {
+    if messages == 0 || after.threads.is_empty() {
+        return None;
+    }
+    // Threads that ended inside the window are not counted; the load generator's live for the
+    // whole run.
+    let ticks: u64 = after
+        .threads
+        .iter()
+        .map(|(tid, (_, t))| t.saturating_sub(before.threads.get(tid).map_or(0, |(_, b)| *b)))
+        .sum();
+    Some(ticks as f64 * 1e6 / ticks_per_s / messages as f64)
+}
+
 /// The report for `messages` acknowledged between `before` and `after`.
 pub(crate) fn report(
     before: &Sample,
@@ -127,7 +148,7 @@ pub(crate) fn report(
         .filter(|(_, us)| *us > 0.0)
         .collect();
     us_per_msg.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let total_us_per_msg = per_msg(by_name.values().sum());
+    let total_us_per_msg = process_us_per_msg(before, after, messages, ticks_per_s)?;
     // With no once-per-node thread using a whole clock tick in the window, the bound is at
     // least what one tick would set: reported as that floor, marked in the thread's name.
     let (serial_thread, serial_ticks) = match serial {
@@ -157,6 +178,33 @@ mod tests {
         assert_eq!(parse_stat(odd), Some(("a (b) c".into(), 23)));
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn a_process_costs_the_ticks_all_its_threads_used_in_the_window() {
+        let at = |secs| Some(Instant::now() + std::time::Duration::from_secs(secs));
+        let before = Sample {
+            at: at(0),
+            threads: [(1, ("loadgen".into(), 40)), (2, ("tokio-rt".into(), 10))].into(),
+        };
+        // Thread 3 started inside the window: all its ticks count.
+        let after = Sample {
+            at: at(10),
+            threads: [
+                (1, ("loadgen".into(), 140)),
+                (2, ("tokio-rt".into(), 60)),
+                (3, ("pacer".into(), 50)),
+            ]
+            .into(),
+        };
+        // 200 ticks of 10 ms = 2 s of CPU over 100,000 messages: 20 µs each.
+        let us = process_us_per_msg(&before, &after, 100_000, 100.0).unwrap();
+        assert!((us - 20.0).abs() < 1e-9, "{us}");
+        assert_eq!(process_us_per_msg(&before, &after, 0, 100.0), None);
+        assert_eq!(
+            process_us_per_msg(&before, &Sample::default(), 10, 100.0),
+            None
+        );
     }
 
     #[test]
