@@ -504,27 +504,32 @@ impl EmbeddedTxn<'_> {
     }
 }
 
-/// The keyspace of each tag, looked up once per commit.
+/// The keyspace of each tag, looked up once per commit. A commit touches a handful of tags, so
+/// they are kept in a short list rather than a table of all 256 (which cost more to build and
+/// drop than every lookup in a one-message batch).
 struct Spaces<'a> {
     live: &'a Live,
-    spaces: Vec<Option<Keyspace>>,
+    spaces: Vec<(u8, Keyspace)>,
 }
 
 impl<'a> Spaces<'a> {
     fn new(live: &'a Live) -> Self {
         Self {
             live,
-            spaces: vec![None; 256],
+            spaces: Vec::with_capacity(8),
         }
     }
 
     fn of(&mut self, key: &[u8]) -> Result<&Keyspace, KvError> {
         let tag = key.first().copied().unwrap_or(0);
-        let slot = &mut self.spaces[tag as usize];
-        if slot.is_none() {
-            *slot = Some(self.live.space_or_create(tag)?);
-        }
-        Ok(slot.as_ref().expect("filled above"))
+        let i = match self.spaces.iter().position(|(t, _)| *t == tag) {
+            Some(i) => i,
+            None => {
+                self.spaces.push((tag, self.live.space_or_create(tag)?));
+                self.spaces.len() - 1
+            }
+        };
+        Ok(&self.spaces[i].1)
     }
 }
 
