@@ -35,11 +35,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// A datagram on the in-memory wire: to, from, bytes.
 type Datagram = (SocketAddr, SocketAddr, Vec<u8>);
 
-/// One endpoint and its connections, with each connection's stream once it has one.
+/// A connection, its stream once it has one, and the bytes read of a frame not yet whole.
+type Peer = (quinn_proto::Connection, Option<StreamId>, usize);
+
+/// One endpoint and its connections.
 struct Side {
     addr: SocketAddr,
     endpoint: Endpoint,
-    conns: HashMap<ConnectionHandle, (quinn_proto::Connection, Option<StreamId>)>,
+    conns: HashMap<ConnectionHandle, Peer>,
     buf: Vec<u8>,
     /// Frames read, all connections together.
     read: usize,
@@ -76,7 +79,7 @@ impl Side {
             Some(DatagramEvent::NewConnection(incoming)) => {
                 match self.endpoint.accept(incoming, now, &mut self.buf, None) {
                     Ok((ch, conn)) => {
-                        self.conns.insert(ch, (conn, None));
+                        self.conns.insert(ch, (conn, None, 0));
                     }
                     Err(e) => {
                         if let Some(t) = e.response {
@@ -86,7 +89,7 @@ impl Side {
                 }
             }
             Some(DatagramEvent::ConnectionEvent(ch, event)) => {
-                if let Some((conn, _)) = self.conns.get_mut(&ch) {
+                if let Some((conn, ..)) = self.conns.get_mut(&ch) {
                     conn.handle_event(event);
                 }
             }
@@ -100,7 +103,7 @@ impl Side {
     /// Runs every connection: endpoint events, due timers, application events (reading
     /// frames; the server answers each), then its transmits.
     fn drive(&mut self, now: Instant, answer: bool, out: &mut Vec<Datagram>) {
-        for (&ch, (conn, stream)) in &mut self.conns {
+        for (&ch, (conn, stream, partial)) in &mut self.conns {
             while let Some(e) = conn.poll_endpoint_events() {
                 if let Some(back) = self.endpoint.handle_event(ch, e) {
                     conn.handle_event(back);
@@ -121,15 +124,17 @@ impl Side {
                 }
             }
             if let Some(id) = *stream {
-                let mut frames = 0;
+                let mut bytes = *partial;
                 let mut recv = conn.recv_stream(id);
                 if let Ok(mut chunks) = recv.read(true) {
                     while let Ok(Some(chunk)) = chunks.next(usize::MAX) {
-                        frames += chunk.bytes.len();
+                        bytes += chunk.bytes.len();
                     }
                     let _ = chunks.finalize();
                 }
-                let frames = frames / if answer { FRAME } else { ANSWER };
+                let size = if answer { FRAME } else { ANSWER };
+                let frames = bytes / size;
+                *partial = bytes % size;
                 self.read += frames;
                 if answer {
                     for _ in 0..frames {
@@ -181,15 +186,15 @@ fn pair(n: usize) -> (Side, Side) {
             .endpoint
             .connect(now, client_config.clone(), server.addr, "localhost")
             .expect("connect");
-        client.conns.insert(ch, (conn, None));
+        client.conns.insert(ch, (conn, None, 0));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while client.conns.values().any(|(c, _)| c.is_handshaking()) {
+    while client.conns.values().any(|(c, ..)| c.is_handshaking()) {
         run(&mut client, &mut server, Instant::now());
         assert!(Instant::now() < deadline, "handshakes not done");
     }
     // A first frame from each client opens its stream at the server.
-    for (conn, id) in client.conns.values_mut() {
+    for (conn, id, _) in client.conns.values_mut() {
         let opened = conn.streams().open(Dir::Bi).expect("a stream");
         conn.send_stream(opened)
             .write(&[1u8; FRAME])
@@ -198,7 +203,11 @@ fn pair(n: usize) -> (Side, Side) {
     }
     loop {
         run(&mut client, &mut server, Instant::now());
-        let streams = server.conns.values().filter(|(_, s)| s.is_some()).count();
+        let streams = server
+            .conns
+            .values()
+            .filter(|(_, s, _)| s.is_some())
+            .count();
         if streams == n && server.read == n && client.read == n {
             break;
         }
@@ -231,7 +240,7 @@ fn run(client: &mut Side, server: &mut Side, now: Instant) -> Duration {
 
 /// One round: every client sends one frame, and everything moves until the wire is quiet.
 fn round(client: &mut Side, server: &mut Side) -> Duration {
-    for (conn, id) in client.conns.values_mut() {
+    for (conn, id, _) in client.conns.values_mut() {
         let id = id.expect("opened");
         conn.send_stream(id).write(&[1u8; FRAME]).expect("write");
     }

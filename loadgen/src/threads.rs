@@ -94,6 +94,15 @@ fn per_shard_stems<'n>(names: impl Iterator<Item = &'n str>) -> Vec<String> {
         .collect()
 }
 
+/// Each thread of `after` with the ticks it used since `before` (all of them for a thread
+/// started in between; a thread that ended in between is not counted).
+fn used<'s>(before: &'s Sample, after: &'s Sample) -> impl Iterator<Item = (&'s str, u64)> {
+    after.threads.iter().map(|(tid, (name, ticks))| {
+        let start = before.threads.get(tid).map_or(0, |(_, t)| *t);
+        (name.as_str(), ticks.saturating_sub(start))
+    })
+}
+
 /// CPU µs per message of the whole process between `before` and `after`, `messages` in the
 /// window (the load generator's own cost, beside the gateway's).
 pub(crate) fn process_us_per_msg(
@@ -105,13 +114,7 @@ pub(crate) fn process_us_per_msg(
     if messages == 0 || after.threads.is_empty() {
         return None;
     }
-    // Threads that ended inside the window are not counted; the load generator's live for the
-    // whole run.
-    let ticks: u64 = after
-        .threads
-        .iter()
-        .map(|(tid, (_, t))| t.saturating_sub(before.threads.get(tid).map_or(0, |(_, b)| *b)))
-        .sum();
+    let ticks: u64 = used(before, after).map(|(_, t)| t).sum();
     Some(ticks as f64 * 1e6 / ticks_per_s / messages as f64)
 }
 
@@ -133,12 +136,10 @@ pub(crate) fn report(
     let mut serial: Option<(String, u64)> = None;
     let replicated = per_shard_stems(after.threads.values().map(|(n, _)| n.as_str()));
     let per_shard = |name: &str| replicated.contains(&stem(name));
-    for (tid, (name, ticks)) in &after.threads {
-        let start = before.threads.get(tid).map_or(0, |(_, t)| *t);
-        let used = ticks.saturating_sub(start);
-        *by_name.entry(name.clone()).or_default() += used;
+    for (name, used) in used(before, after) {
+        *by_name.entry(name.to_owned()).or_default() += used;
         if !per_shard(name) && serial.as_ref().is_none_or(|(_, u)| used > *u) {
-            serial = Some((name.clone(), used));
+            serial = Some((name.to_owned(), used));
         }
     }
     let per_msg = |ticks: u64| ticks as f64 * us_per_tick / messages as f64;
@@ -148,7 +149,7 @@ pub(crate) fn report(
         .filter(|(_, us)| *us > 0.0)
         .collect();
     us_per_msg.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let total_us_per_msg = process_us_per_msg(before, after, messages, ticks_per_s)?;
+    let total_us_per_msg = per_msg(by_name.values().sum());
     // With no once-per-node thread using a whole clock tick in the window, the bound is at
     // least what one tick would set: reported as that floor, marked in the thread's name.
     let (serial_thread, serial_ticks) = match serial {

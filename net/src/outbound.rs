@@ -73,6 +73,11 @@ impl State {
         self.waker.take()
     }
 
+    /// Whether one more frame (or reserved place) fits the frame limit `depth`.
+    fn has_place(&self, depth: usize) -> bool {
+        self.frames.len() + self.reserved < depth
+    }
+
     /// The writer's waker when the last handle or slot is gone (it then ends).
     fn waker_if_ended(&mut self) -> Option<Waker> {
         if self.senders == 0 && self.reserved == 0 {
@@ -187,7 +192,7 @@ impl Outbound {
             }
             let len = frame.as_ref().map_or(0, Bytes::len);
             let over_bytes = s.bytes != 0 && s.bytes.saturating_add(len) > self.shared.max_bytes;
-            if over_bytes || s.frames.len() + s.reserved >= self.shared.depth {
+            if over_bytes || !s.has_place(self.shared.depth) {
                 return Err(PushError::Full);
             }
             let Some(frame) = frame.take() else {
@@ -210,7 +215,7 @@ impl Outbound {
                 if s.closed {
                     return Err(Closed);
                 }
-                if s.frames.len() + s.reserved < self.shared.depth {
+                if s.has_place(self.shared.depth) {
                     s.reserved += 1;
                     return Ok(Slot {
                         shared: Some(self.shared.clone()),

@@ -16,8 +16,23 @@ use std::collections::HashMap;
 use crate::record::LastSeq;
 
 /// What a batch wrote to chats' `S` entries, in order: `Some` the new entry, `None` an entry
-/// written in a way the writer does not follow (read it from the engine next time).
-pub(crate) type SeqWrites = Vec<(u64, Option<LastSeq>)>;
+/// written in a way the writer does not follow (read it from the engine next time). Kept only
+/// for a writer that remembers (see [`SeqWrites::new`]).
+pub(crate) struct SeqWrites(Option<Vec<(u64, Option<LastSeq>)>>);
+
+impl SeqWrites {
+    /// Writes to note when the writer remembers last seqs, else none.
+    pub(crate) fn new(remember: bool) -> Self {
+        Self(remember.then(Vec::new))
+    }
+
+    /// Notes a write of the chat's `S` entry.
+    pub(crate) fn note(&mut self, chat: u64, entry: Option<LastSeq>) {
+        if let Some(w) = &mut self.0 {
+            w.push((chat, entry));
+        }
+    }
+}
 
 /// Chats remembered at most; past it the memory starts over (a miss only costs a read).
 const MAX_CHATS: usize = 1 << 18;
@@ -49,7 +64,7 @@ impl LastSeqs {
             // Built on a failed batch's writes: the engine refuses it; remember nothing of it.
             return;
         }
-        self.in_flight.extend(writes);
+        self.in_flight.extend(writes.0.into_iter().flatten());
     }
 
     /// The batch in flight settled: committed (its writes are durable) or not (forget all).
@@ -81,6 +96,12 @@ impl LastSeqs {
 mod tests {
     use super::*;
 
+    impl From<Vec<(u64, Option<LastSeq>)>> for SeqWrites {
+        fn from(w: Vec<(u64, Option<LastSeq>)>) -> Self {
+            Self(Some(w))
+        }
+    }
+
     fn at(seq: u64) -> Option<LastSeq> {
         Some(LastSeq {
             seq,
@@ -91,12 +112,12 @@ mod tests {
     #[test]
     fn in_flight_writes_are_seen_and_kept_once_committed() {
         let mut s = LastSeqs::default();
-        s.submitted(vec![(1, at(5)), (2, at(9))], false);
+        s.submitted(vec![(1, at(5)), (2, at(9))].into(), false);
         assert_eq!(s.get(1), at(5));
         s.settled(true);
         assert_eq!(s.get(1), at(5));
         // The next batch overrides chat 1 and forgets chat 2 (a write not followed).
-        s.submitted(vec![(1, at(6)), (2, None)], true);
+        s.submitted(vec![(1, at(6)), (2, None)].into(), true);
         assert_eq!(s.get(1), at(6));
         assert_eq!(s.get(2), None);
         s.settled(true);
@@ -108,18 +129,18 @@ mod tests {
     #[test]
     fn a_failed_commit_forgets_it_all_and_the_batch_built_on_it() {
         let mut s = LastSeqs::default();
-        s.submitted(vec![(1, at(5))], false);
+        s.submitted(vec![(1, at(5))].into(), false);
         s.settled(true);
-        s.submitted(vec![(1, at(6)), (2, at(1))], true);
+        s.submitted(vec![(1, at(6)), (2, at(1))].into(), true);
         // The next batch was built reading those writes; then the commit fails.
         s.settled(false);
         assert_eq!(s.get(1), None);
         assert_eq!(s.get(2), None);
-        s.submitted(vec![(1, at(7))], true);
+        s.submitted(vec![(1, at(7))].into(), true);
         assert_eq!(s.get(1), None, "built on the failed batch");
         s.settled(false);
         // A batch built with nothing in flight read the engine: trusted again.
-        s.submitted(vec![(1, at(6))], false);
+        s.submitted(vec![(1, at(6))].into(), false);
         s.settled(true);
         assert_eq!(s.get(1), at(6));
     }
@@ -128,10 +149,10 @@ mod tests {
     fn the_memory_is_bounded() {
         let mut s = LastSeqs::default();
         for round in 0..3u64 {
-            let writes = (0..MAX_CHATS as u64 / 2 + 1)
+            let writes: Vec<_> = (0..MAX_CHATS as u64 / 2 + 1)
                 .map(|i| (round * MAX_CHATS as u64 + i, at(1)))
                 .collect();
-            s.submitted(writes, false);
+            s.submitted(writes.into(), false);
             s.settled(true);
             assert!(s.durable.len() <= MAX_CHATS);
         }

@@ -147,7 +147,7 @@ impl<'a, 'k> Attempt<'a, 'k> {
             committed: Vec::new(),
             last_seqs: HashMap::new(),
             known,
-            seq_writes: Vec::new(),
+            seq_writes: SeqWrites::new(known.is_some()),
             routes: HashMap::new(),
             events: Vec::new(),
             presence: Vec::new(),
@@ -218,9 +218,7 @@ impl<'a, 'k> Attempt<'a, 'k> {
                 open_hour: Some(hour),
             };
             self.t.set(&keys::last_seq(chat), &value.encode());
-            if self.known.is_some() {
-                self.seq_writes.push((chat, Some(value)));
-            }
+            self.seq_writes.note(chat, Some(value));
         }
     }
 
@@ -664,7 +662,7 @@ impl<'a, 'k> Attempt<'a, 'k> {
                         ..s
                     };
                     self.t.set(&keys::last_seq(chat), &closed.encode());
-                    self.seq_writes.push((chat, None));
+                    self.seq_writes.note(chat, None);
                 }
             }
             stats.chat_hours += 1;

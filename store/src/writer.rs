@@ -595,16 +595,12 @@ enum Commits {
 /// writer remembers of the last seqs they wrote (on exclusive engines).
 struct Committer {
     commits: Commits,
+    /// A commit is in flight (a batch built now reads its writes).
     outstanding: bool,
     seqs: LastSeqs,
 }
 
 impl Committer {
-    /// Whether a commit is in flight (a batch built now reads its writes).
-    fn outstanding(&self) -> bool {
-        self.outstanding
-    }
-
     /// Waits until no commit is in flight.
     fn idle(&mut self) {
         if !self.outstanding {
@@ -777,7 +773,7 @@ impl Writer {
         loop {
             let started = Instant::now();
             let now = shared.config.clock.now_ms();
-            let read_in_flight = committer.outstanding();
+            let read_in_flight = committer.outstanding;
             let built = shared.engine.begin_write_on(self.partition).and_then(|t| {
                 // A remote engine reads what the batch's operations will read first all at
                 // once (one round trip), and the commit marker with them.
