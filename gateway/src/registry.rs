@@ -27,7 +27,7 @@ pub(crate) struct Device {
     pub(crate) conn_id: u64,
     pub(crate) device: u32,
     pub(crate) out: Outbound,
-    pub(crate) conn: quinn::Connection,
+    pub(crate) conn: courier_net::quic::Connection,
     /// In a cluster: messages committed at or before this version are in the device's sync;
     /// the inbox does not deliver them to it again (0: deliver everything).
     pub(crate) since: u64,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use courier_net::io::{spawn_writer_with_handle, FrameReader, Outbound, ReadError, LAST_WORDS_END};
+use courier_net::quic::{Connection, Endpoint, Incoming, RecvStream};
 use courier_store::{Store, StoreConfig};
 use courier_wire::frame::{GoAway, Welcome};
 use courier_wire::{ErrorCode, Frame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
@@ -327,13 +328,7 @@ fn run_shard(
     rt.block_on(async move {
         // Wake-ups that the commit threads defer for this shard's writers are done from here.
         courier_net::outbound::Home::install();
-        let runtime = Arc::new(quinn::TokioRuntime);
-        let endpoint = match quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server),
-            socket,
-            runtime,
-        ) {
+        let endpoint = match Endpoint::server(quinn::EndpointConfig::default(), server, socket) {
             Ok(e) => e,
             Err(e) => {
                 let _ = ready
@@ -350,7 +345,7 @@ fn run_shard(
     });
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shard: usize) {
+async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, shard: usize) {
     let mut sessions = JoinSet::new();
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -365,7 +360,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shard: usiz
                     Admission::Accept(p) => p,
                     Admission::Retry => {
                         shared.metrics.handshake_retries.inc();
-                        let _ = incoming.retry();
+                        incoming.retry();
                         continue;
                     }
                     Admission::Refuse => {
@@ -442,7 +437,7 @@ impl Drop for Online<'_> {
 /// Sends `frame` as the last words on the control stream, waits (briefly) for the peer to get
 /// it, then closes the connection with `code`.
 async fn close_with(
-    conn: &quinn::Connection,
+    conn: &Connection,
     out: Outbound,
     writer: tokio::task::JoinHandle<()>,
     frame: Option<Bytes>,
@@ -485,7 +480,7 @@ impl Refusal {
 /// Reads `Hello` and checks its version and token: the claims, the Hello's request id and the
 /// protocol version the session speaks.
 async fn authenticate(
-    reader: &mut FrameReader,
+    reader: &mut FrameReader<RecvStream>,
     deadline: tokio::time::Instant,
     verifier: &TokenVerifier,
 ) -> Result<(courier_auth::Claims, u32, u16), Refusal> {
@@ -534,13 +529,9 @@ async fn authenticate(
     }
 }
 
-async fn connection(
-    incoming: quinn::Incoming,
-    pending: Pending,
-    shared: &Shared,
-) -> anyhow::Result<()> {
+async fn connection(incoming: Incoming, pending: Pending, shared: &Shared) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
-    let conn = tokio::time::timeout_at(deadline, incoming)
+    let conn = tokio::time::timeout_at(deadline, incoming.accept())
         .await
         .context("handshake timeout")??;
     let (send, recv) = tokio::time::timeout_at(deadline, conn.accept_bi())
@@ -694,7 +685,7 @@ enum Ended {
 
 async fn serve(
     session: &Session,
-    reader: &mut FrameReader,
+    reader: &mut FrameReader<RecvStream>,
     shared: &Shared,
     expiry: tokio::time::Instant,
 ) -> Ended {

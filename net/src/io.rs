@@ -5,8 +5,11 @@
 //! see [`crate::outbound`]), taking every frame that is already queued into one vectored
 //! write, so a burst of small frames costs one write.
 
+use std::future::Future;
+
 use bytes::{Bytes, BytesMut};
 use courier_wire::{DecodeError, Frame, FrameDecoder};
+use quinn::{Chunk, ClosedStream, StoppedError, VarInt, WriteError};
 
 pub use crate::outbound::{Closed, Home, Outbound, PushError, Receiver, Slot};
 
@@ -21,20 +24,94 @@ pub enum ReadError {
     Stream(#[from] quinn::ReadError),
 }
 
+/// The receiving half of a QUIC stream: quinn's, or one of the gateway's endpoint loop
+/// ([`crate::quic`]).
+pub trait ChunkRecv: Send + 'static {
+    /// The next chunk of at most `max` bytes, or `None` at the stream's end.
+    fn read_chunk(
+        &mut self,
+        max: usize,
+        ordered: bool,
+    ) -> impl Future<Output = Result<Option<Chunk>, quinn::ReadError>> + Send;
+}
+
+/// The sending half of a QUIC stream: quinn's, or one of [`crate::quic`].
+pub trait ChunkSend: Send + 'static {
+    /// Writes every chunk, waiting for flow control.
+    fn write_all_chunks(
+        &mut self,
+        chunks: &mut [Bytes],
+    ) -> impl Future<Output = Result<(), WriteError>> + Send;
+    /// No more data.
+    fn finish(&mut self) -> Result<(), ClosedStream>;
+    /// Until the peer has it all (`None`) or stopped the stream (its code).
+    fn stopped(&mut self) -> impl Future<Output = Result<Option<VarInt>, StoppedError>> + Send;
+}
+
+impl ChunkRecv for quinn::RecvStream {
+    fn read_chunk(
+        &mut self,
+        max: usize,
+        ordered: bool,
+    ) -> impl Future<Output = Result<Option<Chunk>, quinn::ReadError>> + Send {
+        Self::read_chunk(self, max, ordered)
+    }
+}
+
+impl ChunkSend for quinn::SendStream {
+    fn write_all_chunks(
+        &mut self,
+        chunks: &mut [Bytes],
+    ) -> impl Future<Output = Result<(), WriteError>> + Send {
+        Self::write_all_chunks(self, chunks)
+    }
+    fn finish(&mut self) -> Result<(), ClosedStream> {
+        Self::finish(self)
+    }
+    fn stopped(&mut self) -> impl Future<Output = Result<Option<VarInt>, StoppedError>> + Send {
+        Self::stopped(self)
+    }
+}
+
+impl ChunkRecv for crate::quic::RecvStream {
+    fn read_chunk(
+        &mut self,
+        max: usize,
+        ordered: bool,
+    ) -> impl Future<Output = Result<Option<Chunk>, quinn::ReadError>> + Send {
+        Self::read_chunk(self, max, ordered)
+    }
+}
+
+impl ChunkSend for crate::quic::SendStream {
+    fn write_all_chunks(
+        &mut self,
+        chunks: &mut [Bytes],
+    ) -> impl Future<Output = Result<(), WriteError>> + Send {
+        Self::write_all_chunks(self, chunks)
+    }
+    fn finish(&mut self) -> Result<(), ClosedStream> {
+        Self::finish(self)
+    }
+    fn stopped(&mut self) -> impl Future<Output = Result<Option<VarInt>, StoppedError>> + Send {
+        Self::stopped(self)
+    }
+}
+
 /// Reads whole frames from a QUIC receive stream.
 ///
 /// It takes the transport's own received chunks (no copy when a chunk holds whole frames) and
 /// keeps no buffer between frames: an idle connection holds no read memory. Only a frame split
 /// across chunks is gathered into a buffer of its own size.
-pub struct FrameReader {
-    recv: quinn::RecvStream,
+pub struct FrameReader<R = quinn::RecvStream> {
+    recv: R,
     buf: BytesMut,
     decoder: FrameDecoder,
 }
 
-impl FrameReader {
+impl<R: ChunkRecv> FrameReader<R> {
     /// A reader refusing frames over `max_frame` bytes.
-    pub fn new(recv: quinn::RecvStream, max_frame: u32) -> Self {
+    pub fn new(recv: R, max_frame: u32) -> Self {
         Self {
             recv,
             buf: BytesMut::new(),
@@ -44,7 +121,7 @@ impl FrameReader {
 
     /// A server's reader: frames of server kinds become [`Frame::Unknown`]
     /// ([`FrameDecoder::client_kinds_only`]).
-    pub fn from_clients(recv: quinn::RecvStream, max_frame: u32) -> Self {
+    pub fn from_clients(recv: R, max_frame: u32) -> Self {
         Self {
             recv,
             buf: BytesMut::new(),
@@ -54,7 +131,7 @@ impl FrameReader {
 
     /// The stream and whatever bytes after the last frame were already received (the start of
     /// raw data that follows a frame, as on media streams).
-    pub fn into_parts(self) -> (quinn::RecvStream, BytesMut) {
+    pub fn into_parts(self) -> (R, BytesMut) {
         (self.recv, self.buf)
     }
 
@@ -89,7 +166,7 @@ const WRITE_BATCH: usize = 64;
 /// write, and finishes the stream once every sender is dropped, or at the first empty chunk
 /// ([`LAST_WORDS_END`]): whatever is queued after it is never written, so the frame before it
 /// is the last the peer gets. Returns the queue's sender.
-pub fn spawn_writer(send: quinn::SendStream, depth: usize) -> Outbound {
+pub fn spawn_writer(send: impl ChunkSend, depth: usize) -> Outbound {
     spawn_writer_with_handle(send, depth, usize::MAX).0
 }
 
@@ -97,7 +174,7 @@ pub fn spawn_writer(send: quinn::SendStream, depth: usize) -> Outbound {
 /// ends once the queue is drained, the stream finished and its data acknowledged by the peer
 /// (or the stream failed).
 pub fn spawn_writer_with_handle(
-    mut send: quinn::SendStream,
+    mut send: impl ChunkSend,
     depth: usize,
     max_bytes: usize,
 ) -> (Outbound, tokio::task::JoinHandle<()>) {

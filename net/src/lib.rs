@@ -3,10 +3,12 @@
 //!
 //! - [`io`] — framed reading and coalesced writing on a QUIC stream.
 //! - [`outbound`] — a connection's bounded outbound queue, and wake-ups batched per shard.
+//! - [`quic`] — a QUIC server endpoint driven by one loop per shard over quinn-proto.
 //! - [`scrape`] — reading a node's Prometheus metrics over HTTP (loadgen, tests).
 
 #![forbid(unsafe_code)]
 
 pub mod io;
 pub mod outbound;
+pub mod quic;
 pub mod scrape;

@@ -14,7 +14,7 @@ const PIECE: u64 = 1 << 20;
 /// Runs one download stream.
 pub(crate) async fn serve(
     req: Download,
-    mut send: quinn::SendStream,
+    mut send: courier_net::quic::SendStream,
     user: &str,
     svc: &MediaService,
 ) {

@@ -295,8 +295,8 @@ pub(crate) use crate::session::error_frame as error;
 /// Serves one media stream opened by `user` on a session of protocol `version`: reads its first frame and runs the upload or the
 /// download it asks for. Anything else is refused with `UNSUPPORTED` on the stream.
 pub async fn serve_stream(
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    mut send: courier_net::quic::SendStream,
+    recv: courier_net::quic::RecvStream,
     (user, version): (String, u16),
     svc: Arc<MediaService>,
 ) {

@@ -181,8 +181,8 @@ impl Meta {
 pub(crate) async fn serve(
     req: Upload,
     leftover: BytesMut,
-    mut recv: quinn::RecvStream,
-    mut send: quinn::SendStream,
+    mut recv: courier_net::quic::RecvStream,
+    mut send: courier_net::quic::SendStream,
     (user, version): (&str, u16),
     svc: &MediaService,
 ) {
@@ -238,7 +238,7 @@ fn random_id() -> u64 {
 }
 
 async fn progress(
-    send: &mut quinn::SendStream,
+    send: &mut courier_net::quic::SendStream,
     request_id: u32,
     upload: u64,
     offset: u64,
@@ -335,8 +335,8 @@ async fn open_part(
 async fn receive(
     req: &Upload,
     leftover: BytesMut,
-    recv: &mut quinn::RecvStream,
-    send: &mut quinn::SendStream,
+    recv: &mut courier_net::quic::RecvStream,
+    send: &mut courier_net::quic::SendStream,
     user: &str,
     svc: &MediaService,
 ) -> Result<Attachment, Failure> {
