@@ -368,8 +368,11 @@ impl State {
                 // ICMP errors of earlier sends; meaningless in QUIC.
                 Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => continue,
                 Ok(Err(e)) => {
+                    // Not a reason to stop reading: forget this readiness and wait for the
+                    // next (breaking out with it set would leave no waker registered).
                     tracing::warn!("udp receive: {e}");
-                    break false;
+                    guard.clear_ready();
+                    continue;
                 }
                 // Not readable after all (the guard cleared its readiness).
                 Err(_) => continue,
