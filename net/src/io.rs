@@ -48,55 +48,40 @@ pub trait ChunkSend: Send + 'static {
     fn stopped(&mut self) -> impl Future<Output = Result<Option<VarInt>, StoppedError>> + Send;
 }
 
-impl ChunkRecv for quinn::RecvStream {
-    fn read_chunk(
-        &mut self,
-        max: usize,
-        ordered: bool,
-    ) -> impl Future<Output = Result<Option<Chunk>, quinn::ReadError>> + Send {
-        Self::read_chunk(self, max, ordered)
-    }
+/// Both traits for a pair of stream types whose inherent methods have the traits' names.
+macro_rules! chunk_streams {
+    ($recv:ty, $send:ty) => {
+        impl ChunkRecv for $recv {
+            fn read_chunk(
+                &mut self,
+                max: usize,
+                ordered: bool,
+            ) -> impl Future<Output = Result<Option<Chunk>, quinn::ReadError>> + Send {
+                Self::read_chunk(self, max, ordered)
+            }
+        }
+
+        impl ChunkSend for $send {
+            fn write_all_chunks(
+                &mut self,
+                chunks: &mut [Bytes],
+            ) -> impl Future<Output = Result<(), WriteError>> + Send {
+                Self::write_all_chunks(self, chunks)
+            }
+            fn finish(&mut self) -> Result<(), ClosedStream> {
+                Self::finish(self)
+            }
+            fn stopped(
+                &mut self,
+            ) -> impl Future<Output = Result<Option<VarInt>, StoppedError>> + Send {
+                Self::stopped(self)
+            }
+        }
+    };
 }
 
-impl ChunkSend for quinn::SendStream {
-    fn write_all_chunks(
-        &mut self,
-        chunks: &mut [Bytes],
-    ) -> impl Future<Output = Result<(), WriteError>> + Send {
-        Self::write_all_chunks(self, chunks)
-    }
-    fn finish(&mut self) -> Result<(), ClosedStream> {
-        Self::finish(self)
-    }
-    fn stopped(&mut self) -> impl Future<Output = Result<Option<VarInt>, StoppedError>> + Send {
-        Self::stopped(self)
-    }
-}
-
-impl ChunkRecv for crate::quic::RecvStream {
-    fn read_chunk(
-        &mut self,
-        max: usize,
-        ordered: bool,
-    ) -> impl Future<Output = Result<Option<Chunk>, quinn::ReadError>> + Send {
-        Self::read_chunk(self, max, ordered)
-    }
-}
-
-impl ChunkSend for crate::quic::SendStream {
-    fn write_all_chunks(
-        &mut self,
-        chunks: &mut [Bytes],
-    ) -> impl Future<Output = Result<(), WriteError>> + Send {
-        Self::write_all_chunks(self, chunks)
-    }
-    fn finish(&mut self) -> Result<(), ClosedStream> {
-        Self::finish(self)
-    }
-    fn stopped(&mut self) -> impl Future<Output = Result<Option<VarInt>, StoppedError>> + Send {
-        Self::stopped(self)
-    }
-}
+chunk_streams!(quinn::RecvStream, quinn::SendStream);
+chunk_streams!(crate::quic::RecvStream, crate::quic::SendStream);
 
 /// Reads whole frames from a QUIC receive stream.
 ///

@@ -217,6 +217,26 @@ impl Conn {
         }
     }
 
+    /// Hands the connection's endpoint events to the endpoint, and the endpoint's answers back
+    /// to the connection; true if there was an answer (the connection has more to do). A
+    /// drained connection is only noted: it leaves once no handle is left.
+    fn forward_endpoint_events(
+        &mut self,
+        proto: &mut proto::Endpoint,
+        ch: ConnectionHandle,
+    ) -> bool {
+        let mut answered = false;
+        while let Some(event) = self.inner.poll_endpoint_events() {
+            if event.is_drained() {
+                self.drained = true;
+            } else if let Some(back) = proto.handle_event(ch, event) {
+                self.inner.handle_event(back);
+                answered = true;
+            }
+        }
+        answered
+    }
+
     /// The application events quinn-proto has for this connection, turned into wake-ups.
     fn forward_events(&mut self) {
         use proto::{Dir, Event, StreamEvent};
@@ -458,15 +478,9 @@ impl State {
             return false;
         };
         conn.dirty = false;
-        // Endpoint events first (new connection ids, a drained connection), then what the
-        // endpoint answers back to the connection.
-        while let Some(event) = conn.inner.poll_endpoint_events() {
-            if event.is_drained() {
-                conn.drained = true;
-            } else if let Some(back) = self.proto.handle_event(ch, event) {
-                conn.inner.handle_event(back);
-            }
-        }
+        // Endpoint events first (new connection ids, a drained connection), then the
+        // application's.
+        conn.forward_endpoint_events(&mut self.proto, ch);
         conn.forward_events();
         let mut sent = 0;
         let mut more = false;
@@ -492,14 +506,7 @@ impl State {
             }
         }
         // Sending may have produced endpoint events and changed the timeout.
-        while let Some(event) = conn.inner.poll_endpoint_events() {
-            if event.is_drained() {
-                conn.drained = true;
-            } else if let Some(back) = self.proto.handle_event(ch, event) {
-                conn.inner.handle_event(back);
-                more = true;
-            }
-        }
+        more |= conn.forward_endpoint_events(&mut self.proto, ch);
         let next = conn.inner.poll_timeout();
         if next != conn.timer {
             if let Some(old) = conn.timer {
@@ -515,9 +522,7 @@ impl State {
             return false;
         }
         if more {
-            let conn = self.conn(ch);
-            conn.dirty = true;
-            self.dirty.push(ch);
+            self.mark(ch);
         }
         more
     }
