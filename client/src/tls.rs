@@ -72,6 +72,7 @@ pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, ClientError> 
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(10)));
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30 s fits")));
+    transport.mtu_discovery_config(Some(courier_net::transport::mtu_discovery()));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }

@@ -138,7 +138,8 @@ impl Gateway {
             ))
             // The control stream, and media streams (docs/PROTOCOL.md, Media).
             .max_concurrent_bidi_streams((1 + config.media.max_streams).into())
-            .max_concurrent_uni_streams(0u32.into());
+            .max_concurrent_uni_streams(0u32.into())
+            .mtu_discovery_config(Some(courier_net::transport::mtu_discovery()));
         server.transport_config(Arc::new(transport));
 
         let shards = config.shards.max(1);

@@ -5,6 +5,7 @@
 //! - [`outbound`] — a connection's bounded outbound queue, and wake-ups batched per shard.
 //! - [`quic`] — a QUIC server endpoint driven by one loop per shard over quinn-proto.
 //! - [`scrape`] — reading a node's Prometheus metrics over HTTP (loadgen, tests).
+//! - [`transport`] — transport settings both sides use (path MTU discovery).
 
 #![forbid(unsafe_code)]
 
@@ -12,3 +13,4 @@ pub mod io;
 pub mod outbound;
 pub mod quic;
 pub mod scrape;
+pub mod transport;
