@@ -547,7 +547,14 @@ pub fn client_endpoint(addr: SocketAddr, trust: &Trust) -> Result<quinn::Endpoin
     }
     .parse()
     .expect("literal address");
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(ClientError::config)?;
+    // quinn::Endpoint::client with the process's connection IDs (courier_net::cid) instead of
+    // quinn's default 24-bit-random ones.
+    let socket = std::net::UdpSocket::bind(bind).map_err(ClientError::config)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| ClientError::config("no async runtime to run the QUIC endpoint on"))?;
+    let config = courier_net::cid::ConnectionIds::process().endpoint_config();
+    let mut endpoint =
+        quinn::Endpoint::new(config, None, socket, runtime).map_err(ClientError::config)?;
     endpoint.set_default_client_config(client_config(trust)?);
     Ok(endpoint)
 }

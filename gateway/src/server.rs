@@ -47,6 +47,9 @@ struct Shared {
     /// Open connections of each shard.
     shard_connections: Vec<AtomicUsize>,
     next_conn_id: AtomicU64,
+    /// Connection IDs for every shard's endpoint: one key and one counter, so no two IDs of the
+    /// node are equal (a Retry's ID never lands on a live connection).
+    connection_ids: courier_net::cid::ConnectionIds,
 }
 
 /// A running gateway: `shards` threads, each with its own current-thread runtime and its own
@@ -212,6 +215,7 @@ impl Gateway {
             connections: AtomicUsize::new(0),
             shard_connections: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             next_conn_id: AtomicU64::new(1),
+            connection_ids: courier_net::cid::ConnectionIds::new(),
         });
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(shards);
         let mut threads = Vec::with_capacity(shards);
@@ -329,7 +333,8 @@ fn run_shard(
     rt.block_on(async move {
         // Wake-ups that the commit threads defer for this shard's writers are done from here.
         courier_net::outbound::Home::install();
-        let endpoint = match Endpoint::server(quinn::EndpointConfig::default(), server, socket) {
+        let config = shared.connection_ids.endpoint_config();
+        let endpoint = match Endpoint::server(config, server, socket) {
             Ok(e) => e,
             Err(e) => {
                 let _ = ready
