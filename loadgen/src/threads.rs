@@ -1,5 +1,6 @@
-//! The gateway's CPU per thread over the measured window, from `/proc/<pid>/task/*/stat`, and
-//! the serial bound: the rate over the CPU share of the busiest thread that exists once per
+//! The gateway's CPU per thread over the measured window, from `/proc/<pid>/task/*/stat` (in
+//! all, and the part of it spent in the kernel: system calls, and on loopback the network stack
+//! that carries the datagrams to their receiver), and the serial bound: the rate over the CPU share of the busiest thread that exists once per
 //! node (every thread but the shards'), i.e. the rate at which that thread would be saturated
 //! if nothing else stopped the node first (docs/PERFORMANCE.md, "How to measure").
 
@@ -10,20 +11,48 @@ use std::time::Instant;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Sample {
     pub(crate) at: Option<Instant>,
-    pub(crate) threads: BTreeMap<u32, (String, u64)>,
+    pub(crate) threads: BTreeMap<u32, (String, Ticks)>,
 }
 
-/// `utime + stime` and the name from one `/proc/<pid>/task/<tid>/stat` line. The name is in
+/// A thread's CPU time in clock ticks: in user space (`utime`) and in the kernel (`stime`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Ticks {
+    pub(crate) user: u64,
+    pub(crate) system: u64,
+}
+
+impl Ticks {
+    fn total(self) -> u64 {
+        self.user + self.system
+    }
+
+    /// What was used since `start` (a counter never goes back; saturating all the same).
+    fn since(self, start: Self) -> Self {
+        Self {
+            user: self.user.saturating_sub(start.user),
+            system: self.system.saturating_sub(start.system),
+        }
+    }
+}
+
+impl std::ops::AddAssign for Ticks {
+    fn add_assign(&mut self, other: Self) {
+        self.user += other.user;
+        self.system += other.system;
+    }
+}
+
+/// `utime` and `stime` and the name from one `/proc/<pid>/task/<tid>/stat` line. The name is in
 /// parentheses and may hold spaces or parentheses itself: the fields follow the last `)`.
-fn parse_stat(line: &str) -> Option<(String, u64)> {
+fn parse_stat(line: &str) -> Option<(String, Ticks)> {
     let open = line.find('(')?;
     let close = line.rfind(')')?;
     let name = line.get(open + 1..close)?.to_owned();
     let rest: Vec<&str> = line.get(close + 1..)?.split_whitespace().collect();
     // After the name: state (3rd field overall) ... utime is the 14th, stime the 15th.
-    let utime: u64 = rest.get(11)?.parse().ok()?;
-    let stime: u64 = rest.get(12)?.parse().ok()?;
-    Some((name, utime + stime))
+    let user: u64 = rest.get(11)?.parse().ok()?;
+    let system: u64 = rest.get(12)?.parse().ok()?;
+    Some((name, Ticks { user, system }))
 }
 
 /// Reads every thread of `pid` (an empty sample when it cannot be read).
@@ -63,10 +92,14 @@ pub(crate) fn ticks_per_second() -> f64 {
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct ThreadReport {
     /// Per thread name (threads of one name summed, e.g. the shards kept apart by number):
-    /// CPU µs per acknowledged message.
+    /// CPU µs per acknowledged message, busiest first.
     pub(crate) us_per_msg: Vec<(String, f64)>,
+    /// The part of each of those in the kernel, in the same order.
+    pub(crate) kernel_us_per_msg: Vec<(String, f64)>,
     /// All threads together, µs per message.
     pub(crate) total_us_per_msg: f64,
+    /// The part of that in the kernel.
+    pub(crate) total_kernel_us_per_msg: f64,
     /// The busiest thread that exists once per node, and the serial bound it sets (msg/s).
     pub(crate) serial_thread: String,
     pub(crate) serial_bound_per_s: f64,
@@ -96,10 +129,13 @@ fn per_shard_stems<'n>(names: impl Iterator<Item = &'n str>) -> Vec<String> {
 
 /// Each thread of `after` with the ticks it used since `before` (all of them for a thread
 /// started in between; a thread that ended in between is not counted).
-fn used<'s>(before: &'s Sample, after: &'s Sample) -> impl Iterator<Item = (&'s str, u64)> {
+fn used<'s>(before: &'s Sample, after: &'s Sample) -> impl Iterator<Item = (&'s str, Ticks)> {
     after.threads.iter().map(|(tid, (name, ticks))| {
-        let start = before.threads.get(tid).map_or(0, |(_, t)| *t);
-        (name.as_str(), ticks.saturating_sub(start))
+        let start = before
+            .threads
+            .get(tid)
+            .map_or(Ticks::default(), |(_, t)| *t);
+        (name.as_str(), ticks.since(start))
     })
 }
 
@@ -114,7 +150,7 @@ pub(crate) fn process_us_per_msg(
     if messages == 0 || after.threads.is_empty() {
         return None;
     }
-    let ticks: u64 = used(before, after).map(|(_, t)| t).sum();
+    let ticks: u64 = used(before, after).map(|(_, t)| t.total()).sum();
     Some(ticks as f64 * 1e6 / ticks_per_s / messages as f64)
 }
 
@@ -132,24 +168,38 @@ pub(crate) fn report(
     }
     let us_per_tick = 1e6 / ticks_per_s;
     // Per thread (by id): CPU seconds in the window.
-    let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_name: BTreeMap<String, Ticks> = BTreeMap::new();
     let mut serial: Option<(String, u64)> = None;
     let replicated = per_shard_stems(after.threads.values().map(|(n, _)| n.as_str()));
     let per_shard = |name: &str| replicated.contains(&stem(name));
-    for (name, used) in used(before, after) {
-        *by_name.entry(name.to_owned()).or_default() += used;
+    for (name, ticks) in used(before, after) {
+        *by_name.entry(name.to_owned()).or_default() += ticks;
+        let used = ticks.total();
         if !per_shard(name) && serial.as_ref().is_none_or(|(_, u)| used > *u) {
             serial = Some((name.to_owned(), used));
         }
     }
     let per_msg = |ticks: u64| ticks as f64 * us_per_tick / messages as f64;
-    let mut us_per_msg: Vec<(String, f64)> = by_name
+    let mut busy: Vec<(&String, Ticks)> = by_name
         .iter()
-        .map(|(n, t)| (n.clone(), per_msg(*t)))
-        .filter(|(_, us)| *us > 0.0)
+        .map(|(n, t)| (n, *t))
+        .filter(|(_, t)| t.total() > 0)
         .collect();
-    us_per_msg.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let total_us_per_msg = per_msg(by_name.values().sum());
+    busy.sort_by(|a, b| b.1.total().cmp(&a.1.total()).then_with(|| a.0.cmp(b.0)));
+    let us_per_msg = busy
+        .iter()
+        .map(|(n, t)| ((*n).clone(), per_msg(t.total())))
+        .collect();
+    let kernel_us_per_msg = busy
+        .iter()
+        .map(|(n, t)| ((*n).clone(), per_msg(t.system)))
+        .collect();
+    let mut all = Ticks::default();
+    for t in by_name.values() {
+        all += *t;
+    }
+    let total_us_per_msg = per_msg(all.total());
+    let total_kernel_us_per_msg = per_msg(all.system);
     // With no once-per-node thread using a whole clock tick in the window, the bound is at
     // least what one tick would set: reported as that floor, marked in the thread's name.
     let (serial_thread, serial_ticks) = match serial {
@@ -161,7 +211,9 @@ pub(crate) fn report(
     let serial_bound_per_s = rate / share;
     Some(ThreadReport {
         us_per_msg,
+        kernel_us_per_msg,
         total_us_per_msg,
+        total_kernel_us_per_msg,
         serial_thread,
         serial_bound_per_s,
     })
@@ -174,9 +226,13 @@ mod tests {
     #[test]
     fn stat_lines_parse_whatever_the_thread_is_called() {
         let line = "4242 (courier-shard-0) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
-        assert_eq!(parse_stat(line), Some(("courier-shard-0".into(), 300)));
+        let ticks = |user, system| Ticks { user, system };
+        assert_eq!(
+            parse_stat(line),
+            Some(("courier-shard-0".into(), ticks(250, 50)))
+        );
         let odd = "7 (a (b) c) R 1 2 3 4 5 6 7 8 9 10 11 12 0 0";
-        assert_eq!(parse_stat(odd), Some(("a (b) c".into(), 23)));
+        assert_eq!(parse_stat(odd), Some(("a (b) c".into(), ticks(11, 12))));
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S 1 2"), None);
     }
@@ -184,17 +240,22 @@ mod tests {
     #[test]
     fn a_process_costs_the_ticks_all_its_threads_used_in_the_window() {
         let at = |secs| Some(Instant::now() + std::time::Duration::from_secs(secs));
+        let ticks = |user, system| Ticks { user, system };
         let before = Sample {
             at: at(0),
-            threads: [(1, ("loadgen".into(), 40)), (2, ("tokio-rt".into(), 10))].into(),
+            threads: [
+                (1, ("loadgen".into(), ticks(30, 10))),
+                (2, ("tokio-rt".into(), ticks(10, 0))),
+            ]
+            .into(),
         };
-        // Thread 3 started inside the window: all its ticks count.
+        // Thread 3 started inside the window: all its ticks count, user and kernel alike.
         let after = Sample {
             at: at(10),
             threads: [
-                (1, ("loadgen".into(), 140)),
-                (2, ("tokio-rt".into(), 60)),
-                (3, ("pacer".into(), 50)),
+                (1, ("loadgen".into(), ticks(100, 40))),
+                (2, ("tokio-rt".into(), ticks(50, 10))),
+                (3, ("pacer".into(), ticks(20, 30))),
             ]
             .into(),
         };
@@ -212,29 +273,32 @@ mod tests {
     fn the_serial_bound_is_the_rate_over_the_busiest_once_per_node_threads_share() {
         let t0 = Instant::now();
         let t1 = t0 + std::time::Duration::from_secs(10);
-        let mk = |at, v: &[(u32, &str, u64)]| Sample {
+        let mk = |at, v: &[(u32, &str, u64, u64)]| Sample {
             at: Some(at),
             threads: v
                 .iter()
-                .map(|&(id, n, t)| (id, (n.to_owned(), t)))
+                .map(|&(id, n, user, system)| (id, (n.to_owned(), Ticks { user, system })))
                 .collect(),
         };
         let before = mk(
             t0,
             &[
-                (1, "courier-shard-0", 0),
-                (2, "courier-store-c", 100),
-                (3, "courier-store-w", 0),
+                (1, "courier-shard-0", 0, 0),
+                (2, "courier-store-c", 80, 20),
+                (3, "courier-store-w", 0, 0),
+                (4, "courier-idle", 7, 0),
             ],
         );
-        // 10 s, 100,000 messages (10K/s); the commit thread used 2 s (a 20% share), the writer
-        // 1 s, a shard 5 s (not counted: there is one per shard).
+        // 10 s, 100,000 messages (10K/s); the commit thread used 2 s (a 20% share, 0.5 s of it
+        // in the kernel), the writer 1 s, a shard 5 s (3 s in the kernel; not counted for the
+        // bound: there is one per shard), an idle thread nothing.
         let after = mk(
             t1,
             &[
-                (1, "courier-shard-0", 500),
-                (2, "courier-store-c", 300),
-                (3, "courier-store-w", 100),
+                (1, "courier-shard-0", 200, 300),
+                (2, "courier-store-c", 230, 70),
+                (3, "courier-store-w", 100, 0),
+                (4, "courier-idle", 7, 0),
             ],
         );
         let r = report(&before, &after, 100_000, 100.0).unwrap();
@@ -249,8 +313,31 @@ mod tests {
             "{}",
             r.total_us_per_msg
         );
-        assert_eq!(r.us_per_msg[0].0, "courier-shard-0");
-        assert!((r.us_per_msg[0].1 - 50.0).abs() < 1e-9);
+        assert!(
+            (r.total_kernel_us_per_msg - 35.0).abs() < 1e-9,
+            "{}",
+            r.total_kernel_us_per_msg
+        );
+        // Busiest first, the kernel's part in the same order; idle threads left out.
+        let names: Vec<&str> = r.us_per_msg.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["courier-shard-0", "courier-store-c", "courier-store-w"]
+        );
+        let close = |v: &[(String, f64)], want: &[f64]| {
+            v.len() == want.len() && v.iter().zip(want).all(|((_, a), b)| (a - b).abs() < 1e-9)
+        };
+        assert!(
+            close(&r.us_per_msg, &[50.0, 20.0, 10.0]),
+            "{:?}",
+            r.us_per_msg
+        );
+        assert!(
+            close(&r.kernel_us_per_msg, &[30.0, 5.0, 0.0]),
+            "{:?}",
+            r.kernel_us_per_msg
+        );
+        assert_eq!(r.kernel_us_per_msg[0].0, "courier-shard-0");
         assert!(report(&before, &after, 0, 100.0).is_none());
     }
 
