@@ -11,7 +11,7 @@
 //! its writes, so the engine refuses it too ([`crate::kv::Txn::commit_pipelined`]), and nothing
 //! it wrote is kept either; after a reopen the engine is read afresh.
 
-use std::collections::HashMap;
+use crate::FastMap;
 
 use crate::record::LastSeq;
 
@@ -40,9 +40,9 @@ const MAX_CHATS: usize = 1 << 18;
 /// Committed last seqs, and those of the batch in flight.
 #[derive(Default)]
 pub(crate) struct LastSeqs {
-    durable: HashMap<u64, LastSeq>,
+    durable: FastMap<u64, LastSeq>,
     /// The batch in flight's writes (`None`: must be read).
-    in_flight: HashMap<u64, Option<LastSeq>>,
+    in_flight: FastMap<u64, Option<LastSeq>>,
     /// Whether the last batch that settled failed.
     last_failed: bool,
 }

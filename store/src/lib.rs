@@ -49,6 +49,13 @@ pub mod record;
 mod store;
 pub mod writer;
 
+/// A hash map for the append path's per-batch and per-writer maps (a transaction's writes, the
+/// last seqs read and remembered). std's SipHash cost ~1.9K instructions per message there
+/// (`benches/scripts/gateway-instructions.sh`); foldhash is seeded per process like std's,
+/// so keys a client chooses (its message ids, in dedupe keys) cannot be aimed at collisions
+/// without the seed, and these maps are bounded by a batch or by [`lastseqs`]'s cap anyway.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use cluster::{ClusterConfig, Delivery, Event, Inbox, PresenceChange, Work};
 pub use error::{Forbid, StoreError, BUSY_RETRY_AFTER, UNAVAILABLE_RETRY_AFTER};
 pub use logging::LogLimiter;

@@ -16,7 +16,6 @@
 //! committed before the failure is there, and a batch whose commit failed is either absent or
 //! whole (its caller was told it failed; a retried send finds it by its client message id).
 
-use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +32,7 @@ use crate::kv::{Engine, KvError, Pairs, PendingCommit, Txn};
 type Pair = (Vec<u8>, Vec<u8>);
 
 /// A transaction's pending writes: `Some` sets, `None` deletes.
-type Writes = HashMap<Slice, Option<Slice>>;
+type Writes = crate::FastMap<Slice, Option<Slice>>;
 
 /// The pipelined commits in flight.
 type InFlight = Arc<Pipeline>;
@@ -199,7 +198,7 @@ impl Engine for Embedded {
             snapshot: live.db.snapshot(),
             live,
             in_flight: Vec::new(),
-            writes: HashMap::new(),
+            writes: Writes::default(),
             cleared: Vec::new(),
         }))
     }
@@ -227,7 +226,7 @@ impl Engine for Embedded {
             snapshot: live.db.snapshot(),
             live,
             in_flight,
-            writes: HashMap::new(),
+            writes: Writes::default(),
             cleared: Vec::new(),
         }))
     }
