@@ -1,8 +1,9 @@
 //! The gateway's CPU per thread over the measured window, from `/proc/<pid>/task/*/stat` (in
 //! all, and the part of it spent in the kernel: system calls, and on loopback the network stack
-//! that carries the datagrams to their receiver), and the serial bound: the rate over the CPU share of the busiest thread that exists once per
-//! node (every thread but the shards'), i.e. the rate at which that thread would be saturated
-//! if nothing else stopped the node first (docs/PERFORMANCE.md, "How to measure").
+//! that carries the datagrams to their receiver), and the serial bound: the rate over the CPU
+//! share of the busiest thread that exists once per node (every thread but the shards'), i.e.
+//! the rate at which that thread would be saturated if nothing else stopped the node first
+//! (docs/PERFORMANCE.md, "How to measure").
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -131,10 +132,7 @@ fn per_shard_stems<'n>(names: impl Iterator<Item = &'n str>) -> Vec<String> {
 /// started in between; a thread that ended in between is not counted).
 fn used<'s>(before: &'s Sample, after: &'s Sample) -> impl Iterator<Item = (&'s str, Ticks)> {
     after.threads.iter().map(|(tid, (name, ticks))| {
-        let start = before
-            .threads
-            .get(tid)
-            .map_or(Ticks::default(), |(_, t)| *t);
+        let start = before.threads.get(tid).map(|(_, t)| *t).unwrap_or_default();
         (name.as_str(), ticks.since(start))
     })
 }
@@ -194,10 +192,10 @@ pub(crate) fn report(
         .iter()
         .map(|(n, t)| ((*n).clone(), per_msg(t.system)))
         .collect();
-    let mut all = Ticks::default();
-    for t in by_name.values() {
+    let all = by_name.values().fold(Ticks::default(), |mut all, t| {
         all += *t;
-    }
+        all
+    });
     let total_us_per_msg = per_msg(all.total());
     let total_kernel_us_per_msg = per_msg(all.system);
     // With no once-per-node thread using a whole clock tick in the window, the bound is at

@@ -11,9 +11,8 @@
 //! its writes, so the engine refuses it too ([`crate::kv::Txn::commit_pipelined`]), and nothing
 //! it wrote is kept either; after a reopen the engine is read afresh.
 
-use crate::FastMap;
-
 use crate::record::LastSeq;
+use crate::FastMap;
 
 /// What a batch wrote to chats' `S` entries, in order: `Some` the new entry, `None` an entry
 /// written in a way the writer does not follow (read it from the engine next time). Kept only

@@ -16,7 +16,7 @@ use crate::kv::{KvError, Txn};
 use crate::lastseqs::{LastSeqs, SeqWrites};
 use crate::record::{self, Chat, DedupeRecord};
 use crate::store::{AppendRequest, Appended, Committed, Shared};
-use crate::{keys, StoreError};
+use crate::{keys, FastMap, StoreError};
 
 /// How far ahead of the server's clock a UUIDv7 client message id may be.
 const MAX_ID_AHEAD_MS: u64 = 86_400_000;
@@ -103,7 +103,7 @@ pub(crate) struct Attempt<'a, 'k> {
     pub(crate) committed: Vec<Committed>,
     /// Each chat this attempt read the last seq of: its `S` entry as found, and its last seq
     /// now (greater when the attempt appended to it); written once, by `finish`.
-    last_seqs: crate::FastMap<u64, (record::LastSeq, u64)>,
+    last_seqs: FastMap<u64, (record::LastSeq, u64)>,
     /// The writer's memory of last seqs from earlier batches (exclusive engines only).
     known: Option<&'k LastSeqs>,
     /// The `S` entries this attempt wrote, for that memory.
@@ -145,7 +145,7 @@ impl<'a, 'k> Attempt<'a, 'k> {
             partition,
             changed: HashMap::new(),
             committed: Vec::new(),
-            last_seqs: crate::FastMap::default(),
+            last_seqs: FastMap::default(),
             known,
             seq_writes: SeqWrites::new(known.is_some()),
             routes: HashMap::new(),
