@@ -131,8 +131,9 @@ impl Gateway {
         };
 
         let tls = config.tls.rustls_config()?;
+        // Sessions that drop rustls's connection state after the handshake (courier_net::tls).
         let quic =
-            quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS config")?;
+            courier_net::tls::LeanServerConfig::new(Arc::new(tls)).context("QUIC TLS config")?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         let mut transport = quinn::TransportConfig::default();
         transport

@@ -6,6 +6,8 @@
 //! - [`outbound`] — a connection's bounded outbound queue, and wake-ups batched per shard.
 //! - [`quic`] — a QUIC server endpoint driven by one loop per shard over quinn-proto.
 //! - [`scrape`] — reading a node's Prometheus metrics over HTTP (loadgen, tests).
+//! - [`tls`] — the server's TLS session for QUIC, which drops rustls's state after the
+//!   handshake.
 //! - [`transport`] — transport settings both sides use (path MTU discovery).
 
 #![forbid(unsafe_code)]
@@ -15,4 +17,5 @@ pub mod io;
 pub mod outbound;
 pub mod quic;
 pub mod scrape;
+pub mod tls;
 pub mod transport;

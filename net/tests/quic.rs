@@ -32,7 +32,8 @@ fn pair(idle: Option<Duration>) -> Pair {
         .with_single_cert(vec![der.clone()], key)
         .unwrap();
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    // The gateway's TLS sessions (they drop rustls's state after the handshake).
+    let quic = courier_net::tls::LeanServerConfig::new(Arc::new(tls)).unwrap();
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(idle.map(|d| d.try_into().unwrap()));
@@ -145,6 +146,39 @@ async fn streams_carry_megabytes_both_ways_through_flow_control() {
         .await
         .expect("the transfers finish");
     drop(client);
+}
+
+/// The server's TLS session drops rustls after the handshake and keeps only the secrets for key
+/// updates (`courier_net::tls`): updates the client starts are followed both ways.
+#[tokio::test]
+async fn key_updates_after_the_handshake_keep_the_connection_working() {
+    let p = pair(None);
+    let (client, server) = tokio::join!(p.connect(), p.accept());
+    let echo = tokio::spawn(async move {
+        for _ in 0..4 {
+            let (mut send, mut recv) = timeout(LIMIT, server.accept_bi()).await.unwrap().unwrap();
+            let got = read_all(&mut recv).await;
+            send.write_all(&got).await.unwrap();
+            send.finish().unwrap();
+            assert_eq!(send.stopped().await.unwrap(), None);
+        }
+        server
+    });
+    for round in 0..4u8 {
+        if round > 0 {
+            client.force_key_update();
+        }
+        let data = pattern(50_000, round);
+        let (mut send, mut recv) = client.open_bi().await.unwrap();
+        send.write_all(&data).await.unwrap();
+        send.finish().unwrap();
+        let back = timeout(LIMIT, recv.read_to_end(1 << 20))
+            .await
+            .expect("the echo in time")
+            .unwrap();
+        assert!(back == data, "round {round}: the echo matches");
+    }
+    drop(timeout(LIMIT, echo).await.unwrap().unwrap());
 }
 
 #[tokio::test]
