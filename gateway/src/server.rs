@@ -384,6 +384,10 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, shard: usize) {
                 }
                 shared.shard_connections[shard].fetch_add(1, Ordering::Relaxed);
                 let slot = ConnectionSlot { shared: shared.clone(), shard };
+                // Boxed until the handshake takes it: an argument keeps its room in the
+                // task for the connection's life, in this block and in `connection` (384
+                // bytes each, see `connection`).
+                let incoming = Box::new(incoming);
                 sessions.spawn(async move {
                     if let Err(e) = connection(incoming, pending, &slot.shared).await {
                         tracing::debug!("connection ended: {e:#}");
@@ -536,8 +540,23 @@ async fn authenticate(
     }
 }
 
-async fn connection(incoming: Incoming, pending: Pending, shared: &Shared) -> anyhow::Result<()> {
+/// One connection, from its handshake to its close: the task every connection keeps for its
+/// life, so its size counts per idle connection. The task is as large as its largest state,
+/// and arguments and locals live across later awaits keep their room in every state: hence the
+/// boxed `Incoming` (freed by the handshake), the boxed `route_up` (a one-off 800 bytes) and the
+/// Welcome encoded at once (docs/PERFORMANCE.md, "Where the memory goes").
+async fn connection(
+    incoming: Box<Incoming>,
+    pending: Pending,
+    shared: &Shared,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
+    // Out of its box, which goes at the end of this block (a box moved out of with `*` is
+    // freed only when its variable goes out of scope: here, the end of the connection).
+    let incoming = {
+        let boxed = incoming;
+        *boxed
+    };
     let conn = tokio::time::timeout_at(deadline, incoming.accept())
         .await
         .context("handshake timeout")??;
@@ -569,7 +588,7 @@ async fn connection(incoming: Incoming, pending: Pending, shared: &Shared) -> an
     // message committed from here on reaches this node's inbox, and the client's sync covers
     // everything before (so the inbox need not deliver to this device what committed at or
     // before `since`).
-    let since = match shared.store.route_up(&claims.user).await {
+    let since = match Box::pin(shared.store.route_up(&claims.user)).await {
         Ok(v) => v,
         Err(e) => {
             shared.store.route_down(&claims.user);
@@ -621,9 +640,10 @@ async fn connection(incoming: Incoming, pending: Pending, shared: &Shared) -> an
         max_frame: shared.limits.max_frame,
         max_body: shared.limits.max_body,
         max_inflight: shared.limits.max_inflight,
-    });
+    })
+    .to_bytes();
     // Welcome goes out before registration makes the device visible to fanout, so it comes first.
-    out.send(welcome.to_bytes()).await.ok();
+    out.send(welcome).await.ok();
     shared.metrics.handshakes.inc();
     shared.registry.register(&claims.user, device);
     shared.presence.connected(&claims.user).await;

@@ -138,37 +138,76 @@ impl Wakers {
     }
 }
 
+/// How many connections one chunk of [`Conns`] holds: as many as fit in 1 MiB.
+const CHUNK: usize = {
+    let n = (1 << 20) / size_of::<Option<Conn>>();
+    if n == 0 {
+        1
+    } else {
+        n
+    }
+};
+
 /// The connections, at the index quinn-proto gave each (its handles are slab indices, so the
-/// table stays dense).
+/// table stays dense), in chunks of [`CHUNK`] slots held inline. Not one box per connection:
+/// `quinn_proto::Connection` alone is 6,160 bytes, just over an allocator size class (mimalloc
+/// rounds it up to 7,168), so a box per connection wasted ~800 bytes each; a 1 MiB chunk
+/// wastes less than one slot. A chunk goes when its last connection does.
 #[derive(Default)]
 struct Conns {
-    slots: Vec<Option<Box<Conn>>>,
+    chunks: Vec<Option<Chunk>>,
+    live: usize,
+}
+
+struct Chunk {
+    slots: Box<[Option<Conn>]>,
     live: usize,
 }
 
 impl Conns {
     fn get_mut(&mut self, ch: ConnectionHandle) -> Option<&mut Conn> {
-        self.slots.get_mut(ch.0).and_then(|c| c.as_deref_mut())
+        let chunk = self.chunks.get_mut(ch.0 / CHUNK)?.as_mut()?;
+        chunk.slots[ch.0 % CHUNK].as_mut()
     }
 
     fn insert(&mut self, ch: ConnectionHandle, conn: Conn) {
-        if self.slots.len() <= ch.0 {
-            self.slots.resize_with(ch.0 + 1, || None);
+        let c = ch.0 / CHUNK;
+        if self.chunks.len() <= c {
+            self.chunks.resize_with(c + 1, || None);
         }
-        if self.slots[ch.0].replace(Box::new(conn)).is_none() {
+        let chunk = self.chunks[c].get_or_insert_with(|| Chunk {
+            slots: (0..CHUNK).map(|_| None).collect(),
+            live: 0,
+        });
+        if chunk.slots[ch.0 % CHUNK].replace(conn).is_none() {
+            chunk.live += 1;
             self.live += 1;
         }
     }
 
-    fn remove(&mut self, ch: ConnectionHandle) -> Option<Box<Conn>> {
-        let conn = self.slots.get_mut(ch.0)?.take()?;
+    fn remove(&mut self, ch: ConnectionHandle) -> Option<Conn> {
+        let c = ch.0 / CHUNK;
+        let chunk = self.chunks.get_mut(c)?.as_mut()?;
+        let conn = chunk.slots[ch.0 % CHUNK].take()?;
+        chunk.live -= 1;
         self.live -= 1;
+        if chunk.live == 0 {
+            self.chunks[c] = None;
+        }
         Some(conn)
     }
 
     fn handles(&self) -> Vec<ConnectionHandle> {
-        let live = self.slots.iter().enumerate().filter(|(_, c)| c.is_some());
-        live.map(|(i, _)| ConnectionHandle(i)).collect()
+        let mut all = Vec::with_capacity(self.live);
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            let Some(chunk) = chunk else { continue };
+            for (i, slot) in chunk.slots.iter().enumerate() {
+                if slot.is_some() {
+                    all.push(ConnectionHandle(c * CHUNK + i));
+                }
+            }
+        }
+        all
     }
 
     fn len(&self) -> usize {
