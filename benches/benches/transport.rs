@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use quinn_proto::crypto::rustls::QuicServerConfig;
 use quinn_proto::{
     ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, ServerConfig,
     StreamEvent, StreamId, TransportConfig,
@@ -160,8 +159,11 @@ fn pair(n: usize) -> (Side, Side) {
     let dir = tempfile::tempdir().expect("temp dir");
     let (identity, _) =
         courier_gateway::tls::TlsIdentity::self_signed_in(dir.path()).expect("certificate");
-    let quic = QuicServerConfig::try_from(identity.rustls_config().expect("rustls config"))
-        .expect("QUIC TLS config");
+    // The gateway's TLS sessions (they drop rustls's state after the handshake).
+    let quic = courier_net::tls::LeanServerConfig::new(Arc::new(
+        identity.rustls_config().expect("rustls config"),
+    ))
+    .expect("QUIC TLS config");
     let mut server_config = ServerConfig::with_crypto(Arc::new(quic));
     // As the gateway's: the control stream and media streams, no uni streams.
     let mut transport = TransportConfig::default();
