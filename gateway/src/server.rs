@@ -384,10 +384,6 @@ async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, shard: usize) {
                 }
                 shared.shard_connections[shard].fetch_add(1, Ordering::Relaxed);
                 let slot = ConnectionSlot { shared: shared.clone(), shard };
-                // Boxed until the handshake takes it: an argument keeps its room in the
-                // task for the connection's life, in this block and in `connection` (384
-                // bytes each, see `connection`).
-                let incoming = Box::new(incoming);
                 sessions.spawn(async move {
                     if let Err(e) = connection(incoming, pending, &slot.shared).await {
                         tracing::debug!("connection ended: {e:#}");
@@ -543,20 +539,10 @@ async fn authenticate(
 /// One connection, from its handshake to its close: the task every connection keeps for its
 /// life, so its size counts per idle connection. The task is as large as its largest state,
 /// and arguments and locals live across later awaits keep their room in every state: hence the
-/// boxed `Incoming` (freed by the handshake), the boxed `route_up` (a one-off 800 bytes) and the
-/// Welcome encoded at once (docs/PERFORMANCE.md, "Where the memory goes").
-async fn connection(
-    incoming: Box<Incoming>,
-    pending: Pending,
-    shared: &Shared,
-) -> anyhow::Result<()> {
+/// boxed `route_up` (a one-off 800 bytes) and the Welcome encoded at once (and `Incoming`
+/// boxes quinn-proto's attempt; docs/PERFORMANCE.md, "Under 20 KB per idle connection").
+async fn connection(incoming: Incoming, pending: Pending, shared: &Shared) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
-    // Out of its box, which goes at the end of this block (a box moved out of with `*` is
-    // freed only when its variable goes out of scope: here, the end of the connection).
-    let incoming = {
-        let boxed = incoming;
-        *boxed
-    };
     let conn = tokio::time::timeout_at(deadline, incoming.accept())
         .await
         .context("handshake timeout")??;

@@ -726,7 +726,7 @@ impl Endpoint {
             if let Some(incoming) = state.incoming.pop_front() {
                 return Poll::Ready(Some(Incoming {
                     shared: self.shared.clone(),
-                    inner: Some(incoming),
+                    inner: Some(Box::new(incoming)),
                 }));
             }
             if state.closed {
@@ -803,7 +803,9 @@ impl Drop for Endpoint {
 pub struct Incoming {
     shared: Arc<Shared>,
     /// Taken by the decision; if none is made the attempt is ignored when this is dropped.
-    inner: Option<proto::Incoming>,
+    /// Boxed (quinn-proto's is ~370 bytes): an `Incoming` handed to a task keeps its room in
+    /// that task's future for the connection's life, even once the handshake has taken it.
+    inner: Option<Box<proto::Incoming>>,
 }
 
 impl Incoming {
@@ -834,7 +836,7 @@ impl Incoming {
         let incoming = self.inner.take().expect("taken once");
         let mut state = self.shared.lock();
         let mut buf = Vec::new();
-        match state.proto.retry(incoming, &mut buf) {
+        match state.proto.retry(*incoming, &mut buf) {
             Ok(t) => state.responses.push_back((t, buf)),
             Err(e) => state.proto.ignore(e.into_incoming()),
         }
@@ -846,7 +848,7 @@ impl Incoming {
         let incoming = self.inner.take().expect("taken once");
         let mut state = self.shared.lock();
         let mut buf = Vec::new();
-        let t = state.proto.refuse(incoming, &mut buf);
+        let t = state.proto.refuse(*incoming, &mut buf);
         state.responses.push_back((t, buf));
         wake(&mut state.driver);
     }
@@ -857,7 +859,9 @@ impl Incoming {
         let shared = self.shared.clone();
         let mut state = shared.lock();
         let mut buf = Vec::new();
-        let result = state.proto.accept(incoming, Instant::now(), &mut buf, None);
+        let result = state
+            .proto
+            .accept(*incoming, Instant::now(), &mut buf, None);
         let conn = match result {
             Ok((ch, inner)) => {
                 let mut conn = Conn::new(inner);
@@ -885,7 +889,7 @@ impl Incoming {
 impl Drop for Incoming {
     fn drop(&mut self) {
         if let Some(incoming) = self.inner.take() {
-            self.shared.lock().proto.ignore(incoming);
+            self.shared.lock().proto.ignore(*incoming);
         }
     }
 }
