@@ -4,7 +4,7 @@
 //! a transmit buffer per connection, and a lock per connection. Here one driver task per
 //! endpoint owns quinn-proto's [`proto::Endpoint`] and every connection's
 //! [`proto::Connection`]: it receives a batch of datagrams, hands each to its connection
-//! directly, runs the timers of all connections from one ordered set, and sends what the
+//! directly, runs the timers of all connections from one heap indexed by connection, and sends what the
 //! connections that changed have to send. The gateway's shard is one thread, so the one lock
 //! over the endpoint's state is uncontended; a connection that a session writes to is only
 //! marked, and the driver sends for all marked connections once per turn.
@@ -17,8 +17,9 @@
 //! finished and a dropped receive stream is stopped.
 
 mod stream;
+mod timers;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -67,7 +68,7 @@ struct State {
     /// Connections with something to handle or send, in the order they asked.
     dirty: Vec<ConnectionHandle>,
     /// Each connection's next timeout (at most one entry per connection).
-    timers: BTreeSet<(Instant, usize)>,
+    timers: timers::Timers,
     incoming: VecDeque<proto::Incoming>,
     /// Stateless answers (version negotiation, retry, refusal, stateless reset) not sent yet.
     responses: VecDeque<(proto::Transmit, Vec<u8>)>,
@@ -84,6 +85,9 @@ struct State {
     handles: usize,
     send_buf: Vec<u8>,
     recv_buf: Box<[u8]>,
+    /// What the socket said about each datagram of a receive batch (kept: `BATCH_SIZE` of
+    /// them are ~1.5 KB to initialise for every receive).
+    recv_meta: Vec<RecvMeta>,
     max_segments: usize,
 }
 
@@ -395,6 +399,7 @@ impl State {
     fn receive(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         let mut received = 0;
         let mut recv_buf = std::mem::take(&mut self.recv_buf);
+        let mut metas = std::mem::take(&mut self.recv_meta);
         let chunk = recv_buf.len() / BATCH_SIZE;
         let more = loop {
             let mut guard = match self.socket.poll_read_ready(cx) {
@@ -405,7 +410,6 @@ impl State {
                 }
                 Poll::Ready(Ok(guard)) => guard,
             };
-            let mut metas = [RecvMeta::default(); BATCH_SIZE];
             let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] = {
                 let mut bufs = recv_buf.chunks_mut(chunk).map(IoSliceMut::new);
                 std::array::from_fn(|_| bufs.next().expect("BATCH_SIZE chunks"))
@@ -450,6 +454,7 @@ impl State {
             }
         };
         self.recv_buf = recv_buf;
+        self.recv_meta = metas;
         more
     }
 
@@ -481,11 +486,7 @@ impl State {
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some(&(at, ch)) = self.timers.first() {
-            if at > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some(ch) = self.timers.pop_due(now) {
             let ch = ConnectionHandle(ch);
             if let Some(conn) = self.conns.get_mut(ch) {
                 conn.timer = None;
@@ -548,12 +549,7 @@ impl State {
         more |= conn.forward_endpoint_events(&mut self.proto, ch);
         let next = conn.inner.poll_timeout();
         if next != conn.timer {
-            if let Some(old) = conn.timer {
-                self.timers.remove(&(old, ch.0));
-            }
-            if let Some(at) = next {
-                self.timers.insert((at, ch.0));
-            }
+            self.timers.set(ch.0, next);
             conn.timer = next;
         }
         if conn.drained && conn.refs == 0 {
@@ -569,8 +565,8 @@ impl State {
     /// A drained connection without handles leaves the endpoint.
     fn release(&mut self, ch: ConnectionHandle) {
         if let Some(conn) = self.conns.remove(ch) {
-            if let Some(at) = conn.timer {
-                self.timers.remove(&(at, ch.0));
+            if conn.timer.is_some() {
+                self.timers.set(ch.0, None);
             }
             self.proto.handle_event(ch, EndpointEvent::drained());
         }
@@ -581,7 +577,7 @@ impl State {
 
     /// Sets the driver's sleep to the earliest timeout; true if that is already due.
     fn arm_timer(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(&(at, _)) = self.timers.first() else {
+        let Some((at, _)) = self.timers.first() else {
             self.sleep_at = None;
             return false;
         };
@@ -625,6 +621,16 @@ fn send(
         segment_size: t.segment_size,
         src_ip: t.src_ip,
     };
+    // A UDP socket is nearly always writable: send at once, and ask tokio's readiness (and
+    // register the driver for it) only once the socket has said it is full.
+    match udp.send(UdpSockRef::from(socket.get_ref()), &transmit) {
+        Ok(()) => return Poll::Ready(()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => {
+            tracing::debug!("udp send to {}: {e}", t.destination);
+            return Poll::Ready(());
+        }
+    }
     loop {
         let mut guard = match socket.poll_write_ready(cx) {
             Poll::Pending => return Poll::Pending,
@@ -691,7 +697,7 @@ impl Endpoint {
             udp,
             conns: Conns::default(),
             dirty: Vec::new(),
-            timers: BTreeSet::new(),
+            timers: timers::Timers::default(),
             incoming: VecDeque::new(),
             responses: VecDeque::new(),
             blocked: None,
@@ -704,6 +710,7 @@ impl Endpoint {
             handles: 1,
             send_buf: Vec::new(),
             recv_buf,
+            recv_meta: vec![RecvMeta::default(); BATCH_SIZE],
             max_segments,
         };
         let shared = Arc::new(Shared {
