@@ -125,33 +125,23 @@ impl Timers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
     use std::collections::BTreeMap;
     use std::time::Duration;
-
-    /// A small deterministic generator (xorshift), so that a failure repeats.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
 
     #[test]
     fn agrees_with_an_ordered_map_under_random_changes() {
         let base = Instant::now();
         let mut timers = Timers::default();
         let mut model: BTreeMap<usize, Instant> = BTreeMap::new();
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        // Seeded, so that a failure repeats.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
         let mut now = base;
         for step in 0..20_000 {
-            let conn = (rng.next() % 200) as usize;
-            match rng.next() % 10 {
+            let conn = rng.random_range(0..200usize);
+            match rng.random_range(0..10) {
                 0..=5 => {
-                    let at = now + Duration::from_micros(rng.next() % 50_000);
+                    let at = now + Duration::from_micros(rng.random_range(0..50_000));
                     timers.set(conn, Some(at));
                     model.insert(conn, at);
                 }
@@ -160,7 +150,7 @@ mod tests {
                     model.remove(&conn);
                 }
                 _ => {
-                    now += Duration::from_micros(rng.next() % 5_000);
+                    now += Duration::from_micros(rng.random_range(0..5_000));
                     while let Some(c) = timers.pop_due(now) {
                         let at = model
                             .remove(&c)
