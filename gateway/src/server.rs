@@ -90,6 +90,7 @@ impl Gateway {
         store_cfg.retention = config.retention;
         store_cfg.min_free_bytes = config.store_min_free;
         store_cfg.clock = config.clock.clone();
+        store_cfg.commit_interval = config.commit_interval;
         store_cfg.partitions = config
             .store_partitions
             .unwrap_or_else(|| config.default_partitions())

@@ -67,5 +67,5 @@ pub use receipts::{Pointers, ReceiptOutcome, MAX_SENDERS_SCANNED};
 pub use record::{Chat, Media};
 pub use store::{
     AppendRequest, Appended, Clock, CommitListener, Committed, Store, StoreConfig, SystemClock,
-    Ticket,
+    Ticket, MAX_COMMIT_INTERVAL,
 };

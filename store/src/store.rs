@@ -65,6 +65,9 @@ pub trait CommitListener: Send + Sync + 'static {
     fn batch_answered(&self) {}
 }
 
+/// The longest [`StoreConfig::commit_interval`]: longer would hold every message that long.
+pub const MAX_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How to open a [`Store`].
 #[derive(Clone)]
 pub struct StoreConfig {
@@ -74,6 +77,13 @@ pub struct StoreConfig {
     pub max_group_members: usize,
     /// Most operations the writer folds into one transaction (the engine may allow fewer).
     pub max_batch: usize,
+    /// Group commit: a partition's commit of more than one operation begins at least this
+    /// long after its last one began (zero: at once). Under concurrent load the writer
+    /// meanwhile gathers more operations into the next batch, so one commit and its fsync
+    /// carry more messages, at up to this much more latency per message. A commit of one
+    /// operation (a lone caller waiting on each) or after a quiet spell does not wait. At most
+    /// [`MAX_COMMIT_INTERVAL`].
+    pub commit_interval: Duration,
     /// Depth of the writer's queue; callers wait (backpressure) when it is full.
     pub queue_depth: usize,
     /// How often a batch is retried after a retryable engine error (conflicts on FDB).
@@ -123,6 +133,7 @@ impl StoreConfig {
             path: path.into(),
             max_group_members: 100,
             max_batch: 4096,
+            commit_interval: Duration::ZERO,
             queue_depth: 65_536,
             max_retries: 20,
             retry_backoff: Duration::from_millis(10),
@@ -269,6 +280,12 @@ impl Store {
 
     /// A store over any engine.
     pub fn with_engine(engine: Arc<dyn Engine>, config: StoreConfig) -> Result<Self, StoreError> {
+        if config.commit_interval > MAX_COMMIT_INTERVAL {
+            return Err(StoreError::Invalid(format!(
+                "commit interval {:?} is over the most, {MAX_COMMIT_INTERVAL:?}",
+                config.commit_interval
+            )));
+        }
         if config.cluster.is_some() && engine.exclusive() {
             return Err(StoreError::Engine(format!(
                 "the {} engine belongs to one process: it cannot hold a cluster",

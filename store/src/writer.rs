@@ -593,6 +593,46 @@ enum Commits {
 
 /// The writer's side of the commits: where they go, whether one is in flight, and what the
 /// writer remembers of the last seqs they wrote (on exclusive engines).
+/// Group commit ([`crate::StoreConfig::commit_interval`]): a commit of more than one operation
+/// begins at least the interval after the commit before it began. While it waits, the writer
+/// builds the next batch from what arrives, so under concurrent load a commit (and its fsync)
+/// carries more messages. A batch of one operation says there is no such load (one caller
+/// waiting on each commit before its next): it commits at once, as does a commit after a
+/// quiet spell.
+struct CommitSpacing {
+    interval: Duration,
+    last: Option<Instant>,
+}
+
+impl CommitSpacing {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+        }
+    }
+
+    /// How long a commit of `ops` operations due at `now` waits.
+    fn delay(&self, ops: usize, now: Instant) -> Duration {
+        match self.last.and_then(|t| t.checked_add(self.interval)) {
+            Some(at) if ops > 1 => at.saturating_duration_since(now),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Waits until a commit of `ops` operations may begin.
+    fn wait(&mut self, ops: usize) {
+        if self.interval.is_zero() {
+            return;
+        }
+        let delay = self.delay(ops, Instant::now());
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        self.last = Some(Instant::now());
+    }
+}
+
 struct Committer {
     commits: Commits,
     /// A commit is in flight (a batch built now reads its writes).
@@ -661,10 +701,13 @@ impl Writer {
         std::thread::scope(|scope| {
             let (batches, incoming) = std_mpsc::sync_channel::<Prepared>(0);
             let (done_tx, done) = std_mpsc::channel();
+            let interval = shared.config.commit_interval;
             let spawned = std::thread::Builder::new()
                 .name(self.thread_name(true))
                 .spawn_scoped(scope, move || {
+                    let mut spacing = CommitSpacing::new(interval);
                     for p in incoming {
+                        spacing.wait(p.ops.len());
                         if done_tx.send(p.finish(shared)).is_err() {
                             break;
                         }
@@ -1018,6 +1061,32 @@ mod tests {
         entered.recv_timeout(Duration::from_secs(5)).unwrap();
         release.join().unwrap();
         batch.join().unwrap();
+    }
+
+    #[test]
+    fn commits_of_several_operations_begin_at_least_the_interval_apart() {
+        let ms = Duration::from_millis;
+        let t = Instant::now();
+        let mut spacing = CommitSpacing::new(ms(30));
+        // The first commit, and any commit of one operation, waits for nothing.
+        assert_eq!(spacing.delay(5, t), Duration::ZERO);
+        spacing.last = Some(t);
+        assert_eq!(spacing.delay(1, t + ms(1)), Duration::ZERO);
+        // A batch waits out the rest of the interval since the last commit began...
+        assert_eq!(spacing.delay(2, t + ms(10)), ms(20));
+        // ... and not at all once it is over.
+        assert_eq!(spacing.delay(2, t + ms(31)), Duration::ZERO);
+        // `wait` sleeps that long.
+        let mut spacing = CommitSpacing::new(ms(30));
+        spacing.wait(4);
+        let first = Instant::now();
+        spacing.wait(4);
+        assert!(first.elapsed() >= ms(30));
+        // Without an interval nothing is tracked, so nothing is waited for.
+        let mut none = CommitSpacing::new(Duration::ZERO);
+        none.wait(4);
+        none.wait(4);
+        assert!(none.last.is_none());
     }
 
     #[test]

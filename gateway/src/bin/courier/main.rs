@@ -204,6 +204,12 @@ struct ServeArgs {
     /// count it was created with.
     #[arg(long)]
     partitions: Option<usize>,
+    /// Group commit: each partition's commits of more than one operation begin at least this
+    /// many microseconds apart, so that under concurrent load one fsync carries more messages
+    /// (at up to this much more latency per message; a lone commit, or one after a quiet
+    /// spell, does not wait). 0: commit at once. At most 100000.
+    #[arg(long, default_value_t = 1000)]
+    commit_interval_us: u64,
     /// Largest media upload, in bytes.
     #[arg(long, default_value_t = 100 << 20)]
     max_upload: u64,
@@ -608,6 +614,14 @@ fn node_config(
         }
         config.store_partitions = Some(n);
     }
+    let interval = Duration::from_micros(args.commit_interval_us);
+    if interval > courier_store::MAX_COMMIT_INTERVAL {
+        bail!(
+            "--commit-interval-us must be at most {}",
+            courier_store::MAX_COMMIT_INTERVAL.as_micros()
+        );
+    }
+    config.commit_interval = interval;
     // The simulation's one engine is shared by the nodes `serve_simulated` starts.
     if args.store != "sim" {
         config.store_engine = store_engine(args)?;
