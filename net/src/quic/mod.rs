@@ -621,16 +621,6 @@ fn send(
         segment_size: t.segment_size,
         src_ip: t.src_ip,
     };
-    // A UDP socket is nearly always writable: send at once, and ask tokio's readiness (and
-    // register the driver for it) only once the socket has said it is full.
-    match udp.send(UdpSockRef::from(socket.get_ref()), &transmit) {
-        Ok(()) => return Poll::Ready(()),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        Err(e) => {
-            tracing::debug!("udp send to {}: {e}", t.destination);
-            return Poll::Ready(());
-        }
-    }
     loop {
         let mut guard = match socket.poll_write_ready(cx) {
             Poll::Pending => return Poll::Pending,
