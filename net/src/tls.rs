@@ -316,21 +316,31 @@ mod tests {
     use super::*;
     use crypto::ServerConfig as _;
 
-    fn configs() -> (Arc<LeanServerConfig>, Arc<rustls::ClientConfig>) {
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// A TLS 1.3 server configuration with a fresh self-signed certificate for `localhost`,
+    /// and that certificate.
+    fn server_tls() -> (rustls::ServerConfig, CertificateDer<'static>) {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let der = cert.cert.der().clone();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        let server = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(vec![der.clone()], key)
             .unwrap();
+        (server, der)
+    }
+
+    fn configs() -> (Arc<LeanServerConfig>, Arc<rustls::ClientConfig>) {
+        let (mut server, der) = server_tls();
         server.alpn_protocols = vec![b"test".to_vec()];
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der).unwrap();
-        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        let mut client = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .with_root_certificates(roots)
@@ -461,15 +471,7 @@ mod tests {
 
     #[test]
     fn a_configuration_quic_cannot_use_is_refused() {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.cert.der().clone()], key)
-            .unwrap();
+        let (mut tls, _) = server_tls();
         // QUIC allows 0 or u32::MAX only.
         tls.max_early_data_size = 1024;
         let err = LeanServerConfig::new(Arc::new(tls)).err().unwrap();

@@ -127,6 +127,17 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
+    /// Refuses settings no store can run with (a readable [`StoreError::Invalid`]).
+    fn check(&self) -> Result<(), StoreError> {
+        if self.commit_interval > MAX_COMMIT_INTERVAL {
+            return Err(StoreError::Invalid(format!(
+                "commit interval {:?} is over the most, {MAX_COMMIT_INTERVAL:?}",
+                self.commit_interval
+            )));
+        }
+        Ok(())
+    }
+
     /// Defaults for a store in `path`: groups of 100, 30-day retention swept every minute.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
@@ -274,18 +285,15 @@ impl Store {
     /// `config.partitions` partitions when it is created (an existing store keeps its own
     /// count: a chat's data stays in the partition of its id).
     pub fn open(config: StoreConfig) -> Result<Self, StoreError> {
+        // Before the directory is made: a refused configuration leaves nothing behind.
+        config.check()?;
         let engine = crate::engine::partitioned::open_dir(&config.path, config.partitions)?;
         Self::with_engine(engine, config)
     }
 
     /// A store over any engine.
     pub fn with_engine(engine: Arc<dyn Engine>, config: StoreConfig) -> Result<Self, StoreError> {
-        if config.commit_interval > MAX_COMMIT_INTERVAL {
-            return Err(StoreError::Invalid(format!(
-                "commit interval {:?} is over the most, {MAX_COMMIT_INTERVAL:?}",
-                config.commit_interval
-            )));
-        }
+        config.check()?;
         if config.cluster.is_some() && engine.exclusive() {
             return Err(StoreError::Engine(format!(
                 "the {} engine belongs to one process: it cannot hold a cluster",

@@ -591,8 +591,6 @@ enum Commits {
     Inline,
 }
 
-/// The writer's side of the commits: where they go, whether one is in flight, and what the
-/// writer remembers of the last seqs they wrote (on exclusive engines).
 /// Group commit ([`crate::StoreConfig::commit_interval`]): a commit of more than one operation
 /// begins at least the interval after the commit before it began. While it waits, the writer
 /// builds the next batch from what arrives, so under concurrent load a commit (and its fsync)
@@ -633,6 +631,8 @@ impl CommitSpacing {
     }
 }
 
+/// The writer's side of the commits: where they go, whether one is in flight, and what the
+/// writer remembers of the last seqs they wrote (on exclusive engines).
 struct Committer {
     commits: Commits,
     /// A commit is in flight (a batch built now reads its writes).
@@ -701,11 +701,10 @@ impl Writer {
         std::thread::scope(|scope| {
             let (batches, incoming) = std_mpsc::sync_channel::<Prepared>(0);
             let (done_tx, done) = std_mpsc::channel();
-            let interval = shared.config.commit_interval;
             let spawned = std::thread::Builder::new()
                 .name(self.thread_name(true))
                 .spawn_scoped(scope, move || {
-                    let mut spacing = CommitSpacing::new(interval);
+                    let mut spacing = CommitSpacing::new(shared.config.commit_interval);
                     for p in incoming {
                         spacing.wait(p.ops.len());
                         if done_tx.send(p.finish(shared)).is_err() {

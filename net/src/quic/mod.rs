@@ -4,10 +4,10 @@
 //! a transmit buffer per connection, and a lock per connection. Here one driver task per
 //! endpoint owns quinn-proto's [`proto::Endpoint`] and every connection's
 //! [`proto::Connection`]: it receives a batch of datagrams, hands each to its connection
-//! directly, runs the timers of all connections from one heap indexed by connection, and sends what the
-//! connections that changed have to send. The gateway's shard is one thread, so the one lock
-//! over the endpoint's state is uncontended; a connection that a session writes to is only
-//! marked, and the driver sends for all marked connections once per turn.
+//! directly, runs the timers of all connections from one heap indexed by connection, and
+//! sends what the connections that changed have to send. The gateway's shard is one thread, so
+//! the one lock over the endpoint's state is uncontended; a connection that a session writes
+//! to is only marked, and the driver sends for all marked connections once per turn.
 //!
 //! The handles ([`Connection`], [`SendStream`], [`RecvStream`], [`Incoming`]) have the meaning
 //! and errors of quinn's (they return quinn's error types), for the part of quinn's API the
@@ -97,8 +97,6 @@ struct Conn {
     /// Handles of the application ([`Connection`]s, streams, a pending [`Connecting`]).
     refs: usize,
     dirty: bool,
-    /// The deadline this connection has in [`State::timers`].
-    timer: Option<Instant>,
     /// quinn-proto said the connection is drained; it leaves once no handle is left.
     drained: bool,
     connected: bool,
@@ -229,7 +227,6 @@ impl Conn {
             inner,
             refs: 0,
             dirty: false,
-            timer: None,
             drained: false,
             connected: false,
             error: None,
@@ -489,7 +486,6 @@ impl State {
         while let Some(ch) = self.timers.pop_due(now) {
             let ch = ConnectionHandle(ch);
             if let Some(conn) = self.conns.get_mut(ch) {
-                conn.timer = None;
                 conn.inner.handle_timeout(now);
                 self.mark(ch);
             }
@@ -547,11 +543,7 @@ impl State {
         }
         // Sending may have produced endpoint events and changed the timeout.
         more |= conn.forward_endpoint_events(&mut self.proto, ch);
-        let next = conn.inner.poll_timeout();
-        if next != conn.timer {
-            self.timers.set(ch.0, next);
-            conn.timer = next;
-        }
+        self.timers.set(ch.0, conn.inner.poll_timeout());
         if conn.drained && conn.refs == 0 {
             self.release(ch);
             return false;
@@ -564,10 +556,8 @@ impl State {
 
     /// A drained connection without handles leaves the endpoint.
     fn release(&mut self, ch: ConnectionHandle) {
-        if let Some(conn) = self.conns.remove(ch) {
-            if conn.timer.is_some() {
-                self.timers.set(ch.0, None);
-            }
+        if self.conns.remove(ch).is_some() {
+            self.timers.set(ch.0, None);
             self.proto.handle_event(ch, EndpointEvent::drained());
         }
         if self.conns.is_empty() {

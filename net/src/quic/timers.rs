@@ -9,44 +9,40 @@
 use std::time::Instant;
 
 /// The index of a connection without an entry.
-const ABSENT: u32 = u32::MAX;
+const ABSENT: usize = usize::MAX;
 
 /// At most one deadline per connection (by quinn-proto's connection index), earliest first.
 #[derive(Default)]
 pub(super) struct Timers {
-    heap: Vec<(Instant, u32)>,
+    heap: Vec<(Instant, usize)>,
     /// Where each connection's entry is in `heap`, by connection index ([`ABSENT`]: none).
-    /// Indices are quinn-proto's slab indices, dense from 0, so this holds four bytes per
+    /// Indices are quinn-proto's slab indices, dense from 0, so this holds a word per
     /// connection the endpoint has held at once at most.
-    slot: Vec<u32>,
+    slot: Vec<usize>,
 }
 
 impl Timers {
-    /// Sets, moves or (`None`) removes the deadline of connection `conn`.
+    /// Sets, moves or (`None`) removes the deadline of connection `conn`; the same deadline
+    /// again costs nothing.
     pub(super) fn set(&mut self, conn: usize, at: Option<Instant>) {
-        let Ok(id) = u32::try_from(conn) else {
-            // More connections than the heap indexes: quinn-proto's slab cannot get there.
-            return;
-        };
         let i = self.slot.get(conn).copied().unwrap_or(ABSENT);
         match (at, i) {
             (None, ABSENT) => {}
-            (None, i) => self.remove_at(i as usize),
+            (None, i) => self.remove_at(i),
             (Some(at), ABSENT) => {
                 if self.slot.len() <= conn {
                     self.slot.resize(conn + 1, ABSENT);
                 }
                 let i = self.heap.len();
-                self.heap.push((at, id));
-                self.slot[conn] = i as u32;
+                self.heap.push((at, conn));
+                self.slot[conn] = i;
                 self.up(i);
             }
             (Some(at), i) => {
-                let i = i as usize;
                 let old = std::mem::replace(&mut self.heap[i].0, at);
                 if at < old {
                     self.up(i);
-                } else {
+                } else if at > old {
                     self.down(i);
                 }
             }
@@ -55,7 +51,7 @@ impl Timers {
 
     /// The earliest deadline and its connection.
     pub(super) fn first(&self) -> Option<(Instant, usize)> {
-        self.heap.first().map(|&(at, c)| (at, c as usize))
+        self.heap.first().copied()
     }
 
     /// Removes and returns the connection of the earliest deadline if it is at or before `now`.
@@ -65,7 +61,7 @@ impl Timers {
             return None;
         }
         self.remove_at(0);
-        Some(c as usize)
+        Some(c)
     }
 
     #[cfg(test)]
@@ -77,7 +73,7 @@ impl Timers {
         let last = self.heap.len() - 1;
         self.swap(i, last);
         let (_, c) = self.heap.pop().expect("an entry at i");
-        self.slot[c as usize] = ABSENT;
+        self.slot[c] = ABSENT;
         if i < self.heap.len() {
             self.up(i);
             self.down(i);
@@ -86,8 +82,8 @@ impl Timers {
 
     fn swap(&mut self, a: usize, b: usize) {
         self.heap.swap(a, b);
-        self.slot[self.heap[a].1 as usize] = a as u32;
-        self.slot[self.heap[b].1 as usize] = b as u32;
+        self.slot[self.heap[a].1] = a;
+        self.slot[self.heap[b].1] = b;
     }
 
     fn up(&mut self, mut i: usize) {
