@@ -78,6 +78,13 @@ pub struct GatewayConfig {
     /// and a 30% higher serial bound, at ~1.5 ms more median latency (docs/PERFORMANCE.md,
     /// "Group commit").
     pub commit_interval: Duration,
+    /// Wake-up pacing: a busy shard thread waits out the rest of this interval after a
+    /// wake-up before it parks, so that what arrives meanwhile is handled in one turn
+    /// ([`crate::pacing`]; zero: park at once). At most
+    /// [`crate::pacing::MAX_WAKE_INTERVAL`]. Default 500 µs: at 20K msg/s on 2 cores, ~70%
+    /// fewer wake-ups and ~8% less CPU per message, at ~0.3 ms more median latency
+    /// (docs/PERFORMANCE.md, "Wake-up pacing").
+    pub wake_interval: Duration,
     /// Most connections this node holds; further handshakes are refused.
     pub max_connections: usize,
     /// Frames queued for one connection before it counts as a slow reader and is disconnected
@@ -172,6 +179,7 @@ impl GatewayConfig {
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             store_partitions: None,
             commit_interval: Duration::from_millis(1),
+            wake_interval: Duration::from_micros(500),
             max_connections: 1_000_000,
             outbound_queue: 4096,
             outbound_bytes: 2 * 1024 * 1024,
@@ -214,6 +222,13 @@ impl GatewayConfig {
             || self.max_history_page == 0
         {
             return Err("max inflight, outbound queue and history page must be positive".into());
+        }
+        if self.wake_interval > crate::pacing::MAX_WAKE_INTERVAL {
+            return Err(format!(
+                "shard wake interval {:?} is over the most, {:?}",
+                self.wake_interval,
+                crate::pacing::MAX_WAKE_INTERVAL
+            ));
         }
         Ok(())
     }

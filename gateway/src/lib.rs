@@ -12,6 +12,7 @@
 //! - [`config`] — [`GatewayConfig`], every limit with its memory cost.
 //! - [`tls`] — the TLS identity (self-signed or from PEM files).
 //! - [`util`] — wall-clock milliseconds, hex, cached provider tokens.
+//! - [`pacing`] — at most one wake-up per interval for a busy shard thread.
 //! - [`server`] — the endpoint, handshakes, the control-stream loop and graceful shutdown.
 //! - [`media`] — uploads and downloads on streams of their own, blobs, thumbnails.
 //! - [`push`] — the push worker (webhook provider) over the store's durable outbox.
@@ -29,6 +30,7 @@ mod fanout;
 pub mod handshakes;
 pub mod media;
 pub mod metrics;
+pub mod pacing;
 mod presence;
 pub mod push;
 pub mod registry;

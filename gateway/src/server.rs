@@ -43,6 +43,8 @@ struct Shared {
     handshakes: Arc<crate::handshakes::Handshakes>,
     shutdown_grace: Duration,
     shutdown: watch::Receiver<bool>,
+    /// Each shard thread's wake-up pacing interval.
+    wake_interval: Duration,
     connections: AtomicUsize,
     /// Open connections of each shard.
     shard_connections: Vec<AtomicUsize>,
@@ -214,6 +216,7 @@ impl Gateway {
             handshakes: crate::handshakes::Handshakes::new(config.handshakes),
             shutdown_grace: config.shutdown_grace,
             shutdown: shutdown_rx,
+            wake_interval: config.wake_interval,
             connections: AtomicUsize::new(0),
             shard_connections: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             next_conn_id: AtomicU64::new(1),
@@ -322,10 +325,10 @@ fn run_shard(
     shared: Arc<Shared>,
     ready: tokio::sync::mpsc::Sender<anyhow::Result<()>>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    crate::pacing::Pacing::new(shared.wake_interval).install(&mut builder);
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.blocking_send(Err(anyhow::anyhow!("shard {index} runtime: {e}")));

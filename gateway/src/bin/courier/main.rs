@@ -210,6 +210,12 @@ struct ServeArgs {
     /// spell, does not wait). 0: commit at once. At most 100000.
     #[arg(long, default_value_t = 1000)]
     commit_interval_us: u64,
+    /// Wake-up pacing: a busy shard thread waits this many microseconds after a wake-up
+    /// before it parks again, so that it handles what arrives meanwhile in one turn (fewer,
+    /// fuller wake-ups under load, at up to this much more latency; a shard that is not
+    /// busy parks at once). 0: park at once. At most 10000.
+    #[arg(long, default_value_t = 500)]
+    shard_wake_interval_us: u64,
     /// Largest media upload, in bytes.
     #[arg(long, default_value_t = 100 << 20)]
     max_upload: u64,
@@ -616,6 +622,8 @@ fn node_config(
     }
     // The store refuses an interval over its most (courier_store::MAX_COMMIT_INTERVAL).
     config.commit_interval = Duration::from_micros(args.commit_interval_us);
+    // GatewayConfig::validate refuses an interval over courier_gateway::pacing's most.
+    config.wake_interval = Duration::from_micros(args.shard_wake_interval_us);
     // The simulation's one engine is shared by the nodes `serve_simulated` starts.
     if args.store != "sim" {
         config.store_engine = store_engine(args)?;
