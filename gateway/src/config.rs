@@ -73,10 +73,11 @@ pub struct GatewayConfig {
     /// [`GatewayConfig::default_partitions`].
     pub store_partitions: Option<usize>,
     /// Group commit: each partition's commits of more than one operation begin at least this
-    /// far apart ([`courier_store::StoreConfig::commit_interval`]; zero: at once). Default
-    /// 1 ms: at 20K msg/s on 2 cores, batches of ~20 instead of ~8, 14% less CPU per message
-    /// and a 30% higher serial bound, at ~1.5 ms more median latency (docs/PERFORMANCE.md,
-    /// "Group commit").
+    /// far apart, the writer taking each such batch only once the interval is over
+    /// ([`courier_store::StoreConfig::commit_interval`]; zero: at once). Default 1 ms: at 20K
+    /// msg/s on 2 cores, batches of ~20 instead of ~8, ~14% less CPU per message and a higher
+    /// serial bound, at ~0.8 ms more median latency (docs/PERFORMANCE.md, "Group commit" and
+    /// "Taking the batch late").
     pub commit_interval: Duration,
     /// Wake-up pacing: a busy shard thread waits out the rest of this interval after a
     /// wake-up before it parks, so that what arrives meanwhile is handled in one turn

@@ -77,12 +77,12 @@ pub struct StoreConfig {
     pub max_group_members: usize,
     /// Most operations the writer folds into one transaction (the engine may allow fewer).
     pub max_batch: usize,
-    /// Group commit: a partition's commit of more than one operation begins at least this
-    /// long after its last one began (zero: at once). Under concurrent load the writer
-    /// meanwhile gathers more operations into the next batch, so one commit and its fsync
-    /// carry more messages, at up to this much more latency per message. A commit of one
-    /// operation (a lone caller waiting on each) or after a quiet spell does not wait. At most
-    /// [`MAX_COMMIT_INTERVAL`].
+    /// Group commit: a partition's writer takes a batch of more than one operation only once
+    /// this long has passed since its last commit began (zero: at once), so that what arrives
+    /// meanwhile joins the batch, whose commit then begins as soon as the one before it is
+    /// done. Under concurrent load one commit and its fsync so carry more messages, at up to
+    /// this much more latency per message. A lone operation (a caller waiting on each) or the
+    /// first after a quiet spell does not wait. At most [`MAX_COMMIT_INTERVAL`].
     pub commit_interval: Duration,
     /// Depth of the writer's queue; callers wait (backpressure) when it is full.
     pub queue_depth: usize,

@@ -591,12 +591,13 @@ enum Commits {
     Inline,
 }
 
-/// Group commit ([`crate::StoreConfig::commit_interval`]): a commit of more than one operation
-/// begins at least the interval after the commit before it began. While it waits, the writer
-/// builds the next batch from what arrives, so under concurrent load a commit (and its fsync)
-/// carries more messages. A batch of one operation says there is no such load (one caller
-/// waiting on each commit before its next): it commits at once, as does a commit after a
-/// quiet spell.
+/// Group commit ([`crate::StoreConfig::commit_interval`]): the writer takes a batch of more
+/// than one operation only once the interval since the last commit began is over, so what
+/// arrives meanwhile joins that batch, and the batch's commit then begins as soon as the one
+/// before it is done (it is built while that one commits). Under concurrent load a commit (and
+/// its fsync) so carries more messages, and a message waits for at most one interval before
+/// its batch is taken. A lone operation (one caller waiting on each commit before its next)
+/// says there is no such load: it is taken at once, as is the first after a quiet spell.
 struct CommitSpacing {
     interval: Duration,
     last: Option<Instant>,
@@ -610,7 +611,7 @@ impl CommitSpacing {
         }
     }
 
-    /// How long a commit of `ops` operations due at `now` waits.
+    /// How long a batch of `ops` operations ready at `now` waits before it is taken.
     fn delay(&self, ops: usize, now: Instant) -> Duration {
         match self.last.and_then(|t| t.checked_add(self.interval)) {
             Some(at) if ops > 1 => at.saturating_duration_since(now),
@@ -618,8 +619,8 @@ impl CommitSpacing {
         }
     }
 
-    /// Waits until a commit of `ops` operations may begin.
-    fn wait(&mut self, ops: usize) {
+    /// Waits until a batch of `ops` operations may be taken.
+    fn wait(&self, ops: usize) {
         if self.interval.is_zero() {
             return;
         }
@@ -627,7 +628,13 @@ impl CommitSpacing {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        self.last = Some(Instant::now());
+    }
+
+    /// A commit begins now.
+    fn started(&mut self) {
+        if !self.interval.is_zero() {
+            self.last = Some(Instant::now());
+        }
     }
 }
 
@@ -635,6 +642,7 @@ impl CommitSpacing {
 /// writer remembers of the last seqs they wrote (on exclusive engines).
 struct Committer {
     commits: Commits,
+    spacing: CommitSpacing,
     /// A commit is in flight (a batch built now reads its writes).
     outstanding: bool,
     seqs: LastSeqs,
@@ -661,6 +669,7 @@ impl Committer {
     fn submit(&mut self, p: Prepared, shared: &Shared, seqs: SeqWrites, read_in_flight: bool) {
         debug_assert!(!self.outstanding);
         self.seqs.submitted(seqs, read_in_flight);
+        self.spacing.started();
         let committed = match &self.commits {
             Commits::Thread { batches, .. } => match batches.send(p) {
                 Ok(()) => {
@@ -704,9 +713,7 @@ impl Writer {
             let spawned = std::thread::Builder::new()
                 .name(self.thread_name(true))
                 .spawn_scoped(scope, move || {
-                    let mut spacing = CommitSpacing::new(shared.config.commit_interval);
                     for p in incoming {
-                        spacing.wait(p.ops.len());
                         if done_tx.send(p.finish(shared)).is_err() {
                             break;
                         }
@@ -721,12 +728,17 @@ impl Writer {
             };
             let mut committer = Committer {
                 commits,
+                spacing: CommitSpacing::new(shared.config.commit_interval),
                 outstanding: false,
                 seqs: LastSeqs::default(),
             };
             let mut ops = Vec::with_capacity(max_batch);
             let mut health = Health::new();
             while let Some(first) = rx.blocking_recv() {
+                if !matches!(first, Op::Shutdown) {
+                    // Under load, what arrives until the interval is over joins this batch.
+                    committer.spacing.wait(1 + rx.len());
+                }
                 let mut shutdown = false;
                 let mut weight = 0;
                 for op in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
@@ -1063,11 +1075,11 @@ mod tests {
     }
 
     #[test]
-    fn commits_of_several_operations_begin_at_least_the_interval_apart() {
+    fn batches_of_several_operations_are_taken_at_least_the_interval_after_a_commit_began() {
         let ms = Duration::from_millis;
         let t = Instant::now();
         let mut spacing = CommitSpacing::new(ms(30));
-        // The first commit, and any commit of one operation, waits for nothing.
+        // The first batch, and any batch of one operation, waits for nothing.
         assert_eq!(spacing.delay(5, t), Duration::ZERO);
         spacing.last = Some(t);
         assert_eq!(spacing.delay(1, t + ms(1)), Duration::ZERO);
@@ -1075,15 +1087,16 @@ mod tests {
         assert_eq!(spacing.delay(2, t + ms(10)), ms(20));
         // ... and not at all once it is over.
         assert_eq!(spacing.delay(2, t + ms(31)), Duration::ZERO);
-        // `wait` sleeps that long.
+        // `wait` sleeps that long after `started`.
         let mut spacing = CommitSpacing::new(ms(30));
         spacing.wait(4);
+        spacing.started();
         let first = Instant::now();
         spacing.wait(4);
         assert!(first.elapsed() >= ms(30));
         // Without an interval nothing is tracked, so nothing is waited for.
         let mut none = CommitSpacing::new(Duration::ZERO);
-        none.wait(4);
+        none.started();
         none.wait(4);
         assert!(none.last.is_none());
     }

@@ -205,9 +205,10 @@ struct ServeArgs {
     #[arg(long)]
     partitions: Option<usize>,
     /// Group commit: each partition's commits of more than one operation begin at least this
-    /// many microseconds apart, so that under concurrent load one fsync carries more messages
-    /// (at up to this much more latency per message; a lone commit, or one after a quiet
-    /// spell, does not wait). 0: commit at once. At most 100000.
+    /// many microseconds apart (the writer takes such a batch only once the interval since
+    /// the last commit began is over), so that under concurrent load one fsync carries more
+    /// messages (at up to this much more latency per message; a lone operation, or the first
+    /// after a quiet spell, does not wait). 0: commit at once. At most 100000.
     #[arg(long, default_value_t = 1000)]
     commit_interval_us: u64,
     /// Wake-up pacing: a busy shard thread waits this many microseconds after a wake-up
