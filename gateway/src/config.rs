@@ -76,14 +76,14 @@ pub struct GatewayConfig {
     /// far apart, the writer taking each such batch only once the interval is over
     /// ([`courier_store::StoreConfig::commit_interval`]; zero: at once). Default 1 ms: at 20K
     /// msg/s on 2 cores, batches of ~20 instead of ~8, ~14% less CPU per message and a higher
-    /// serial bound, at ~0.8 ms more median latency (docs/PERFORMANCE.md, "Group commit" and
+    /// serial bound, at ~0.6 ms more median latency (docs/PERFORMANCE.md, "Group commit" and
     /// "Taking the batch late").
     pub commit_interval: Duration,
     /// Wake-up pacing: a busy shard thread waits out the rest of this interval after a
     /// wake-up before it parks, so that what arrives meanwhile is handled in one turn
     /// ([`crate::pacing`]; zero: park at once). At most
-    /// [`crate::pacing::MAX_WAKE_INTERVAL`]. Default 500 µs: at 20K msg/s on 2 cores, ~70%
-    /// fewer wake-ups and ~8% less CPU per message, at ~0.3 ms more median latency
+    /// [`crate::pacing::MAX_WAKE_INTERVAL`]. Default 500 µs: at 20K msg/s on 2 cores, two
+    /// thirds fewer wake-ups and ~7% less CPU per message, at ~0.45 ms more median latency
     /// (docs/PERFORMANCE.md, "Wake-up pacing").
     pub wake_interval: Duration,
     /// Most connections this node holds; further handshakes are refused.
