@@ -86,6 +86,16 @@ pub struct GatewayConfig {
     /// thirds fewer wake-ups and ~7% less CPU per message, at ~0.45 ms more median latency
     /// (docs/PERFORMANCE.md, "Wake-up pacing").
     pub wake_interval: Duration,
+    /// How long a client may hold its ACKs: the gateway asks every client that supports the
+    /// QUIC ACK-frequency extension (quinn's do) for this `max_ack_delay`; a second
+    /// ack-eliciting packet is still acknowledged at once, as without it, so a bulk transfer
+    /// (a download) is acknowledged as often as before, even with a small congestion window.
+    /// At a few messages a second per connection, a client then acknowledges the gateway's
+    /// packet on its next send instead of in an ACK-only datagram of its own. It is also how
+    /// late the gateway learns of a lost last packet (the probe timeout grows by it), so it
+    /// stays well under a second. Zero: ask nothing (the client's own 25 ms). At most
+    /// [`MAX_CLIENT_ACK_DELAY`].
+    pub client_ack_delay: Duration,
     /// Most connections this node holds; further handshakes are refused.
     pub max_connections: usize,
     /// Frames queued for one connection before it counts as a slow reader and is disconnected
@@ -149,6 +159,9 @@ impl StoreEngine {
 /// extra writer, commit thread and journal only add per-batch work.
 pub const PARTITION_PER_SHARD_FROM: usize = 4;
 
+/// The longest [`GatewayConfig::client_ack_delay`].
+pub const MAX_CLIENT_ACK_DELAY: Duration = Duration::from_secs(1);
+
 impl GatewayConfig {
     /// The store's partitions unless set: one per shard from [`PARTITION_PER_SHARD_FROM`]
     /// shards on, else one.
@@ -181,6 +194,7 @@ impl GatewayConfig {
             store_partitions: None,
             commit_interval: Duration::from_millis(1),
             wake_interval: Duration::from_micros(500),
+            client_ack_delay: Duration::from_millis(100),
             max_connections: 1_000_000,
             outbound_queue: 4096,
             outbound_bytes: 2 * 1024 * 1024,
@@ -231,6 +245,48 @@ impl GatewayConfig {
                 crate::pacing::MAX_WAKE_INTERVAL
             ));
         }
+        if self.client_ack_delay > MAX_CLIENT_ACK_DELAY {
+            return Err(format!(
+                "client ACK delay {:?} is over the most, {MAX_CLIENT_ACK_DELAY:?}",
+                self.client_ack_delay
+            ));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> GatewayConfig {
+        let (tls, _) = TlsIdentity::self_signed_in(&dir.join("tls")).unwrap();
+        let verifier = TokenVerifier::new(courier_auth::IssuerKey::generate().public_key());
+        GatewayConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.join("store"),
+            tls,
+            verifier,
+        )
+    }
+
+    #[test]
+    fn pacing_and_ack_delays_over_their_most_are_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.client_ack_delay, Duration::from_millis(100));
+
+        c.client_ack_delay = MAX_CLIENT_ACK_DELAY;
+        assert_eq!(c.validate(), Ok(()));
+        c.client_ack_delay = MAX_CLIENT_ACK_DELAY + Duration::from_millis(1);
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("client ACK delay"), "{err}");
+        c.client_ack_delay = Duration::ZERO;
+        assert_eq!(c.validate(), Ok(()));
+
+        c.wake_interval = crate::pacing::MAX_WAKE_INTERVAL + Duration::from_micros(1);
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("shard wake interval"), "{err}");
     }
 }

@@ -147,6 +147,15 @@ impl Gateway {
             .max_concurrent_bidi_streams((1 + config.media.max_streams).into())
             .max_concurrent_uni_streams(0u32.into())
             .mtu_discovery_config(Some(courier_net::transport::mtu_discovery()));
+        if !config.client_ack_delay.is_zero() {
+            let mut acks = quinn::AckFrequencyConfig::default();
+            // The ack-eliciting threshold stays quinn's 1: an ACK at least every second
+            // packet, so a sender limited by a small congestion window never waits out the
+            // delay for its ACKs.
+            acks.max_ack_delay(Some(config.client_ack_delay))
+                .max_ack_delay_above_rtt(true);
+            transport.ack_frequency_config(Some(acks));
+        }
         server.transport_config(Arc::new(transport));
 
         let shards = config.shards.max(1);

@@ -474,3 +474,42 @@ async fn frames_are_read_whole_however_the_stream_cuts_them() {
     assert!(matches!(raw.read_frame().await, Some(Frame::Pong(p)) if p.request_id == 5));
     server.gateway.shutdown().await;
 }
+
+/// Datagrams `alice` sends for `n` messages sent 60 ms apart (each waiting for its `SendOk`),
+/// on a gateway asking its clients for `ack_delay` (GatewayConfig::client_ack_delay).
+async fn datagrams_for_spaced_sends(ack_delay: Duration, n: u64) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(dir.path(), |c| c.client_ack_delay = ack_delay).await;
+    let (alice, _alice_events) = server.connect("alice", 1).await;
+    let (_bob, mut bob_events) = server.connect("bob", 1).await;
+    let chat = alice.create_direct_chat("bob").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let before = alice.datagrams().sent;
+    for i in 0..n {
+        alice.send(chat.chat_id, body(i as usize)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let sent = alice.datagrams().sent - before;
+    for _ in 0..n {
+        next_message(&mut bob_events).await;
+    }
+    server.gateway.shutdown().await;
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_within_the_asked_ack_delay_sends_no_datagrams_for_acks_alone() {
+    // Asked to wait up to 200 ms, the client acknowledges each SendOk on its next send, 60 ms
+    // later. Left at its own 25 ms, it acknowledges each in a datagram of its own first.
+    let n = 20;
+    let asked = datagrams_for_spaced_sends(Duration::from_millis(200), n).await;
+    assert!(
+        asked <= n + n / 4,
+        "{asked} datagrams for {n} sends with the ACK delay asked"
+    );
+    let own = datagrams_for_spaced_sends(Duration::ZERO, n).await;
+    assert!(
+        own >= n + n / 2,
+        "{own} datagrams for {n} sends with the client's own ACK delay"
+    );
+}

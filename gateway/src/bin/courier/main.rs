@@ -217,6 +217,13 @@ struct ServeArgs {
     /// busy parks at once). 0: park at once. At most 10000.
     #[arg(long, default_value_t = 500)]
     shard_wake_interval_us: u64,
+    /// How long clients may hold their ACKs (milliseconds), asked of each client through the
+    /// QUIC ACK-frequency extension: a client with a few messages a second then acknowledges
+    /// on its next send instead of in a datagram of its own (fewer datagrams for both sides),
+    /// and the gateway repairs a lost last packet that much later. 0: ask nothing (the
+    /// client's own 25 ms). At most 1000.
+    #[arg(long, default_value_t = 100)]
+    client_ack_delay_ms: u64,
     /// Largest media upload, in bytes.
     #[arg(long, default_value_t = 100 << 20)]
     max_upload: u64,
@@ -625,6 +632,8 @@ fn node_config(
     config.commit_interval = Duration::from_micros(args.commit_interval_us);
     // GatewayConfig::validate refuses an interval over courier_gateway::pacing's most.
     config.wake_interval = Duration::from_micros(args.shard_wake_interval_us);
+    // GatewayConfig::validate refuses a delay over courier_gateway::config's most.
+    config.client_ack_delay = Duration::from_millis(args.client_ack_delay_ms);
     // The simulation's one engine is shared by the nodes `serve_simulated` starts.
     if args.store != "sim" {
         config.store_engine = store_engine(args)?;
