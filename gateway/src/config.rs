@@ -116,7 +116,8 @@ pub struct GatewayConfig {
     /// what one load generator opens at once (`loadgen connect --parallel`, 512 at most by
     /// default use).
     pub handshakes: crate::handshakes::HandshakeLimits,
-    /// A connection silent this long is closed (clients send keep-alives well within it).
+    /// A connection silent this long is closed. The SDK's clients send a keep-alive PING
+    /// every 20 s (`courier_client`'s `KEEP_ALIVE`), so below ~25 s idle SDK connections close.
     pub idle_timeout: Duration,
     /// On shutdown, how long in-flight sends may take to commit and be acknowledged.
     pub shutdown_grace: Duration,
