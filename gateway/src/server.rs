@@ -146,7 +146,10 @@ impl Gateway {
             // The control stream, and media streams (docs/PROTOCOL.md, Media).
             .max_concurrent_bidi_streams((1 + config.media.max_streams).into())
             .max_concurrent_uni_streams(0u32.into())
-            .mtu_discovery_config(Some(courier_net::transport::mtu_discovery()));
+            .mtu_discovery_config(Some(courier_net::transport::mtu_discovery()))
+            // A client's keep-alive is acknowledged in the turn it arrives, not by a second
+            // wake-up of the shard 25 ms later (vendor/quinn-proto/COURIER.md).
+            .ack_ping_at_once(true);
         if !config.client_ack_delay.is_zero() {
             let mut acks = quinn::AckFrequencyConfig::default();
             // The ack-eliciting threshold stays quinn's 1: an ACK at least every second

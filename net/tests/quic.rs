@@ -21,6 +21,12 @@ struct Pair {
 }
 
 fn pair(idle: Option<Duration>) -> Pair {
+    pair_with(idle, false, None)
+}
+
+/// [`pair`] with the server acknowledging PING-only packets at once or not, and the client
+/// sending keep-alives at `keep_alive`.
+fn pair_with(idle: Option<Duration>, ack_ping_at_once: bool, keep_alive: Option<Duration>) -> Pair {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let der = cert.cert.der().clone();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
@@ -38,6 +44,7 @@ fn pair(idle: Option<Duration>) -> Pair {
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(idle.map(|d| d.try_into().unwrap()));
     transport.max_concurrent_bidi_streams(8u32.into());
+    transport.ack_ping_at_once(ack_ping_at_once);
     server.transport_config(Arc::new(transport));
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let endpoint = Endpoint::server(quinn::EndpointConfig::default(), server, socket).unwrap();
@@ -55,6 +62,7 @@ fn pair(idle: Option<Duration>) -> Pair {
     let mut client_cfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into().unwrap()));
+    transport.keep_alive_interval(keep_alive);
     client_cfg.transport_config(Arc::new(transport));
     let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     client.set_default_client_config(client_cfg);
@@ -412,4 +420,41 @@ async fn two_hundred_connections_echo_at_once_and_a_close_ends_them_all() {
         p.server.accept().await.is_none(),
         "a closed endpoint accepts nothing"
     );
+}
+
+/// The quickest a client's keep-alive PING was acknowledged, over `pings` of them: from the
+/// moment the client's count of PINGs sent moves to the moment its count of ACKs received does.
+async fn quickest_ack_of_a_ping(ack_ping_at_once: bool, pings: u64) -> Duration {
+    let p = pair_with(None, ack_ping_at_once, Some(Duration::from_millis(150)));
+    let (client, _server) = tokio::join!(p.connect(), p.accept());
+    // Past the handshake's own packets and their ACKs.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut quickest = Duration::MAX;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut seen = 0;
+    while seen < pings && tokio::time::Instant::now() < deadline {
+        let before = client.stats();
+        while client.stats().frame_tx.ping == before.frame_tx.ping {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let sent = std::time::Instant::now();
+        let acks = client.stats().frame_rx.acks;
+        while client.stats().frame_rx.acks == acks && sent.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        quickest = quickest.min(sent.elapsed());
+        seen += 1;
+    }
+    quickest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_is_acknowledged_at_once_when_the_server_asks_for_it() {
+    // quinn holds the ACK of an ack-eliciting packet for its 25 ms max_ack_delay; with the
+    // patch's ack_ping_at_once (vendor/quinn-proto) the endpoint loop sends it in the turn the
+    // PING came in.
+    let at_once = quickest_ack_of_a_ping(true, 5).await;
+    assert!(at_once < Duration::from_millis(15), "{at_once:?} at once");
+    let held = quickest_ack_of_a_ping(false, 3).await;
+    assert!(held >= Duration::from_millis(20), "{held:?} held");
 }

@@ -40,6 +40,7 @@ pub struct TransportConfig {
     pub(crate) min_mtu: u16,
     pub(crate) mtu_discovery_config: Option<MtuDiscoveryConfig>,
     pub(crate) pad_to_mtu: bool,
+    pub(crate) ack_ping_at_once: bool,
     pub(crate) ack_frequency_config: Option<AckFrequencyConfig>,
 
     pub(crate) persistent_congestion_threshold: u32,
@@ -237,6 +238,18 @@ impl TransportConfig {
         self
     }
 
+    /// Whether a 1-RTT packet whose only ack-eliciting frame is PING (a peer's keep-alive or
+    /// probe) is acknowledged at once instead of after `max_ack_delay` (courier's patch)
+    ///
+    /// The ACK then goes out in the same turn as the PING came in, which saves an endpoint
+    /// holding many idle connections a second wake-up per keep-alive.
+    ///
+    /// Defaults to `false`.
+    pub fn ack_ping_at_once(&mut self, value: bool) -> &mut Self {
+        self.ack_ping_at_once = value;
+        self
+    }
+
     /// Specifies the ACK frequency config (see [`AckFrequencyConfig`] for details)
     ///
     /// The provided configuration will be ignored if the peer does not support the acknowledgement
@@ -386,6 +399,7 @@ impl Default for TransportConfig {
             min_mtu: INITIAL_MTU,
             mtu_discovery_config: Some(MtuDiscoveryConfig::default()),
             pad_to_mtu: false,
+            ack_ping_at_once: false,
             ack_frequency_config: None,
 
             persistent_congestion_threshold: 3,
@@ -423,6 +437,7 @@ impl fmt::Debug for TransportConfig {
             min_mtu,
             mtu_discovery_config,
             pad_to_mtu,
+            ack_ping_at_once,
             ack_frequency_config,
             persistent_congestion_threshold,
             keep_alive_interval,
@@ -452,6 +467,7 @@ impl fmt::Debug for TransportConfig {
             .field("min_mtu", min_mtu)
             .field("mtu_discovery_config", mtu_discovery_config)
             .field("pad_to_mtu", pad_to_mtu)
+            .field("ack_ping_at_once", ack_ping_at_once)
             .field("ack_frequency_config", ack_frequency_config)
             .field(
                 "persistent_congestion_threshold",

@@ -2754,6 +2754,8 @@ impl Connection {
         let mut close = None;
         let payload_len = payload.len();
         let mut ack_eliciting = false;
+        // Whether a PING is the only ack-eliciting frame (courier's patch: `ack_ping_at_once`)
+        let (mut pinged, mut only_ping) = (false, true);
         for result in frame::Iter::new(payload)? {
             let frame = result?;
             let span = match frame {
@@ -2791,6 +2793,11 @@ impl Connection {
                 }
             }
             ack_eliciting |= frame.is_ack_eliciting();
+            match &frame {
+                Frame::Ping => pinged = true,
+                Frame::Ack(_) => {}
+                _ => only_ping = false,
+            }
 
             // Check whether this could be a probing packet
             match frame {
@@ -3018,6 +3025,9 @@ impl Connection {
         }
 
         let space = &mut self.spaces[SpaceId::Data];
+        if pinged && only_ping && self.config.ack_ping_at_once {
+            space.pending_acks.set_immediate_ack_required();
+        }
         if space
             .pending_acks
             .packet_received(now, number, ack_eliciting, &space.dedup)
