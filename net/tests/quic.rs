@@ -434,7 +434,9 @@ async fn quickest_ack_of_a_ping(ack_ping_at_once: bool, pings: u64) -> Duration 
     let mut seen = 0;
     while seen < pings && tokio::time::Instant::now() < deadline {
         let before = client.stats();
-        while client.stats().frame_tx.ping == before.frame_tx.ping {
+        while client.stats().frame_tx.ping == before.frame_tx.ping
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         let sent = std::time::Instant::now();
